@@ -1,0 +1,1 @@
+"""Serving-side code. Everything here ships inside the .mar and must not import `training`."""

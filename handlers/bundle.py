@@ -1,0 +1,113 @@
+"""The export bundle: one folder (and later one .mar) that serving needs and nothing else.
+
+Layout, written by `training.export` and read by the handler:
+    model.pt              TorchScript, (input_ids, attention_mask) -> float32 logits [batch, labels]
+    config.json           Hugging Face config; `id2label` is the single source of the label names
+    index_to_name.json    generated from config.json for TorchServe tooling; must agree with it
+    model_card.json       base model, labels, max_length, metrics, data fingerprint, versions,
+                          and `model_sha256`, which the handler checks before loading model.pt
+    tokenizer files       whatever `tokenizer.save_pretrained` wrote
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+MODEL_FILE = "model.pt"
+CONFIG_FILE = "config.json"
+INDEX_TO_NAME_FILE = "index_to_name.json"
+CARD_FILE = "model_card.json"
+
+
+class BundleError(Exception):
+    """The bundle is incomplete or inconsistent; the message says which file and why."""
+
+
+def labels_from_config(config: dict, where: str = CONFIG_FILE) -> list[str]:
+    """Label names in logit order from a Hugging Face config's `id2label`."""
+    id2label = config.get("id2label")
+    if not id2label:
+        raise BundleError(f"{where}: no id2label label map; re-export the model with training.export")
+    try:
+        ordered = sorted((int(k), str(v)) for k, v in id2label.items())
+    except ValueError:
+        raise BundleError(f"{where}: id2label keys must be integers, got {list(id2label)[:5]}") from None
+    if [i for i, _ in ordered] != list(range(len(ordered))):
+        raise BundleError(f"{where}: id2label keys must be 0..{len(ordered) - 1}, got {[i for i, _ in ordered]}")
+    names = [name for _, name in ordered]
+    if len(set(names)) != len(names):
+        raise BundleError(f"{where}: id2label has duplicate label names")
+    return names
+
+
+def read_json(path: Path) -> dict:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BundleError(f"{path}: missing from the bundle") from None
+    except json.JSONDecodeError as e:
+        raise BundleError(f"{path}: not valid JSON ({e})") from None
+
+
+def read_labels(bundle_dir: Path) -> list[str]:
+    """Labels from config.json, cross-checked against index_to_name.json when present."""
+    bundle_dir = Path(bundle_dir)
+    labels = labels_from_config(read_json(bundle_dir / CONFIG_FILE), str(bundle_dir / CONFIG_FILE))
+    index_file = bundle_dir / INDEX_TO_NAME_FILE
+    if index_file.exists():
+        index = read_json(index_file)
+        if [index.get(str(i)) for i in range(len(labels))] != labels or len(index) != len(labels):
+            raise BundleError(f"{index_file}: disagrees with {CONFIG_FILE} id2label")
+    return labels
+
+
+def index_to_name(labels: list[str]) -> dict[str, str]:
+    return {str(i): name for i, name in enumerate(labels)}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_card(bundle_dir: Path) -> dict:
+    card = read_json(Path(bundle_dir) / CARD_FILE)
+    for key in ("labels", "max_length", "model_sha256"):
+        if key not in card:
+            raise BundleError(f"{Path(bundle_dir) / CARD_FILE}: missing '{key}'")
+    return card
+
+
+def verify_model(bundle_dir: Path, card: dict) -> Path:
+    """Refuse a model.pt whose bytes are not the ones the card was written for."""
+    model_path = Path(bundle_dir) / MODEL_FILE
+    if not model_path.exists():
+        raise BundleError(f"{model_path}: missing from the bundle")
+    actual = sha256_file(model_path)
+    if actual != card["model_sha256"]:
+        raise BundleError(
+            f"{model_path}: SHA-256 {actual[:12]}... does not match the model card's {card['model_sha256'][:12]}...; "
+            "the file was modified or corrupted"
+        )
+    return model_path
+
+
+def load_bundle_meta(bundle_dir: Path) -> tuple[list[str], dict]:
+    """Labels and model card, checked against each other. Raises BundleError."""
+    labels = read_labels(bundle_dir)
+    card = read_card(bundle_dir)
+    if card["labels"] != labels:
+        raise BundleError(f"{Path(bundle_dir) / CARD_FILE}: labels {card['labels'][:5]} disagree with {CONFIG_FILE}")
+    return labels, card
+
+
+def write_metadata(bundle_dir: Path, labels: list[str], card: dict) -> None:
+    """Write index_to_name.json and model_card.json (with model.pt's hash) next to an existing model.pt."""
+    bundle_dir = Path(bundle_dir)
+    card = dict(card, labels=labels, model_sha256=sha256_file(bundle_dir / MODEL_FILE))
+    (bundle_dir / INDEX_TO_NAME_FILE).write_text(json.dumps(index_to_name(labels), indent=2) + "\n")
+    (bundle_dir / CARD_FILE).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
