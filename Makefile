@@ -51,3 +51,50 @@ export: install
 
 clean:
 	rm -rf runs logs model-archive/store .pytest_cache
+
+# ---- Serving (tsclient.ops). TorchServe runs with the repo root as its working directory:
+# key_file.json and logs/ land here (both gitignored); `make stop` always leaves a clean state.
+# VERSION (scale, predict) and NAME (models) are optional: they count only when you set them
+# on the command line or in the environment, not through their defaults above.
+OPS := $(PY) -m tsclient.ops
+given = $(filter-out default file undefined,$(origin $(1)))
+
+serve: install
+	$(OPS) serve
+
+stop: install
+	$(OPS) stop
+
+register: install
+	$(OPS) register --name '$(NAME)' --version '$(VERSION)' --workers $(WORKERS) \
+	  --batch-size $(BATCH_SIZE) --max-batch-delay $(MAX_BATCH_DELAY)
+
+# min = max = WORKERS; without VERSION= the default version is scaled.
+scale: install
+	$(OPS) scale --name '$(NAME)' $(if $(call given,VERSION),--version '$(VERSION)') --workers $(WORKERS)
+
+set-default: install
+	$(OPS) set-default --name '$(NAME)' --version '$(VERSION)'
+
+unregister: install
+	$(OPS) unregister --name '$(NAME)' --version '$(VERSION)'
+
+# `make models` lists every model; `make models NAME=x [VERSION=all]` describes one.
+models: install
+	$(OPS) models $(if $(call given,NAME),--name '$(NAME)' $(if $(call given,VERSION),--version '$(VERSION)'))
+
+predict: install
+	$(OPS) predict --name '$(NAME)' $(if $(call given,VERSION),--version '$(VERSION)') \
+	  --text '$(subst ','\'',$(TEXT))'
+
+health: install
+	$(OPS) health
+
+# gRPC stubs are generated from the installed TorchServe's jar into tsclient/_proto/ (gitignored).
+grpc-stubs: install
+	$(PY) -m tsclient.grpc_client
+
+# Builds model-archive/store/$(NAME)-$(VERSION).mar from the export bundle; ARGS="--force --batch-size 32 ..."
+# (python -m tsclient.archive --help lists the options).
+archive: install
+	$(PY) -m tsclient.archive --bundle '$(EXPORT)' --name '$(NAME)' --version '$(VERSION)' $(ARGS)

@@ -1,0 +1,97 @@
+"""Handler options, read from the `handler:` section of the model's model-config.yaml.
+
+The section is written by `tsclient.archive` (and validated there, so a typo fails the build, not the
+registration). TorchServe itself reads one key of that section, `profile`, to time the handler stages.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Optional
+
+from handlers.bundle import BundleError
+
+TOKENIZER_CONFIG = "tokenizer_config.json"
+# Any one of these holds the vocabulary, depending on the tokenizer family.
+VOCAB_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
+
+
+class HandlerConfigError(ValueError):
+    """An option of the `handler:` section is unknown or out of range."""
+
+
+def _check_int(name: str, value, minimum: int, optional: bool) -> None:
+    if value is None and optional:
+        return
+    # bool is an int subclass; `threads: true` in YAML is a mistake, not 1 thread.
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        allowed = f"an integer >= {minimum}" + (" or null" if optional else "")
+        raise HandlerConfigError(f"handler option '{name}' must be {allowed}, got {value!r}")
+
+
+@dataclass
+class HandlerConfig:
+    max_texts_per_request: int = 64
+    default_top_k: Optional[int] = None  # None: every label, in descending score order
+    threads: Optional[int] = None  # None: the host's cores shared evenly between the model's workers
+    max_length: Optional[int] = None  # None: the bundle's max_length; may only be lowered
+    max_text_chars: int = 100_000  # longer texts are cut before tokenizing: answered, not rejected or slow
+    profile: bool = False  # TorchServe's own key (ts.handler_utils.timer): per-stage timing metrics
+
+    def __post_init__(self):
+        _check_int("max_texts_per_request", self.max_texts_per_request, 1, optional=False)
+        _check_int("default_top_k", self.default_top_k, 1, optional=True)
+        _check_int("threads", self.threads, 1, optional=True)
+        _check_int("max_length", self.max_length, 2, optional=True)  # room for the special tokens
+        _check_int("max_text_chars", self.max_text_chars, 1, optional=False)
+        if not isinstance(self.profile, bool):
+            raise HandlerConfigError(f"handler option 'profile' must be true or false, got {self.profile!r}")
+
+    @classmethod
+    def from_model_yaml(cls, model_yaml_config: Optional[dict]) -> "HandlerConfig":
+        section = (model_yaml_config or {}).get("handler") or {}
+        if not isinstance(section, dict):
+            raise HandlerConfigError(f"model-config.yaml 'handler' must be a mapping, got {type(section).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(section) - known)
+        if unknown:
+            raise HandlerConfigError(f"unknown handler option(s) {unknown}; known: {sorted(known)}")
+        return cls(**section)
+
+    def thread_count(self, workers: int, cpu_count: Optional[int] = None) -> int:
+        """Intra-op threads for one worker. Each TorchServe worker is its own process; letting every one
+        of them use all cores oversubscribes the CPU and makes everything slower."""
+        if self.threads is not None:
+            return self.threads
+        return max(1, (cpu_count or os.cpu_count() or 1) // max(1, workers))
+
+    def resolve_max_length(self, bundle_max_length: int) -> int:
+        if self.max_length is None:
+            return bundle_max_length
+        if self.max_length > bundle_max_length:
+            # Position embeddings and training stop at the bundle's length; longer inputs would break or drift.
+            raise HandlerConfigError(
+                f"handler option max_length={self.max_length} exceeds the bundle's max_length={bundle_max_length}"
+            )
+        return self.max_length
+
+
+def workers_from_model_yaml(model_yaml_config: Optional[dict]) -> int:
+    """The most workers this model is configured to run at once (scaling via the API is not visible here)."""
+    cfg = model_yaml_config or {}
+    return int(cfg.get("maxWorkers") or cfg.get("minWorkers") or 1)
+
+
+def choose_device(cuda_available: bool, gpu_id) -> str:
+    """TorchServe passes gpu_id=None to CPU workers, and a GPU index when it assigned one."""
+    return f"cuda:{gpu_id}" if cuda_available and gpu_id is not None else "cpu"
+
+
+def require_tokenizer_files(model_dir: Path) -> None:
+    """Fail with a clear message instead of letting AutoTokenizer guess or reach for the network."""
+    model_dir = Path(model_dir)
+    if not (model_dir / TOKENIZER_CONFIG).is_file():
+        raise BundleError(f"{model_dir / TOKENIZER_CONFIG}: missing; the bundle has no saved tokenizer")
+    if not any((model_dir / name).is_file() for name in VOCAB_FILES):
+        raise BundleError(f"{model_dir}: no tokenizer vocabulary (expected one of {', '.join(VOCAB_FILES)})")

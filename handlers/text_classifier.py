@@ -1,0 +1,92 @@
+"""TorchServe handler for an exported text classifier bundle (see handlers/bundle.py).
+
+TorchServe requires this module to define exactly one class and no module-level `handle`; request
+parsing and response shapes live in handlers/parsing.py. Request text is never logged.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+from ts.handler_utils.timer import timed
+from ts.torch_handler.base_handler import BaseHandler
+
+from handlers.bundle import BundleError, load_bundle_meta, verify_model
+from handlers.config import HandlerConfig, choose_device, require_tokenizer_files, workers_from_model_yaml
+from handlers.parsing import error_body, parse_request, prediction
+from handlers.tokenization import encode
+
+logger = logging.getLogger(__name__)
+
+
+class TextClassifierHandler(BaseHandler):
+    def initialize(self, context):
+        """Load and check the bundle; any BundleError here makes TorchServe refuse the registration."""
+        start = time.perf_counter()
+        props, yaml_config = context.system_properties, context.model_yaml_config or {}
+        model_dir = Path(props["model_dir"])
+        self.config = HandlerConfig.from_model_yaml(yaml_config)
+        self.labels, card = load_bundle_meta(model_dir)
+        model_path = verify_model(model_dir, card)
+        require_tokenizer_files(model_dir)
+        self.max_length = self.config.resolve_max_length(int(card["max_length"]))
+        self.device = torch.device(choose_device(torch.cuda.is_available(), props.get("gpu_id")))
+        threads = self.config.thread_count(workers_from_model_yaml(yaml_config))
+        torch.set_num_threads(threads)
+        self.model = torch.jit.load(str(model_path), map_location=self.device).eval()
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+        self._warm_up(model_dir)
+        self.manifest, self.initialized = context.manifest, True
+        logger.info("loaded %s: device=%s threads=%d labels=%d max_length=%d in %.2fs", card.get("base_model", "model"),
+                    self.device, threads, len(self.labels), self.max_length, time.perf_counter() - start)
+
+    def _warm_up(self, model_dir: Path) -> None:
+        """One forward pass: pays the first-call cost now and proves the labels match the model's outputs."""
+        logits = self._forward(encode(self.tokenizer, ["warm-up"], self.max_length))
+        if logits.dim() != 2 or logits.shape[1] != len(self.labels):
+            raise BundleError(f"{model_dir}: model outputs shape {tuple(logits.shape)} but the bundle has "
+                              f"{len(self.labels)} labels; re-export the model")
+
+    def _forward(self, batch: dict) -> torch.Tensor:
+        with torch.inference_mode():
+            return self.model(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
+
+    @timed
+    def preprocess(self, data):
+        """Parse every request; tokenize all valid texts of the batch together (one padded tensor)."""
+        parsed = [parse_request(row, self.config) for row in data]
+        texts = [text for p in parsed for text in p.texts]
+        return parsed, (encode(self.tokenizer, texts, self.max_length) if texts else None)
+
+    @timed
+    def inference(self, data, *args, **kwargs):
+        parsed, batch = data
+        if batch is None:
+            return parsed, None
+        start = time.perf_counter()
+        probs = torch.softmax(self._forward(batch).float(), dim=-1).cpu()
+        logger.debug("forward %s on %s in %.1f ms", tuple(batch["input_ids"].shape), self.device,
+                     (time.perf_counter() - start) * 1000)
+        return parsed, probs
+
+    @timed
+    def postprocess(self, data):
+        """One JSON body per request, in request order; failed requests get their own status."""
+        parsed, probs = data
+        rows, offset, out = (probs.tolist() if probs is not None else []), 0, []
+        for idx, p in enumerate(parsed):
+            self.context.set_response_content_type(idx, "application/json")
+            if p.error is not None:
+                self.context.set_response_status(p.error.status, p.error.phrase, idx)
+                out.append(json.dumps(error_body(p.error)))
+                continue
+            mine, offset = rows[offset: offset + len(p.texts)], offset + len(p.texts)
+            out.append(json.dumps(p.shape.wrap([prediction(r, self.labels, p.top_k) for r in mine])))
+        rejected = sum(p.error is not None for p in parsed)
+        logger.log(logging.INFO if rejected else logging.DEBUG, "batch of %d requests: %d texts, %d rejected",
+                   len(parsed), len(rows), rejected)
+        return out

