@@ -1,0 +1,77 @@
+"""One real TorchServe for the whole live layer: free loopback ports, a temporary state dir and model
+store, token authorization on. It is always stopped (process group killed if needed) at the end.
+
+The store holds two versions of one tiny random RoBERTa classifier that are told apart by their
+labels: v1 answers negative/positive, v2 negative/neutral/positive. v1 is registered once for the
+session (1 worker, batch_size 8, max_batch_delay 50 ms); tests that add versions or workers put
+the server back as they found it.
+"""
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tsclient import server
+
+NAME = "clf"
+V1_LABELS = {"negative", "positive"}
+V2_LABELS = {"negative", "neutral", "positive"}
+
+
+@dataclass
+class LiveServer:
+    cfg: server.ServerConfig
+    endpoints: server.Endpoints
+    rest: object  # tsclient.rest.TorchServeClient
+    grpc: object  # tsclient.grpc_client.TorchServeGrpcClient
+    store: Path
+
+    @property
+    def state_dir(self) -> Path:
+        return self.cfg.state_dir
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory):
+    from tests.bundles import make_tiny_bundle
+    from tsclient.archive import ArchiveConfig, build_archive
+
+    base = tmp_path_factory.mktemp("live-models")
+    store = base / "store"
+    try:
+        for version, labels in (("1.0", sorted(V1_LABELS)), ("2.0", sorted(V2_LABELS))):
+            bundle = make_tiny_bundle(base / f"bundle-{version}", labels=labels)
+            build_archive(ArchiveConfig(bundle=bundle, name=NAME, version=version, store=store))
+        yield store
+    finally:
+        shutil.rmtree(base, ignore_errors=True)  # no temporary model store outlives the session
+
+
+@pytest.fixture(scope="session")
+def live(tmp_path_factory, model_store) -> LiveServer:
+    if shutil.which("java") is None:
+        pytest.skip("java not installed: TorchServe needs a JRE 11+ (make java-check)")
+    from tsclient.grpc_client import StubsMissing, generate_stubs, load_stubs
+
+    try:
+        load_stubs()
+    except StubsMissing:
+        generate_stubs()  # what `make grpc-stubs` does; tsclient/_proto is gitignored
+    from tsclient.grpc_client import TorchServeGrpcClient
+    from tsclient.rest import TorchServeClient
+
+    names = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
+    cfg = server.ServerConfig(state_dir=tmp_path_factory.mktemp("ts-state"), model_store=model_store,
+                              ports=dict(zip(names, server.free_ports(len(names)))))
+    try:
+        ep = server.start(cfg)
+        rest = TorchServeClient(ep.inference_url, ep.management_url, ep.key_file, backoff_s=0.1)
+        grpc = TorchServeGrpcClient(ep.grpc_inference, ep.grpc_management, ep.key_file, management_url=ep.management_url)
+        rest.register(NAME, f"{NAME}-1.0.mar", initial_workers=1, batch_size=8, max_batch_delay=50)
+        yield LiveServer(cfg, ep, rest, grpc, model_store)
+        grpc.close()
+    finally:
+        server.stop(cfg)  # SIGTERM via `torchserve --stop`, then SIGKILL to the group if anything is left

@@ -1,0 +1,309 @@
+"""Operate a TorchServe: the command line behind the make serving targets.
+
+    python -m tsclient.ops serve
+    python -m tsclient.ops register --name classifier --version 1.0 --workers 2
+    python -m tsclient.ops predict --name classifier --text "What a wonderful day!"
+
+Every verb reads the server's addresses from config.properties (or the derived config a test server
+wrote into its state dir) and its keys from <state-dir>/key_file.json. Results are printed as JSON;
+a refusal prints TorchServe's own message on one line and exits 1 (2 for a mistake in the arguments).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import requests
+
+from tsclient import server
+from tsclient.keys import KeyFileError
+from tsclient.rest import TorchServeClient, TorchServeError
+from tsclient.server import ServerConfig, ServerError
+
+VERBS = ("serve", "stop", "register", "scale", "set-default", "unregister", "models", "predict", "health")
+
+
+class OpsError(Exception):
+    """A mistake in what was asked (missing archive, bad number); one line, exit code 2."""
+
+
+def _positive(name: str, value: int, minimum: int = 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise OpsError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _nonempty(name: str, value: Optional[str]) -> None:
+    if not isinstance(value, str) or not value.strip() or "/" in value:
+        raise OpsError(f"{name} must be a non-empty string without '/', got {value!r}")
+
+
+@dataclass
+class Target:
+    """Which server: its base config and its state dir (working directory, key_file.json, logs/)."""
+
+    config: Path = server.DEFAULT_CONFIG
+    state_dir: Path = server.ROOT
+
+    def __post_init__(self):
+        self.config, self.state_dir = Path(self.config), Path(self.state_dir).resolve()
+        if not self.config.is_file():
+            raise OpsError(f"{self.config}: TorchServe config file not found")
+
+    def properties(self) -> dict[str, str]:
+        derived = self.state_dir / server.DERIVED_CONFIG  # written only while a server runs with overrides
+        return server.read_properties(derived if derived.is_file() else self.config)
+
+    def endpoints(self) -> server.Endpoints:
+        return server.Endpoints.from_properties(self.properties(), self.state_dir)
+
+    def model_store(self) -> Path:
+        return (self.state_dir / self.properties().get("model_store", "model-archive/store")).resolve()
+
+    def client(self) -> TorchServeClient:
+        ep = self.endpoints()
+        return TorchServeClient(ep.inference_url, ep.management_url, ep.key_file)
+
+
+@dataclass
+class ServeConfig:
+    target: Target = field(default_factory=Target)
+    start_timeout_s: float = 120.0
+
+    def __post_init__(self):
+        if self.start_timeout_s <= 0:
+            raise OpsError("start timeout must be positive")
+
+
+@dataclass
+class StopConfig:
+    target: Target = field(default_factory=Target)
+
+
+@dataclass
+class RegisterConfig:
+    name: str
+    version: str
+    workers: int = 1
+    batch_size: int = 16
+    max_batch_delay: int = 5  # ms
+    target: Target = field(default_factory=Target)
+
+    def __post_init__(self):
+        _nonempty("name", self.name)
+        _nonempty("version", self.version)
+        _positive("workers", self.workers)
+        _positive("batch size", self.batch_size)
+        _positive("max batch delay", self.max_batch_delay, 0)
+
+    @property
+    def archive(self) -> str:
+        return f"{self.name}-{self.version}.mar"
+
+
+@dataclass
+class ScaleConfig:
+    name: str
+    workers: int
+    version: Optional[str] = None  # None: the default version
+    target: Target = field(default_factory=Target)
+
+    def __post_init__(self):
+        _nonempty("name", self.name)
+        if self.version is not None:
+            _nonempty("version", self.version)
+        _positive("workers", self.workers, 0)
+
+
+@dataclass
+class SetDefaultConfig:
+    name: str
+    version: str
+    target: Target = field(default_factory=Target)
+
+    def __post_init__(self):
+        _nonempty("name", self.name)
+        _nonempty("version", self.version)
+
+
+@dataclass
+class UnregisterConfig(SetDefaultConfig):
+    pass
+
+
+@dataclass
+class ModelsConfig:
+    name: Optional[str] = None  # None: list every model; else describe it
+    version: Optional[str] = None  # with name: one version ("all" for every one); None: the default
+    target: Target = field(default_factory=Target)
+
+    def __post_init__(self):
+        if self.name is not None:
+            _nonempty("name", self.name)
+        if self.version is not None:
+            if self.name is None:
+                raise OpsError("a version needs a model name")
+            _nonempty("version", self.version)
+
+
+@dataclass
+class PredictConfig:
+    name: str
+    text: str
+    version: Optional[str] = None  # None: the default version
+    top_k: Optional[int] = None
+    target: Target = field(default_factory=Target)
+
+    def __post_init__(self):
+        _nonempty("name", self.name)
+        if self.version is not None:
+            _nonempty("version", self.version)
+        if not isinstance(self.text, str) or not self.text.strip():
+            raise OpsError("text must not be empty")
+        if self.top_k is not None:
+            _positive("top_k", self.top_k)
+
+
+@dataclass
+class HealthConfig:
+    target: Target = field(default_factory=Target)
+
+
+def _serve(c: ServeConfig) -> Any:
+    cfg = ServerConfig(config=c.target.config, state_dir=c.target.state_dir, start_timeout_s=c.start_timeout_s)
+    ep = server.start(cfg)
+    return {"status": "TorchServe is running", "inference": ep.inference_url, "management": ep.management_url,
+            "metrics": ep.metrics_url, "grpc_inference": ep.grpc_inference, "grpc_management": ep.grpc_management,
+            "key_file": str(ep.key_file), "logs": str(cfg.state_dir / "logs"), "model_store": str(cfg.model_store)}
+
+
+def _stop(c: StopConfig) -> Any:
+    was_running = server.stop(ServerConfig(config=c.target.config, state_dir=c.target.state_dir))
+    return {"status": "TorchServe stopped" if was_running else "TorchServe was not running (stale state cleaned)"}
+
+
+def _register(c: RegisterConfig) -> Any:
+    store = c.target.model_store()
+    if not (store / c.archive).is_file():
+        found = sorted(p.name for p in store.glob("*.mar")) if store.is_dir() else []
+        raise OpsError(f"{store / c.archive} not found (archives in the store: {', '.join(found) or 'none'}); "
+                       "build it with `make archive`")
+    # A bare file name: resolved inside the model store, so the config's allowed_urls never blocks it.
+    return c.target.client().register(c.name, c.archive, initial_workers=c.workers, batch_size=c.batch_size,
+                                      max_batch_delay=c.max_batch_delay, synchronous=True)
+
+
+def _scale(c: ScaleConfig) -> Any:
+    return c.target.client().scale(c.name, c.version, min_workers=c.workers, max_workers=c.workers, synchronous=True)
+
+
+def _set_default(c: SetDefaultConfig) -> Any:
+    return c.target.client().set_default(c.name, c.version)
+
+
+def _unregister(c: UnregisterConfig) -> Any:
+    return c.target.client().unregister(c.name, c.version)
+
+
+def _models(c: ModelsConfig) -> Any:
+    client = c.target.client()
+    return client.list_models() if c.name is None else client.describe(c.name, c.version)
+
+
+def _predict(c: PredictConfig) -> Any:
+    return c.target.client().predict(c.name, c.text, version=c.version, top_k=c.top_k)
+
+
+def _health(c: HealthConfig) -> Any:
+    return c.target.client().health()
+
+
+ACTIONS = {ServeConfig: _serve, StopConfig: _stop, RegisterConfig: _register, ScaleConfig: _scale,
+           SetDefaultConfig: _set_default, UnregisterConfig: _unregister, ModelsConfig: _models,
+           PredictConfig: _predict, HealthConfig: _health}
+
+
+def main(config) -> Any:
+    """Run one verb; returns TorchServe's parsed answer. Raises OpsError, TorchServeError, ServerError."""
+    return ACTIONS[type(config)](config)
+
+
+def parse_args(argv=None):
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, default=server.DEFAULT_CONFIG, help="TorchServe config.properties (default: the repo's)")
+    common.add_argument("--state-dir", type=Path, default=server.ROOT,
+                        help="the server's working dir, where key_file.json and logs/ live (default: the repo root)")
+    p = argparse.ArgumentParser(prog="python -m tsclient.ops", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
+    kw = dict(parents=[common])
+
+    s = sub.add_parser("serve", help="start TorchServe and wait until it is healthy", **kw)
+    s.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for /ping (default: 120)")
+    sub.add_parser("stop", help="stop TorchServe and clean its stale state", **kw)
+    s = sub.add_parser("register", help="register <store>/<name>-<version>.mar with workers started", **kw)
+    s.add_argument("--name", required=True, help="model name clients use in URLs")
+    s.add_argument("--version", required=True, help="archive version, e.g. 1.0")
+    s.add_argument("--workers", type=int, default=1, help="workers started before the call returns (default: 1)")
+    s.add_argument("--batch-size", type=int, default=16, help="requests batched into one handler call (default: 16)")
+    s.add_argument("--max-batch-delay", type=int, default=5, help="ms to wait for a batch to fill (default: 5)")
+    s = sub.add_parser("scale", help="set a version's workers (min = max = --workers), synchronously", **kw)
+    s.add_argument("--name", required=True, help="model name")
+    s.add_argument("--version", help="version to scale (default: the default version)")
+    s.add_argument("--workers", type=int, required=True, help="worker count; 0 stops all (requests then get 503)")
+    for verb, what in (("set-default", "make VERSION the one unversioned requests reach"),
+                       ("unregister", "remove one version (its workers stop)")):
+        s = sub.add_parser(verb, help=what, **kw)
+        s.add_argument("--name", required=True, help="model name")
+        s.add_argument("--version", required=True, help="model version")
+    s = sub.add_parser("models", help="list models, or describe one with --name", **kw)
+    s.add_argument("--name", help="describe this model (default: list all)")
+    s.add_argument("--version", help="with --name: this version, or 'all' (default: the default version)")
+    s = sub.add_parser("predict", help="classify one text over REST and print the JSON answer", **kw)
+    s.add_argument("--name", required=True, help="model name")
+    s.add_argument("--text", required=True, help="the text to classify")
+    s.add_argument("--version", help="version to call (default: the default version)")
+    s.add_argument("--top-k", type=int, help="labels to return in scores (default: all)")
+    sub.add_parser("health", help="TorchServe's /ping", **kw)
+
+    a = p.parse_args(argv)
+    target = Target(config=a.config, state_dir=a.state_dir)
+    if a.verb == "serve":
+        return ServeConfig(target, start_timeout_s=a.timeout)
+    if a.verb == "stop":
+        return StopConfig(target)
+    if a.verb == "register":
+        return RegisterConfig(a.name, a.version, a.workers, a.batch_size, a.max_batch_delay, target)
+    if a.verb == "scale":
+        return ScaleConfig(a.name, a.workers, a.version, target)
+    if a.verb in ("set-default", "unregister"):
+        return (SetDefaultConfig if a.verb == "set-default" else UnregisterConfig)(a.name, a.version, target)
+    if a.verb == "models":
+        return ModelsConfig(a.name, a.version, target)
+    if a.verb == "predict":
+        return PredictConfig(a.name, a.text, a.version, a.top_k, target)
+    return HealthConfig(target)
+
+
+def cli(argv=None) -> int:
+    try:
+        config = parse_args(argv)
+        result = main(config)
+    except OpsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (TorchServeError, ServerError, KeyFileError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except requests.ConnectionError:
+        print(f"error: cannot reach TorchServe at {config.target.endpoints().inference_url} / "
+              f"{config.target.endpoints().management_url}: is it running? (`make serve`)", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,182 @@
+"""A small REST client for TorchServe's inference and management APIs, tokens included.
+
+Every non-2xx answer becomes a TorchServeError carrying the HTTP status and TorchServe's own
+message (or the handler's {"error": ...}). A refused token (0.12 answers 400 InvalidKeyException,
+not 401) is retried once with the key re-read from key_file.json, refreshed first if it has
+expired, and otherwise reported as one clear line. Predictions are idempotent, so a 503 (queue
+full, no worker yet) is retried with exponential backoff a bounded number of times; management
+calls are never retried.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+from urllib.parse import quote
+
+import requests
+
+from tsclient.keys import KeyFileError, KeyStore
+
+
+class TorchServeError(Exception):
+    """A call TorchServe (or the handler) refused; str() is one line with status and message."""
+
+    def __init__(self, status: int | str, message: str, kind: str | None = None):
+        self.status, self.message, self.kind = status, message, kind
+        super().__init__(f"TorchServe {status}{f' {kind}' if kind else ''}: {message}")
+
+
+class TokenRefused(TorchServeError):
+    """The server refused the token; the message says which key file was used and what to do."""
+
+    def __init__(self, status: int | str, message: str, key_file: Path, kind: str | None = "InvalidKeyException"):
+        super().__init__(status, message, kind)
+        self.args = (
+            f"token refused: TorchServe answered {' '.join(str(x) for x in (status, kind) if x)} "
+            f"({message.rstrip('.')}) — the key in {key_file} is "
+            "missing, wrong or expired; make sure you call the server started with this state dir "
+            "(restart it with `make stop serve`)",
+        )
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+def error_from_response(r: requests.Response, key_file: Path) -> TorchServeError:
+    try:
+        body = r.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict):
+        message = body.get("message") or body.get("error") or json.dumps(body)
+        kind = body.get("type")
+    else:
+        message, kind = (r.text.strip() or r.reason or "no message").replace("\n", " "), None
+    if kind == "InvalidKeyException":
+        return TokenRefused(r.status_code, message, key_file, kind)
+    return TorchServeError(r.status_code, message, kind)
+
+
+def _is_invalid_key(r: requests.Response) -> bool:
+    return r.status_code in (400, 401, 403) and "InvalidKeyException" in r.text[:500]
+
+
+def _path(*parts: str | None) -> str:
+    return "/".join(quote(str(p), safe="") for p in parts if p is not None)
+
+
+class TorchServeClient:
+    def __init__(self, inference_url: str, management_url: str, key_file: Path, timeout: float = 60.0,
+                 retries: int = 4, backoff_s: float = 0.25, session: requests.Session | None = None):
+        if retries < 0 or backoff_s < 0 or timeout <= 0:
+            raise ValueError("retries and backoff_s must be >= 0, timeout > 0")
+        self.inference_url, self.management_url = inference_url.rstrip("/"), management_url.rstrip("/")
+        self.key_file = Path(key_file)
+        self.keys = KeyStore(self.key_file, self.management_url)
+        self.timeout, self.retries, self.backoff_s = timeout, retries, backoff_s
+        self.session = session or requests.Session()
+
+    # ---- plumbing -------------------------------------------------------------------------
+    def _key(self, api: str) -> str | None:
+        try:
+            return self.keys.key(api)
+        except KeyFileError:
+            return None  # send no token: a server without token auth accepts it; one with it says so
+
+    def request(self, api: str, method: str, url: str, retry_503: bool = False, headers: dict | None = None,
+                **kwargs) -> requests.Response:
+        """Send with `api`'s key; retry 503 if asked, recover a refused key once, raise TorchServeError."""
+        key, recovered, attempt = self._key(api), False, 0
+        while True:
+            sent = dict(headers or {}, **({"Authorization": f"Bearer {key}"} if key else {}))
+            r = self.session.request(method, url, headers=sent, timeout=self.timeout, **kwargs)
+            if r.status_code == 503 and retry_503 and attempt < self.retries:
+                time.sleep(self.backoff_s * 2 ** attempt)
+                attempt += 1
+                continue
+            if _is_invalid_key(r) and not recovered:
+                recovered, new_key = True, self.keys.recover(api, key)
+                if new_key is not None:
+                    key = new_key
+                    continue
+            if r.ok:
+                return r
+            raise error_from_response(r, self.key_file)
+
+    @staticmethod
+    def _json(r: requests.Response) -> Any:
+        try:
+            return r.json()
+        except ValueError:
+            return r.text
+
+    # ---- inference --------------------------------------------------------------------------
+    def predict(self, name: str, text: str | None = None, *, texts: Sequence[str] | None = None,
+                instances: Sequence[Any] | None = None, version: str | None = None, top_k: int | None = None,
+                plain: bool = False) -> Any:
+        """Classify `text` (JSON {"text"}, or a text/plain body with plain=True), `texts` ({"texts": [...]})
+        or KServe v1 `instances` (POST /v1/models/<name>:predict, answered with {"predictions": [...]})."""
+        if sum(x is not None for x in (text, texts, instances)) != 1:
+            raise ValueError("give exactly one of text, texts or instances")
+        if plain and (text is None or top_k is not None):
+            raise ValueError("plain=True sends one text as a text/plain body, without top_k")
+        if plain:
+            return self.post_prediction(name, text.encode("utf-8"), "text/plain; charset=utf-8", version)
+        body: dict[str, Any] = {"text": text} if text is not None else (
+            {"texts": list(texts)} if texts is not None else {"instances": list(instances)})
+        if top_k is not None:
+            body["top_k"] = top_k
+        if instances is not None and version is None:
+            # The KServe v1 route has no version segment; a versioned call uses /predictions below.
+            url = f"{self.inference_url}/v1/models/{_path(name)}:predict"
+            return self._json(self.request("inference", "POST", url, retry_503=True, json=body))
+        return self.post_prediction(name, json.dumps(body).encode("utf-8"), "application/json", version)
+
+    def post_prediction(self, name: str, body: bytes, content_type: str, version: str | None = None) -> Any:
+        """POST raw bytes to /predictions/<name>[/<version>] (also how malformed bodies are sent in tests)."""
+        url = f"{self.inference_url}/predictions/{_path(name, version)}"
+        r = self.request("inference", "POST", url, retry_503=True, data=body, headers={"Content-Type": content_type})
+        return self._json(r)
+
+    def health(self) -> dict:
+        return self._json(self.request("inference", "GET", f"{self.inference_url}/ping", retry_503=True))
+
+    # ---- management -------------------------------------------------------------------------
+    def register(self, name: str, url: str, initial_workers: int = 1, batch_size: int = 1,
+                 max_batch_delay: int = 100, synchronous: bool = True, response_timeout: int | None = None) -> dict:
+        params = {"url": url, "model_name": name, "initial_workers": initial_workers, "batch_size": batch_size,
+                  "max_batch_delay": max_batch_delay, "synchronous": str(synchronous).lower()}
+        if response_timeout is not None:
+            params["response_timeout"] = response_timeout
+        return self._json(self.request("management", "POST", f"{self.management_url}/models", params=params))
+
+    def scale(self, name: str, version: str | None = None, min_workers: int = 1, max_workers: int | None = None,
+              synchronous: bool = True) -> dict:
+        params = {"min_worker": min_workers, "max_worker": max_workers if max_workers is not None else min_workers,
+                  "synchronous": str(synchronous).lower()}
+        url = f"{self.management_url}/models/{_path(name, version)}"
+        return self._json(self.request("management", "PUT", url, params=params))
+
+    def set_default(self, name: str, version: str) -> dict:
+        url = f"{self.management_url}/models/{_path(name, version)}/set-default"
+        return self._json(self.request("management", "PUT", url))
+
+    def unregister(self, name: str, version: str | None = None) -> dict:
+        return self._json(self.request("management", "DELETE", f"{self.management_url}/models/{_path(name, version)}"))
+
+    def list_models(self) -> list[dict]:
+        """Every registered model (following TorchServe's pagination)."""
+        models, token = [], None
+        while True:
+            params = {"limit": 100, **({"next_page_token": token} if token else {})}
+            page = self._json(self.request("management", "GET", f"{self.management_url}/models", params=params))
+            models += page.get("models", [])
+            token = page.get("nextPageToken")
+            if not token:
+                return models
+
+    def describe(self, name: str, version: str | None = None) -> list[dict]:
+        """One entry per version: `version` None describes the default one, "all" every version."""
+        return self._json(self.request("management", "GET", f"{self.management_url}/models/{_path(name, version)}"))
