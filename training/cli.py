@@ -22,6 +22,17 @@ def _arg_type(tp):
     return tp, None
 
 
+def check_choices(config) -> None:
+    """Raise UserError when a Literal field holds a value outside its choices: argparse checks them,
+    but a config built in Python (tests, notebooks) would otherwise fall through to a default silently."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        choices = _arg_type(hints[f.name])[1]
+        value = getattr(config, f.name)
+        if choices and value not in choices:
+            raise UserError(f"--{f.name.replace('_', '-')} must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
 def parse_config(cls, argv=None, description: str | None = None):
     """Parse `argv` into `cls`; field metadata `help` becomes the option's help text."""
     parser = argparse.ArgumentParser(description=description or cls.__doc__,

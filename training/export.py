@@ -26,7 +26,7 @@ import torch
 
 from handlers import bundle
 from handlers.tokenization import encode
-from training.cli import UserError, run_main
+from training.cli import UserError, check_choices, run_main
 
 log = logging.getLogger("training.export")
 PARITY_BATCHES = (1, 3, 8, 17, 32)
@@ -61,6 +61,7 @@ class ExportConfig:
     force: bool = field(default=False, metadata=_help("replace an existing output directory"))
 
     def __post_init__(self):
+        check_choices(self)
         if self.quantize == "int8" and self.dtype == "bf16":
             raise UserError("choose one of --quantize int8 or --dtype bf16, not both")
         if self.max_accuracy_drop < 0:
@@ -257,7 +258,8 @@ def main(config: ExportConfig) -> dict:
     results = {}
     fp32 = make_variant(model, "fp32")
     traced_fp32 = trace(fp32, example)
-    results["fp32"] = {"parity": check_parity(fp32, traced_fp32, cases, DEFAULT_TOLERANCE["fp32"]),
+    fp32_tolerance = config.tolerance if config.variant == "fp32" else DEFAULT_TOLERANCE["fp32"]
+    results["fp32"] = {"parity": check_parity(fp32, traced_fp32, cases, fp32_tolerance),
                        "test": evaluate(traced_fp32, tokenizer, test, labels, max_length)}
     traced = traced_fp32
     if config.variant != "fp32":

@@ -23,7 +23,7 @@ from typing import Literal
 
 import numpy as np
 
-from training.cli import UserError, run_main
+from training.cli import UserError, check_choices, run_main
 from training.data import DataError, Splits, label_ids, load_splits
 
 log = logging.getLogger("training.train")
@@ -63,12 +63,13 @@ class TrainConfig:
     evals_per_epoch: int = field(default=1, metadata=_help("validation passes per epoch"))
     group_by_length: bool = field(default=True, metadata=_help("batch texts of similar length (less padding)"))
     precision: Literal["auto", "fp32", "bf16", "fp16"] = field(default="auto", metadata=_help(
-        "auto: bf16 on a bf16-capable GPU or a CPU with AMX, fp16 on other GPUs, else fp32"))
+        "auto: bf16 on a bf16-capable GPU, fp16 on other GPUs, fp32 on CPU"))
     validation_fraction: float = field(default=0.1, metadata=_help("carved from train when there is no validation split"))
     resume: bool = field(default=True, metadata=_help("resume from the last checkpoint in the run directory"))
     progress: bool = field(default=True, metadata=_help("show a progress bar"))
 
     def __post_init__(self):
+        check_choices(self)
         positive = {"max_length": self.max_length, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size,
                     "grad_accum": self.grad_accum, "evals_per_epoch": self.evals_per_epoch}
         for name, value in positive.items():
@@ -76,6 +77,8 @@ class TrainConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
         if self.epochs <= 0 and self.max_steps <= 0:
             raise UserError("set --epochs > 0 or --max-steps > 0")
+        if self.early_stopping_patience < 0:
+            raise UserError(f"--early-stopping-patience must be >= 0 (0 disables), got {self.early_stopping_patience}")
         if self.max_train_samples is not None and self.max_train_samples < 2:
             raise UserError(f"--max-train-samples must be at least 2, got {self.max_train_samples}")
         if not 0 <= self.warmup_fraction < 1:
@@ -104,22 +107,16 @@ def resolve_model(name: str) -> str:
     return name
 
 
-def cpu_has_amx() -> bool:
-    try:
-        return "amx_bf16" in Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-
-
 def precision_flags(precision: str) -> dict:
-    """TrainingArguments mixed-precision flags; bf16 on CPU runs autocast on AMX tiles."""
+    """TrainingArguments mixed-precision flags. On CPU, bf16 autocast measured no faster than fp32 for
+    MiniLM-sized training steps here (AMX pays off at inference, see export), so auto keeps fp32."""
     import torch
 
     if precision == "auto":
         if torch.cuda.is_available():
             precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         else:
-            precision = "bf16" if cpu_has_amx() else "fp32"
+            precision = "fp32"
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
@@ -135,6 +132,10 @@ def make_trainer_class():
 
     class WeightedTrainer(Trainer):
         """Trainer whose loss is (optionally class-weighted) cross-entropy on float32 logits."""
+
+        # The loss below is a per-batch mean, not a sum over num_items_in_batch, so the Trainer must still
+        # divide it by the accumulation steps (else --grad-accum k scales loss and gradients by k).
+        loss_is_scaled_for_ga = False
 
         def __init__(self, *args, class_weights=None, **kwargs):
             super().__init__(*args, **kwargs)

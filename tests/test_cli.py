@@ -1,0 +1,141 @@
+"""The stage CLIs: `--help`, option parsing into the config dataclasses, and user mistakes reported as
+one `error: ...` line with exit code 2 and no traceback (in process and as real subprocesses)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from training.cli import UserError, parse_config, run_main
+from training.data import DataError
+from training.export import ExportConfig
+from training.train import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_module(module: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+    # The timeout only guards against a hang (e.g. a hub retry loop); nothing asserts on time.
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "TOKENIZERS_PARALLELISM": "false", **env})
+
+
+def one_error_line(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+# ---------------------------------------------------------------------------------------------- subprocess
+
+def test_train_help_lists_every_option():
+    result = run_module("training.train", "--help")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for flag in ("--output-dir", "--data", "--model", "--text-column", "--label-column", "--max-steps",
+                 "--max-train-samples", "--max-length", "--grad-accum", "--early-stopping-patience",
+                 "--no-resume", "--no-group-by-length", "--validation-fraction"):
+        assert flag in out, flag
+    assert "{none,balanced}" in out and "{auto,fp32,bf16,fp16}" in out
+    assert "stratified subset of train" in out  # field help text reaches argparse
+    assert "(default: 128)" in out
+
+
+def test_train_data_error_is_one_line(tmp_path, tiny_roberta_dir):
+    data = tmp_path / "reviews.csv"
+    pd.DataFrame({"body": ["good", "bad"], "label": ["pos", "neg"]}).to_csv(data, index=False)
+    result = run_module("training.train", "--data", str(data), "--output-dir", str(tmp_path / "run"),
+                        "--model", str(tiny_roberta_dir))
+    line = one_error_line(result)
+    assert f"{data}: column 'text' not found (columns: body, label); pass --text-column" in line
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_hub_model_offline_fails_with_alternatives(tmp_path):
+    data = tmp_path / "train.csv"
+    pd.DataFrame({"text": [f"text {i}" for i in range(20)], "label": ["a", "b"] * 10}).to_csv(data, index=False)
+    result = run_module("training.train", "--data", str(data), "--output-dir", str(tmp_path / "run"),
+                        "--model", "roberta-base", HF_HUB_OFFLINE="1")
+    line = one_error_line(result)
+    assert "'roberta-base'" in line and "HF_HUB_OFFLINE is set" in line
+    for alternative in ("--model DIR", "omit --model", "--data DIR", "builtin:tweets"):
+        assert alternative in line, alternative
+    assert not (tmp_path / "run").exists()
+
+
+def test_export_cli_refuses_a_non_run(tmp_path):
+    result = run_module("training.export", "--run-dir", str(tmp_path), "--output-dir", str(tmp_path / "bundle"))
+    line = one_error_line(result)
+    assert "run.json: missing" in line
+    assert not (tmp_path / "bundle").exists()
+
+
+# ---------------------------------------------------------------------------------------------- in process
+
+def test_options_become_typed_config_fields():
+    config = parse_config(TrainConfig, ["--output-dir", "runs/x", "--max-train-samples", "50", "--no-resume",
+                                        "--class-weights", "balanced", "--learning-rate", "3e-5", "--epochs", "1.5"])
+    assert config == TrainConfig(output_dir="runs/x", max_train_samples=50, resume=False, class_weights="balanced",
+                                 learning_rate=3e-5, epochs=1.5)
+    assert parse_config(TrainConfig, ["--output-dir", "o"]).max_train_samples is None
+    export = parse_config(ExportConfig, ["--run-dir", "r", "--output-dir", "o", "--quantize", "int8",
+                                         "--parity-tolerance", "1e-3", "--force"])
+    assert (export.quantize, export.parity_tolerance, export.force, export.variant) == ("int8", 1e-3, True, "int8")
+
+
+def test_export_help_in_process(capsys):
+    with pytest.raises(SystemExit) as info:
+        parse_config(ExportConfig, ["--help"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--run-dir" in out and "{none,int8}" in out and "--max-accuracy-drop" in out and "--force, --no-force" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--output-dir", "o", "--batch-size", "0"], "error: --batch-size must be at least 1, got 0"),
+    (["--output-dir", "o", "--max-train-samples", "1"], "error: --max-train-samples must be at least 2, got 1"),
+])
+def test_invalid_values_exit_2_with_one_line(capsys, argv, message):
+    with pytest.raises(SystemExit) as info:
+        parse_config(TrainConfig, argv)
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [message]
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["--output-dir", "o", "--class-weights", "inverse"], "invalid choice: 'inverse'"),
+    (["--output-dir", "o", "--batch-size", "eight"], "invalid int value: 'eight'"),
+    ([], "the following arguments are required: --output-dir"),
+])
+def test_argparse_mistakes_exit_2(capsys, argv, fragment):
+    with pytest.raises(SystemExit) as info:
+        parse_config(TrainConfig, argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert fragment in err and "Traceback" not in err
+
+
+def test_run_main_reports_stage_errors_and_passes_through_bugs(capsys):
+    def fails_with(error):
+        def main(config):
+            raise error
+        return main
+
+    argv = ["--output-dir", "o"]
+    for error in (UserError("bad flag"), DataError("train.csv: no rows")):
+        with pytest.raises(SystemExit) as info:
+            run_main(fails_with(error), TrainConfig, argv, errors=(UserError, DataError))
+        assert info.value.code == 2
+        assert capsys.readouterr().err == f"error: {error}\n"
+    # A programming error is not a user mistake: it keeps its traceback.
+    with pytest.raises(ZeroDivisionError):
+        run_main(fails_with(ZeroDivisionError("bug")), TrainConfig, argv, errors=(UserError, DataError))
+    seen = []
+    run_main(seen.append, TrainConfig, argv)
+    assert seen == [TrainConfig(output_dir="o")]

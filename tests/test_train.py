@@ -1,0 +1,307 @@
+"""training.train end to end on tiny random encoders: the run directory, label order, class weights,
+gradient accumulation, resume, a real data slice, and config validation.
+
+Each trained run costs seconds, so the two shared runs are trained once per session by `shared_run`
+(test_export.py trains nothing itself and exports these same runs)."""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+from collections import Counter
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.tiny import CORPUS
+from training.cli import UserError
+from training.data import load_splits
+from training.train import TrainConfig, balanced_weights, last_checkpoint, main, make_trainer_class
+
+# Insertion order pos, neg, mid: the run's labels must still come out sorted.
+STRING_TRAIN = {"pos": 24, "neg": 14, "mid": 8}
+STRING_LABELS = ["mid", "neg", "pos"]
+# Integer labels: numeric order puts 2 before 10 (string order would not).
+INT_TRAIN = {10: 12, 2: 10, 1: 8}
+INT_LABELS = ["1", "2", "10"]
+
+
+def texts_for(counts: dict, offset: int = 0) -> pd.DataFrame:
+    """Distinct texts in the tiny tokenizer's vocabulary, `counts[label]` rows per label."""
+    rows = [(f"{CORPUS[(i + j) % 8]} {offset + i * 100 + j}", label)
+            for i, (label, n) in enumerate(counts.items()) for j in range(n)]
+    return pd.DataFrame(rows, columns=["text", "label"])
+
+
+def write_string_data(folder: Path) -> Path:
+    """train.csv + test.csv with string labels; validation is carved from train."""
+    folder.mkdir(parents=True, exist_ok=True)
+    texts_for(STRING_TRAIN).to_csv(folder / "train.csv", index=False)
+    texts_for({"pos": 4, "neg": 4, "mid": 4}, offset=10_000).to_csv(folder / "test.csv", index=False)
+    return folder
+
+
+def write_int_data(folder: Path) -> Path:
+    """train/validation/test JSONL with integer labels."""
+    folder.mkdir(parents=True, exist_ok=True)
+    splits = {"train": INT_TRAIN, "validation": {10: 2, 2: 2, 1: 2}, "test": {10: 3, 2: 3, 1: 3}}
+    for offset, (name, counts) in enumerate(splits.items()):
+        texts_for(counts, offset=offset * 10_000).to_json(folder / f"{name}.jsonl", orient="records", lines=True)
+    return folder
+
+
+def roberta_config(out: Path, data: Path, model: Path, **overrides) -> TrainConfig:
+    settings = dict(output_dir=str(out), data=str(data), model=str(model), max_steps=2, batch_size=8,
+                    eval_batch_size=16, max_length=32, max_train_samples=30, class_weights="balanced",
+                    progress=False)
+    return TrainConfig(**{**settings, **overrides})
+
+
+def _train_roberta(base: Path, model: Path) -> Path:
+    main(roberta_config(base / "run", write_string_data(base / "data"), model))
+    return base
+
+
+def _train_distilbert(base: Path, model: Path) -> Path:
+    # grad_accum=2 and no early stopping / length grouping: the other branches of build_trainer.
+    main(TrainConfig(output_dir=str(base / "run"), data=str(write_int_data(base / "data")), model=str(model),
+                     max_steps=2, batch_size=4, grad_accum=2, max_length=32, precision="fp32",
+                     early_stopping_patience=0, group_by_length=False, progress=False))
+    return base
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Tiny models gain nothing from two threads, and on two shared cores OpenMP threads spinning
+    against another busy process made each forward pass ~50x slower than a single thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread():
+    with one_torch_thread():
+        yield
+
+
+_RUNS: dict[str, Path] = {}
+_BUILDERS = {"roberta": _train_roberta, "distilbert": _train_distilbert}
+
+
+def shared_run(kind: str, tmp_path_factory, model_dir: Path) -> Path:
+    """A folder holding data/ and run/ of one tiny training run, trained at most once per session."""
+    if kind not in _RUNS:
+        with one_torch_thread():  # session fixtures are set up before module-scoped ones
+            _RUNS[kind] = _BUILDERS[kind](tmp_path_factory.mktemp(f"trained-{kind}"), model_dir)
+    return _RUNS[kind]
+
+
+@pytest.fixture(scope="session")
+def roberta_run(tmp_path_factory, tiny_roberta_dir) -> Path:
+    return shared_run("roberta", tmp_path_factory, tiny_roberta_dir)
+
+
+@pytest.fixture(scope="session")
+def distilbert_run(tmp_path_factory, tiny_distilbert_dir) -> Path:
+    return shared_run("distilbert", tmp_path_factory, tiny_distilbert_dir)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+# ---------------------------------------------------------------------------------------------- run directory
+
+def test_run_directory_layout_and_metrics(roberta_run):
+    run = roberta_run / "run"
+    config = read_json(run / "model" / "config.json")
+    assert config["id2label"] == {"0": "mid", "1": "neg", "2": "pos"}
+    assert config["label2id"] == {"mid": 0, "neg": 1, "pos": 2}
+    assert (run / "model" / "model.safetensors").exists() and (run / "model" / "tokenizer.json").exists()
+
+    metrics = read_json(run / "metrics.json")
+    test = metrics["test"]
+    assert test["samples"] == 12
+    assert 0 <= test["accuracy"] <= 1 and 0 <= test["macro_f1"] <= 1
+    assert set(STRING_LABELS) <= set(test["per_class"])
+    assert sum(test["per_class"][name]["support"] for name in STRING_LABELS) == 12
+    counts = [c["count"] for c in test["top_confusions"]]
+    assert counts == sorted(counts, reverse=True) and all(c > 0 for c in counts)
+    assert metrics["train"]["steps"] == 2 and metrics["train"]["examples"] == 30
+    assert metrics["validation"]["samples"] > 0
+
+    meta = read_json(run / "run.json")
+    assert meta["labels"] == STRING_LABELS
+    assert meta["max_length"] == 32 and meta["config"]["max_steps"] == 2
+    assert meta["data"]["rows"] == {"train": 30, "validation": metrics["validation"]["samples"], "test": 12}
+    assert meta["data"]["validation_carved"] is True
+
+
+def test_report_files_agree_with_metrics(roberta_run):
+    run = roberta_run / "run"
+    test = read_json(run / "metrics.json")["test"]
+    cm = pd.read_csv(run / "report" / "confusion_matrix.csv", index_col=0)
+    assert list(cm.index) == STRING_LABELS and list(cm.columns) == STRING_LABELS
+    assert cm.to_numpy().sum() == 12
+    correct = int(round(test["accuracy"] * 12))
+    assert cm.to_numpy().trace() == correct
+    assert (run / "report" / "confusion_matrix.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    wrong = pd.read_csv(run / "report" / "misclassified.csv")
+    assert list(wrong.columns) == ["text", "true", "predicted", "confidence"]
+    assert len(wrong) == 12 - correct
+    assert list(wrong["confidence"]) == sorted(wrong["confidence"], reverse=True)
+    assert (wrong["true"] != wrong["predicted"]).all()
+    test_texts = set(pd.read_csv(roberta_run / "data" / "test.csv")["text"])
+    assert set(wrong["text"]) <= test_texts
+
+
+def test_test_split_saved_for_export(roberta_run):
+    saved = pd.read_parquet(roberta_run / "run" / "data" / "test.parquet")
+    source = pd.read_csv(roberta_run / "data" / "test.csv")
+    assert list(saved.columns) == ["text", "label"]
+    assert saved["text"].tolist() == source["text"].tolist()
+    assert saved["label"].tolist() == source["label"].astype(str).tolist()
+
+
+def test_integer_labels_keep_numeric_order(distilbert_run):
+    run = distilbert_run / "run"
+    assert read_json(run / "model" / "config.json")["id2label"] == {"0": "1", "1": "2", "2": "10"}
+    assert read_json(run / "run.json")["labels"] == INT_LABELS
+    assert set(pd.read_parquet(run / "data" / "test.parquet")["label"]) == set(INT_LABELS)
+    assert read_json(run / "metrics.json")["test"]["samples"] == 9
+
+
+def test_gradient_accumulation_does_not_scale_the_loss(distilbert_run):
+    # A near-random 3-class head starts at cross-entropy ~ln 3; summing (not averaging) the two
+    # accumulated micro-batches would report ~2 ln 3.
+    run = distilbert_run / "run"
+    assert read_json(run / "run.json")["config"]["grad_accum"] == 2
+    assert read_json(run / "metrics.json")["train"]["loss"] < 1.3 * math.log(3)
+
+
+# ---------------------------------------------------------------------------------------------- class weights
+
+def test_balanced_weights_formula():
+    assert balanced_weights([0, 0, 0, 1], 2) == pytest.approx([4 / 6, 2.0])
+    assert balanced_weights([2, 0, 1, 1, 2, 2], 3) == pytest.approx([2.0, 1.0, 2 / 3])
+
+
+def test_run_json_records_balanced_weights(roberta_run, distilbert_run):
+    meta = read_json(roberta_run / "run" / "run.json")
+    splits = load_splits(str(roberta_run / "data"), seed=meta["config"]["seed"], max_train_samples=30)
+    counts = Counter(splits.train["label"])
+    n, k = len(splits.train), len(STRING_LABELS)
+    assert n == 30
+    assert meta["class_weights"] == pytest.approx([n / (k * counts[name]) for name in STRING_LABELS])
+    assert read_json(distilbert_run / "run" / "run.json")["class_weights"] is None
+
+
+def test_weighted_loss_is_weighted_cross_entropy(roberta_run, tmp_path):
+    import torch
+    from transformers import AutoModelForSequenceClassification, TrainingArguments
+
+    model = AutoModelForSequenceClassification.from_pretrained(roberta_run / "run" / "model").eval()
+    with torch.no_grad():  # a head that favours class 0, so per-class losses differ clearly
+        model.classifier.out_proj.bias.copy_(torch.tensor([2.0, 0.0, -2.0]))
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    trainer_class = make_trainer_class()
+    generator = torch.Generator().manual_seed(0)
+    batch = {"input_ids": torch.randint(5, 100, (6, 7), generator=generator),
+             "attention_mask": torch.ones(6, 7, dtype=torch.long), "labels": torch.tensor([0, 1, 2, 2, 1, 2])}
+    weights = [3.0, 1.0, 0.25]
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        plain = trainer_class(model=model, args=args).compute_loss(model, dict(batch)).item()
+        weighted = trainer_class(model=model, args=args, class_weights=weights).compute_loss(model, dict(batch)).item()
+    nll = -torch.log_softmax(logits.double(), dim=-1)[torch.arange(6), batch["labels"]]
+    w = torch.tensor(weights, dtype=torch.float64)[batch["labels"]]
+    assert plain == pytest.approx(nll.mean().item(), rel=1e-5)
+    assert weighted == pytest.approx(((w * nll).sum() / w.sum()).item(), rel=1e-5)
+    assert abs(weighted - plain) > 0.1
+
+
+# ---------------------------------------------------------------------------------------------- resume
+
+def test_last_checkpoint_is_the_highest_step(tmp_path):
+    assert last_checkpoint(tmp_path) is None
+    for step in (2, 10, 9):
+        (tmp_path / "checkpoints" / f"checkpoint-{step}").mkdir(parents=True)
+    assert last_checkpoint(tmp_path) == str(tmp_path / "checkpoints" / "checkpoint-10")
+
+
+def test_resume_continues_from_last_checkpoint(tmp_path, tiny_roberta_dir, caplog):
+    data = write_string_data(tmp_path / "data")
+    out = tmp_path / "run"
+    settings = dict(class_weights="none", early_stopping_patience=0, precision="fp32")
+    main(roberta_config(out, data, tiny_roberta_dir, max_steps=2, **settings))
+    first = out / "checkpoints" / "checkpoint-2"
+    # Mark the saved trainer state: only a run that loads this checkpoint carries the marker forward.
+    state = read_json(first / "trainer_state.json")
+    state["log_history"].insert(0, {"step": 0, "resume_marker": 1})
+    (first / "trainer_state.json").write_text(json.dumps(state))
+
+    caplog.set_level(logging.INFO, logger="training.train")
+    metrics = main(roberta_config(out, data, tiny_roberta_dir, max_steps=4, **settings))
+    assert f"resuming from {first}" in caplog.text
+    assert metrics["train"]["steps"] == 4
+    final = read_json(out / "checkpoints" / "checkpoint-4" / "trainer_state.json")
+    assert final["global_step"] == 4
+    assert any(entry.get("resume_marker") for entry in final["log_history"])
+
+
+# ---------------------------------------------------------------------------------------------- real data
+
+def test_real_rt_polarity_slice(shared_data, tiny_roberta_dir, tmp_path):
+    source = shared_data / "rt-polarity"
+    data = tmp_path / "data"
+    data.mkdir()
+    pd.read_csv(source / "train.csv").groupby("label").head(40).to_csv(data / "train.csv", index=False)
+    test = pd.read_csv(source / "test.csv").groupby("label").head(15)
+    test.to_csv(data / "test.csv", index=False)
+
+    metrics = main(roberta_config(tmp_path / "run", data, tiny_roberta_dir, max_length=64, max_train_samples=48,
+                                  class_weights="none"))
+    run = tmp_path / "run"
+    assert read_json(run / "run.json")["labels"] == ["negative", "positive"]
+    assert read_json(run / "model" / "config.json")["id2label"] == {"0": "negative", "1": "positive"}
+    assert metrics["test"]["samples"] == 30 and metrics["train"]["examples"] == 48
+    assert 0 <= metrics["test"]["accuracy"] <= 1
+    wrong = pd.read_csv(run / "report" / "misclassified.csv")
+    assert set(wrong["text"]) <= set(test["text"])
+
+
+# ---------------------------------------------------------------------------------------------- validation
+
+@pytest.mark.parametrize("overrides, flag", [
+    ({"batch_size": 0}, "--batch-size"),
+    ({"eval_batch_size": 0}, "--eval-batch-size"),
+    ({"max_length": 0}, "--max-length"),
+    ({"grad_accum": 0}, "--grad-accum"),
+    ({"evals_per_epoch": 0}, "--evals-per-epoch"),
+    ({"epochs": 0, "max_steps": -1}, "--epochs"),
+    ({"max_train_samples": 1}, "--max-train-samples"),
+    ({"warmup_fraction": 1.0}, "--warmup-fraction"),
+    ({"validation_fraction": 0.0}, "--validation-fraction"),
+    ({"validation_fraction": 1.0}, "--validation-fraction"),
+    ({"learning_rate": 0.0}, "--learning-rate"),
+    ({"early_stopping_patience": -1}, "--early-stopping-patience"),
+    ({"class_weights": "balancd"}, "--class-weights"),
+    ({"precision": "fp8"}, "--precision"),
+])
+def test_config_validation(overrides, flag):
+    with pytest.raises(UserError) as info:
+        TrainConfig(output_dir="unused", **overrides)
+    assert flag in str(info.value) and "\n" not in str(info.value)
+
+
+def test_config_accepts_max_steps_without_epochs():
+    assert TrainConfig(output_dir="unused", epochs=0, max_steps=3).max_steps == 3
