@@ -52,6 +52,34 @@ export: install
 clean:
 	rm -rf runs logs model-archive/store .pytest_cache
 
+# ---- The quick start: the whole product end to end on the embedded model and dataset.
+# A bounded, stratified subset keeps it within a few minutes on 2 cores; `make train` uses all data.
+DEMO_RUN   := runs/demo
+DEMO_TRAIN ?= --max-train-samples 3000 --max-eval-samples 1500 --epochs 2
+# bf16 TorchScript where the CPU has AMX (several times faster, same accuracy), else fp32.
+DEMO_DTYPE := $(shell grep -qs amx_bf16 /proc/cpuinfo && echo bf16 || echo fp32)
+step = @printf '\n\033[1m==> %s\033[0m\n' $(1)
+
+demo: install
+	$(call step,"1/6 fine-tune $(or $(MODEL),the embedded all-MiniLM-L6-v2) on $(DATA)")
+	rm -rf $(DEMO_RUN)
+	$(PY) -m training.train --data $(DATA) $(if $(MODEL),--model $(MODEL)) --output-dir $(DEMO_RUN) $(DEMO_TRAIN)
+	$(PY) -m training.summary $(DEMO_RUN)
+	$(call step,"2/6 export TorchScript ($(DEMO_DTYPE)) and verify it against the eager model")
+	$(PY) -m training.export --run-dir $(DEMO_RUN) --output-dir $(DEMO_RUN)/export --dtype $(DEMO_DTYPE) --force \
+	  || { echo "$(DEMO_DTYPE) export refused; exporting fp32"; \
+	       $(PY) -m training.export --run-dir $(DEMO_RUN) --output-dir $(DEMO_RUN)/export --force; }
+	$(call step,"3/6 build model-archive/store/$(NAME)-$(VERSION).mar")
+	$(PY) -m tsclient.archive --bundle $(DEMO_RUN)/export --name $(NAME) --version $(VERSION) --force
+	$(call step,"4/6 start TorchServe (config.properties: loopback, token authorization on)")
+	-@$(OPS) stop >/dev/null 2>&1
+	$(OPS) serve
+	$(call step,"5/6 register $(NAME) v$(VERSION) with $(WORKERS) worker(s)")
+	$(OPS) register --name $(NAME) --version $(VERSION) --workers $(WORKERS) \
+	  --batch-size $(BATCH_SIZE) --max-batch-delay $(MAX_BATCH_DELAY)
+	$(call step,"6/6 live predictions")
+	$(PY) -m tsclient.demo --name $(NAME) --version $(VERSION)
+
 # ---- Serving (tsclient.ops). TorchServe runs with the repo root as its working directory:
 # key_file.json and logs/ land here (both gitignored); `make stop` always leaves a clean state.
 # VERSION (scale, predict) and NAME (models) are optional: they count only when you set them
@@ -98,3 +126,18 @@ grpc-stubs: install
 # (python -m tsclient.archive --help lists the options).
 archive: install
 	$(PY) -m tsclient.archive --bundle '$(EXPORT)' --name '$(NAME)' --version '$(VERSION)' $(ARGS)
+
+# ---- Locked (production) mode: config.locked.properties turns the model API off (register and
+# unregister refused) and loads the archives of MODELS (default: its load_models line) from the
+# model store at start; it returns once their workers are READY. `make stop` stops it.
+MODELS ?=
+.PHONY: serve-locked
+serve-locked: install
+	$(OPS) serve --config config.locked.properties $(if $(MODELS),--load-models '$(MODELS)')
+
+# ---- Soak: 60 s of mixed valid/invalid load at concurrency 32 on two workers, one worker killed
+# (SIGKILL) at 20 s and a version switch at 40 s, on its own temporary server (tiny model unless
+# SOAK_ARGS="--bundle runs/demo/export"). Writes bench/results/soak.json and soak.md.
+SOAK_ARGS ?=
+bench-soak: install
+	$(PY) -m bench.soak $(SOAK_ARGS)

@@ -50,7 +50,7 @@ def parse_config(cls, argv=None, description: str | None = None):
             if choices:
                 kwargs["choices"] = choices
         if required:
-            kwargs["required"] = True
+            kwargs.update(required=True, default=argparse.SUPPRESS)  # no misleading "(default: None)"
         else:
             kwargs["default"] = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         parser.add_argument(flag, **kwargs)

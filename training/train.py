@@ -48,6 +48,8 @@ class TrainConfig:
     epochs: float = field(default=3.0, metadata=_help("training epochs (upper bound with early stopping)"))
     max_steps: int = field(default=-1, metadata=_help("stop after this many optimizer steps (-1: use --epochs)"))
     max_train_samples: int | None = field(default=None, metadata=_help("stratified subset of train, for quick runs"))
+    max_eval_samples: int | None = field(default=None, metadata=_help(
+        "evaluate on at most this many validation and test texts (seeded sample), for quick runs"))
     max_length: int = field(default=128, metadata=_help("truncate texts to this many tokens (also used in serving)"))
     batch_size: int = field(default=32, metadata=_help("per-device training batch size"))
     eval_batch_size: int = field(default=64, metadata=_help("evaluation batch size"))
@@ -79,6 +81,8 @@ class TrainConfig:
             raise UserError("set --epochs > 0 or --max-steps > 0")
         if self.early_stopping_patience < 0:
             raise UserError(f"--early-stopping-patience must be >= 0 (0 disables), got {self.early_stopping_patience}")
+        if self.max_eval_samples is not None and self.max_eval_samples < 1:
+            raise UserError(f"--max-eval-samples must be at least 1, got {self.max_eval_samples}")
         if self.max_train_samples is not None and self.max_train_samples < 2:
             raise UserError(f"--max-train-samples must be at least 2, got {self.max_train_samples}")
         if not 0 <= self.warmup_fraction < 1:
@@ -243,6 +247,10 @@ def main(config: TrainConfig) -> dict:
     out = Path(config.output_dir)
     splits = load_splits(config.data, config.text_column, config.label_column, seed=config.seed,
                          validation_fraction=config.validation_fraction, max_train_samples=config.max_train_samples)
+    if config.max_eval_samples:
+        for split in ("validation", "test"):
+            frame = getattr(splits, split)
+            setattr(splits, split, frame.sample(n=min(config.max_eval_samples, len(frame)), random_state=config.seed))
     model_path = resolve_model(config.model)
     log.info("data %s: %d train / %d validation / %d test, %d labels", splits.source, len(splits.train),
              len(splits.validation), len(splits.test), len(splits.labels))
