@@ -99,6 +99,10 @@ def _decode(raw: bytes):
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise _Invalid(f"body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    except RecursionError:  # any exception escaping here would fail every request of the batch
+        raise _Invalid("body is not valid JSON: nested too deeply") from None
+    except ValueError:  # e.g. an integer literal longer than Python's 4300-digit limit
+        raise _Invalid("body is not valid JSON: a number is too long") from None
 
 
 def _parse_object(obj: dict, config: HandlerConfig) -> Parsed:
@@ -122,8 +126,10 @@ def _parse_object(obj: dict, config: HandlerConfig) -> Parsed:
 def _top_k(value, config: HandlerConfig) -> Optional[int]:
     if value is None:
         return config.default_top_k
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise _Invalid(f"'top_k' must be an integer >= 1, got {json.dumps(value)[:40]}")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Invalid(f"'top_k' must be an integer >= 1, got {_kind(value)}")  # its kind, never its content
+    if value < 1:
+        raise _Invalid(f"'top_k' must be an integer >= 1, got {str(value)[:20]}")
     return value
 
 
@@ -150,7 +156,12 @@ def _text(value, field: str, config: HandlerConfig) -> str:
         raise _Invalid(f"{field} must be a string, got {_kind(value)}")
     if not value.strip():
         raise _Invalid(f"{field} is empty")
-    return value[: config.max_text_chars]
+    value = value[: config.max_text_chars]
+    try:  # JSON may carry lone surrogates ("\ud800"); the tokenizer would raise on them for the whole batch
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise _Invalid(f"{field} is not valid Unicode (lone surrogate at character {e.start})") from None
+    return value
 
 
 def _kind(value) -> str:

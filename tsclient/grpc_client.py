@@ -7,6 +7,11 @@ imports package-relative. The client does not generate them behind your back: wi
 raises StubsMissing, which says to run `make grpc-stubs`; the generated code then always matches
 the installed TorchServe and grpcio.
 
+Predictions are retried like over REST (tsclient.rest): a bounded number of times with exponential
+backoff when the server could not answer them (UNAVAILABLE, or "Worker died." for a request in flight
+on a worker that crashed or was killed). TorchServe's inference service reports an unknown model or
+version as INTERNAL; the client raises NOT_FOUND, as the management service does.
+
 Authentication: TorchServe's gRPC interceptor reads the `authorization` metadata entry, expects
 `Bearer <key>` (the inference key on the inference service, the management key on the management
 service) and answers PERMISSION_DENIED otherwise. Predictions go in the request's `input` map
@@ -20,6 +25,7 @@ import re
 import shutil
 import sys
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -86,13 +92,22 @@ def _split_exception(details: str) -> tuple[str, str | None]:
     return (match.group(1) or details, match.group(3)) if match else (details, None)
 
 
+NOT_FOUND_KINDS = ("ModelNotFoundException", "ModelVersionNotFoundException")
+
+
+def _retryable(error: TorchServeError) -> bool:
+    return error.status == "UNAVAILABLE" or "Worker died" in error.message
+
+
 class TorchServeGrpcClient:
     def __init__(self, inference_target: str, management_target: str, key_file: Path, timeout: float = 60.0,
-                 management_url: str | None = None):
+                 management_url: str | None = None, retries: int = 4, backoff_s: float = 0.25):
         """`*_target` are host:port; `management_url` (REST) is only used to refresh an expired key."""
         import grpc
 
-        self._grpc = grpc
+        if retries < 0 or backoff_s < 0:
+            raise ValueError("retries and backoff_s must be >= 0")
+        self._grpc, self.retries, self.backoff_s = grpc, retries, backoff_s
         self.inf_pb2, inf_grpc, self.mgmt_pb2, mgmt_grpc = load_stubs()
         self.key_file, self.timeout = Path(key_file), timeout
         self.keys = KeyStore(self.key_file, management_url)
@@ -132,7 +147,8 @@ class TorchServeGrpcClient:
                         key = fresh
                         continue
                     raise TokenRefused(code.name, details, self.key_file, kind=None) from None
-                raise TorchServeError(code.name, *_split_exception(details)) from None
+                message, kind = _split_exception(details)
+                raise TorchServeError("NOT_FOUND" if kind in NOT_FOUND_KINDS else code.name, message, kind) from None
 
     @staticmethod
     def _decode(payload: bytes | str) -> Any:
@@ -157,7 +173,19 @@ class TorchServeGrpcClient:
         """Send `data` as input["data"]. TorchServe's unary gRPC drops the per-request status the handler
         sets (a 400 arrives as OK), so the handler's {"error": ...} body is raised as INVALID_ARGUMENT."""
         request = self.inf_pb2.PredictionsRequest(model_name=name, model_version=version or "", input={"data": data})
-        answer = self._decode(self._call("inference", self.inference.Predictions, request).prediction)
+        for attempt in range(self.retries + 1):
+            try:
+                reply = self._call("inference", self.inference.Predictions, request)
+                break
+            except TorchServeError as e:
+                if e.status == "CANCELLED" and "RST_STREAM" in e.message:
+                    raise TorchServeError(e.status, f"{e.message}: TorchServe resets the stream of a request above "
+                                          f"its max_request_size (config.properties); this one was {len(data)} bytes",
+                                          "RequestTooLarge") from None
+                if attempt == self.retries or not _retryable(e):
+                    raise
+                time.sleep(self.backoff_s * 2 ** attempt)
+        answer = self._decode(reply.prediction)
         if isinstance(answer, dict) and set(answer) == {"error"}:
             raise TorchServeError("INVALID_ARGUMENT", str(answer["error"]), "handler error")
         return answer

@@ -1,6 +1,7 @@
 """Operate a TorchServe: the command line behind the make serving targets.
 
     python -m tsclient.ops serve
+    python -m tsclient.ops serve --config config.locked.properties --load-models classifier-1.0.mar
     python -m tsclient.ops register --name classifier --version 1.0 --workers 2
     python -m tsclient.ops predict --name classifier --text "What a wonderful day!"
 
@@ -12,7 +13,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+import time
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -72,10 +76,20 @@ class Target:
 class ServeConfig:
     target: Target = field(default_factory=Target)
     start_timeout_s: float = 120.0
+    # Replaces the config's load_models: comma-separated archives of the model store, loaded at start
+    # (the first version listed of each model is its default). None: the config's own value.
+    load_models: Optional[str] = None
 
     def __post_init__(self):
         if self.start_timeout_s <= 0:
             raise OpsError("start timeout must be positive")
+        if self.load_models is not None:
+            archives = [a.strip() for a in self.load_models.split(",") if a.strip()]
+            bad = [a for a in archives if "/" in a or not a.endswith(".mar")]
+            if not archives or bad:
+                raise OpsError(f"load_models must list archive file names of the model store (x-1.0.mar,...), "
+                               f"got {self.load_models!r}")
+            self.load_models = ",".join(archives)
 
 
 @dataclass
@@ -173,7 +187,9 @@ class HealthConfig:
 
 
 def _serve(c: ServeConfig) -> Any:
-    cfg = ServerConfig(config=c.target.config, state_dir=c.target.state_dir, start_timeout_s=c.start_timeout_s)
+    properties = {"load_models": c.load_models} if c.load_models else {}
+    cfg = ServerConfig(config=c.target.config, state_dir=c.target.state_dir, start_timeout_s=c.start_timeout_s,
+                       properties=properties)
     ep = server.start(cfg)
     return {"status": "TorchServe is running", "inference": ep.inference_url, "management": ep.management_url,
             "metrics": ep.metrics_url, "grpc_inference": ep.grpc_inference, "grpc_management": ep.grpc_management,
@@ -191,9 +207,38 @@ def _register(c: RegisterConfig) -> Any:
         found = sorted(p.name for p in store.glob("*.mar")) if store.is_dir() else []
         raise OpsError(f"{store / c.archive} not found (archives in the store: {', '.join(found) or 'none'}); "
                        "build it with `make archive`")
-    # A bare file name: resolved inside the model store, so the config's allowed_urls never blocks it.
-    return c.target.client().register(c.name, c.archive, initial_workers=c.workers, batch_size=c.batch_size,
-                                      max_batch_delay=c.max_batch_delay, synchronous=True)
+    log_start = server.log_size(c.target.state_dir)
+    try:
+        # A bare file name: resolved inside the model store, so the config's allowed_urls never blocks it.
+        return c.target.client().register(c.name, c.archive, initial_workers=c.workers, batch_size=c.batch_size,
+                                          max_batch_delay=c.max_batch_delay, synchronous=True)
+    except TorchServeError as e:
+        raise _explained(e, c, store / c.archive, log_start) from None
+
+
+def archive_problem(path: Path) -> Optional[str]:
+    """Why `path` is not a readable model archive, or None. TorchServe only says "Failed to save model"."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            corrupt, names = z.testzip(), set(z.namelist())
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        return f"{path.name} is not a readable zip archive ({e}): truncated or corrupt; rebuild it with `make archive`"
+    if corrupt is not None:
+        return f"{path.name}: {corrupt} is corrupt (CRC mismatch); rebuild it with `make archive`"
+    if "MAR-INF/MANIFEST.json" not in names:
+        return f"{path.name} has no MAR-INF/MANIFEST.json: not built by torch-model-archiver (`make archive`)"
+    return None
+
+
+def _explained(e: TorchServeError, c: RegisterConfig, archive: Path, log_start: int) -> TorchServeError:
+    """A failed registration (500, no reason given) with its reason: a broken archive or the worker's error.
+    TorchServe has already unregistered the failed version and stopped its workers by then."""
+    if e.status != 500:
+        return e
+    failed = re.search(r"model (\S+) version: (\S+)", e.message)
+    name, version = failed.groups() if failed else (c.name, c.version)
+    reason = archive_problem(archive) or server.worker_error(c.target.state_dir, name, version, since=log_start)
+    return TorchServeError(e.status, f"{e.message.rstrip('.')}: {reason}", e.kind) if reason else e
 
 
 def _scale(c: ScaleConfig) -> Any:
@@ -204,8 +249,33 @@ def _set_default(c: SetDefaultConfig) -> Any:
     return c.target.client().set_default(c.name, c.version)
 
 
+DRAIN_TIMEOUT_S = 30.0
+
+
 def _unregister(c: UnregisterConfig) -> Any:
-    return c.target.client().unregister(c.name, c.version)
+    client = c.target.client()
+    _drain(client, c.name, c.version)
+    return client.unregister(c.name, c.version)
+
+
+def _drain(client: TorchServeClient, name: str, version: str) -> None:
+    """Wait until nothing is queued for a version about to be unregistered. TorchServe 0.12 answers requests
+    in flight on its workers with "Worker died." (the clients retry them on the default version) but never
+    answers those still queued or waiting for their batch to fill: over gRPC they hang until the client's
+    deadline. Once the version is not the default it gets no new unversioned requests and drains at once."""
+    try:
+        (default,) = client.describe(name)
+        if default["modelVersion"] == version:
+            return  # TorchServe refuses to unregister the default version; let it say so
+        deadline, empty_polls = time.monotonic() + DRAIN_TIMEOUT_S, 0
+        while empty_polls < 2 and time.monotonic() < deadline:
+            (described,) = client.describe(name, version)
+            empty_polls = empty_polls + 1 if described["jobQueueStatus"]["pendingRequests"] == 0 else 0
+            time.sleep(0.05)
+        # A batch leaves the queue when its first request is taken and reaches a worker up to maxBatchDelay later.
+        time.sleep(described["maxBatchDelay"] / 1000 + 0.1)
+    except (TorchServeError, KeyError, ValueError):
+        return  # unknown model or version: unregister reports it
 
 
 def _models(c: ModelsConfig) -> Any:
@@ -241,7 +311,10 @@ def parse_args(argv=None):
     kw = dict(parents=[common])
 
     s = sub.add_parser("serve", help="start TorchServe and wait until it is healthy", **kw)
-    s.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for /ping (default: 120)")
+    s.add_argument("--timeout", type=float, default=120.0,
+                   help="seconds to wait for /ping and for the workers of models loaded at start (default: 120)")
+    s.add_argument("--load-models", help="archives of the model store to load at start, comma-separated "
+                                          "(replaces the config's load_models; see config.locked.properties)")
     sub.add_parser("stop", help="stop TorchServe and clean its stale state", **kw)
     s = sub.add_parser("register", help="register <store>/<name>-<version>.mar with workers started", **kw)
     s.add_argument("--name", required=True, help="model name clients use in URLs")
@@ -271,7 +344,7 @@ def parse_args(argv=None):
     a = p.parse_args(argv)
     target = Target(config=a.config, state_dir=a.state_dir)
     if a.verb == "serve":
-        return ServeConfig(target, start_timeout_s=a.timeout)
+        return ServeConfig(target, start_timeout_s=a.timeout, load_models=a.load_models)
     if a.verb == "stop":
         return StopConfig(target)
     if a.verb == "register":

@@ -3,9 +3,12 @@
 Every non-2xx answer becomes a TorchServeError carrying the HTTP status and TorchServe's own
 message (or the handler's {"error": ...}). A refused token (0.12 answers 400 InvalidKeyException,
 not 401) is retried once with the key re-read from key_file.json, refreshed first if it has
-expired, and otherwise reported as one clear line. Predictions are idempotent, so a 503 (queue
-full, no worker yet) is retried with exponential backoff a bounded number of times; management
-calls are never retried.
+expired, and otherwise reported as one clear line. Predictions are idempotent, so they are retried
+with exponential backoff a bounded number of times when the server could not answer them: 503 (queue
+full, no worker yet), "Worker died." (0.12 answers 507 to every request in flight on a worker that
+crashed or was killed, which TorchServe then restarts, and 500 to those in flight on the workers of a
+version being unregistered; sent again, an unversioned request reaches the default version) and
+connection errors (server restarting). Management calls are never retried.
 """
 from __future__ import annotations
 
@@ -44,7 +47,21 @@ class TokenRefused(TorchServeError):
         return self.args[0]
 
 
+def retryable(status: int, body: bytes | str = b"") -> bool:
+    """Whether a prediction answered with `status` may simply be sent again (see the module docstring)."""
+    if status == 503:
+        return True
+    text = body.decode("utf-8", "replace") if isinstance(body, (bytes, bytearray)) else body
+    return status in (500, 507) and "Worker died" in text[:500]
+
+
 def error_from_response(r: requests.Response, key_file: Path) -> TorchServeError:
+    if r.status_code == 413 and not r.content:
+        # The frontend refuses the body before any handler sees it and says nothing more.
+        size = len(r.request.body or b"") if r.request is not None else 0
+        return TorchServeError(413, f"request body ({size} bytes) is larger than the server's max_request_size "
+                                    "(config.properties); send fewer or shorter texts per request",
+                               "RequestTooLarge")
     try:
         body = r.json()
     except ValueError:
@@ -85,14 +102,22 @@ class TorchServeClient:
         except KeyFileError:
             return None  # send no token: a server without token auth accepts it; one with it says so
 
-    def request(self, api: str, method: str, url: str, retry_503: bool = False, headers: dict | None = None,
+    def request(self, api: str, method: str, url: str, retry: bool = False, headers: dict | None = None,
                 **kwargs) -> requests.Response:
-        """Send with `api`'s key; retry 503 if asked, recover a refused key once, raise TorchServeError."""
+        """Send with `api`'s key; if `retry` (idempotent calls only), retry what `retryable` allows and
+        connection errors with backoff; recover a refused key once; raise TorchServeError."""
         key, recovered, attempt = self._key(api), False, 0
         while True:
             sent = dict(headers or {}, **({"Authorization": f"Bearer {key}"} if key else {}))
-            r = self.session.request(method, url, headers=sent, timeout=self.timeout, **kwargs)
-            if r.status_code == 503 and retry_503 and attempt < self.retries:
+            try:
+                r = self.session.request(method, url, headers=sent, timeout=self.timeout, **kwargs)
+            except requests.ConnectionError:  # not Timeout: a request that hung must not be sent again
+                if not retry or attempt >= self.retries:
+                    raise
+                time.sleep(self.backoff_s * 2 ** attempt)
+                attempt += 1
+                continue
+            if retry and attempt < self.retries and retryable(r.status_code, r.content):
                 time.sleep(self.backoff_s * 2 ** attempt)
                 attempt += 1
                 continue
@@ -131,17 +156,18 @@ class TorchServeClient:
         if instances is not None and version is None:
             # The KServe v1 route has no version segment; a versioned call uses /predictions below.
             url = f"{self.inference_url}/v1/models/{_path(name)}:predict"
-            return self._json(self.request("inference", "POST", url, retry_503=True, json=body))
+            return self._json(self.request("inference", "POST", url, retry=True, json=body))
         return self.post_prediction(name, json.dumps(body).encode("utf-8"), "application/json", version)
 
     def post_prediction(self, name: str, body: bytes, content_type: str, version: str | None = None) -> Any:
         """POST raw bytes to /predictions/<name>[/<version>] (also how malformed bodies are sent in tests)."""
         url = f"{self.inference_url}/predictions/{_path(name, version)}"
-        r = self.request("inference", "POST", url, retry_503=True, data=body, headers={"Content-Type": content_type})
+        r = self.request("inference", "POST", url, retry=True, data=body, headers={"Content-Type": content_type})
         return self._json(r)
 
     def health(self) -> dict:
-        return self._json(self.request("inference", "GET", f"{self.inference_url}/ping", retry_503=True))
+        # Not retried: a health check reports the server's state now, and a down server at once.
+        return self._json(self.request("inference", "GET", f"{self.inference_url}/ping"))
 
     # ---- management -------------------------------------------------------------------------
     def register(self, name: str, url: str, initial_workers: int = 1, batch_size: int = 1,

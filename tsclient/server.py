@@ -15,11 +15,17 @@ in tests) that is its working directory and holds everything it writes:
 
 The launcher runs `--foreground` as the leader of a new process group; the JVM and the Python
 workers inherit that group, so stop() can always end every process of this server, and only it.
+
+Models listed in `load_models` (locked mode, config.locked.properties) are registered by TorchServe
+before it answers /ping, but their workers load afterwards; start() returns only once every one of
+them has its workers READY, and as soon as a worker fails to load its model, stops the server and
+raises that worker's own error (from logs/model_log.log) instead of leaving TorchServe retrying it.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -224,6 +230,63 @@ def log_tail(cfg: ServerConfig, lines: int = 25) -> str:
     return "(no log output)"
 
 
+MODEL_LOG = "logs/model_log.log"
+
+
+def log_size(state_dir: Path) -> int:
+    """Current size of the workers' log, so a later worker_error() reads only what was written after."""
+    try:
+        return (Path(state_dir) / MODEL_LOG).stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
+def worker_error(state_dir: Path, name: str | None = None, version: str | None = None, since: int = 0) -> str | None:
+    """The last exception line a worker of `name`/`version` (any, if None) logged after byte `since`.
+
+    TorchServe answers a registration whose workers fail with a bare "Failed to start workers"; the
+    reason (e.g. the handler's BundleError) is only in the workers' log. It never holds request text:
+    the handler does not log any."""
+    try:
+        with open(Path(state_dir) / MODEL_LOG, "rb") as f:
+            f.seek(max(since, f.seek(0, os.SEEK_END) - (4 << 20)))  # the last 4 MiB at most
+            text = f.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return None
+    worker = rf"W-\d+-{re.escape(name)}_{re.escape(version or '')}" if name else r"W-\d+-\S+"
+    if name and version is None:
+        worker += r"\S*"
+    pattern = re.compile(rf"{worker}-stdout MODEL_LOG - ((?:[\w.]+\.)?\w+(?:Error|Exception): .*)$", re.M)
+    found = pattern.findall(text)
+    return found[-1].strip() if found else None
+
+
+def startup_archives(props: dict[str, str]) -> list[str]:
+    """Archive file names of `load_models` (entries may be `name=file.mar`); ["ALL"] for the whole store."""
+    entries = [e.strip() for e in props.get("load_models", "").split(",") if e.strip()]
+    return [e.split("=", 1)[-1].strip() for e in entries]
+
+
+def _models_ready(endpoints: Endpoints) -> bool:
+    """Every registered version has at least minWorkers workers READY (with the management key)."""
+    try:
+        key = json.loads(endpoints.key_file.read_text())["management"]["key"]
+    except (FileNotFoundError, ValueError, KeyError, TypeError):
+        key = None  # token authorization off (or keys not written yet: then the server refuses, and we retry)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        models = requests.get(f"{endpoints.management_url}/models", params={"limit": 1000}, headers=headers,
+                              timeout=5).json()["models"]
+        for model in models:
+            for d in requests.get(f"{endpoints.management_url}/models/{model['modelName']}/all", headers=headers,
+                                  timeout=5).json():
+                if sum(w["status"] == "READY" for w in d["workers"]) < max(1, d["minWorkers"]):
+                    return False
+        return True
+    except (ValueError, KeyError, TypeError, requests.RequestException):
+        return False
+
+
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     """True if something listens on the port. SO_REUSEADDR, as the JVM sets it, so that connections of a
     server stopped a moment ago (TIME_WAIT) do not count as in use."""
@@ -285,7 +348,14 @@ def start(cfg: ServerConfig) -> Endpoints:
     (cfg.state_dir / "logs/tmp").mkdir(parents=True, exist_ok=True)
     if not cfg.derived:  # a derived config left by an earlier run would mislead clients about the ports
         (cfg.state_dir / DERIVED_CONFIG).unlink(missing_ok=True)
+    archives = startup_archives(cfg.effective_properties())
+    missing = [a for a in archives if a.upper() != "ALL" and "://" not in a and not (cfg.model_store / a).is_file()]
+    if missing:  # TorchServe would only log a warning and serve without them
+        found = sorted(p.name for p in cfg.model_store.glob("*.mar"))
+        raise ServerError(f"load_models lists {', '.join(missing)}, not in the model store {cfg.model_store} "
+                          f"(archives there: {', '.join(found) or 'none'}); build it with `make archive`")
     config_path = cfg.write_effective_config()
+    log_start = log_size(cfg.state_dir)
     cmd = [sys.executable, "-m", "ts.model_server", "--start", "--foreground", "--ncs",
            "--ts-config", str(config_path), "--model-store", str(cfg.model_store)]
     with open(cfg.state_dir / OUT_FILE, "ab") as out:
@@ -300,11 +370,19 @@ def start(cfg: ServerConfig) -> Endpoints:
             _clear_state(cfg)
             raise ServerError(f"TorchServe exited during start-up (code {proc.returncode}); {log_tail(cfg)}")
         if _healthy(endpoints):
-            return endpoints
+            if not archives or _models_ready(endpoints):
+                return endpoints
+            # TorchServe would retry a worker that cannot load its model forever: fail now, with its reason.
+            reason = worker_error(cfg.state_dir, since=log_start)
+            if reason:
+                _kill_group(proc.pid)
+                _clear_state(cfg)
+                raise ServerError(f"a model of load_models cannot be loaded; its worker failed with: {reason}")
         time.sleep(0.5)
     _kill_group(proc.pid)
     _clear_state(cfg)
-    raise ServerError(f"TorchServe did not answer /ping Healthy within {cfg.start_timeout_s:.0f}s; {log_tail(cfg)}")
+    raise ServerError(f"TorchServe did not answer /ping Healthy (and, with load_models, get every worker READY) "
+                      f"within {cfg.start_timeout_s:.0f}s; {log_tail(cfg)}")
 
 
 def _kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:

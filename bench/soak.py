@@ -1,0 +1,430 @@
+"""Soak: a steady mixed load on two workers while a worker is killed and the default version switches.
+
+    python -m bench.soak [--duration 60] [--concurrency 32] [--bundle runs/demo/export]   (= make bench-soak)
+
+One temporary TorchServe (free loopback ports, token authorization on) serves v1 and v2 of one model,
+two workers each. `concurrency` keep-alive connections send requests back to back for `duration`
+seconds, ~10% of them invalid in several ways; at `kill_at` one v1 worker gets SIGKILL, at `switch_at`
+the default version becomes v2 and at `back_at` v1 again. Every request is retried exactly as
+tsclient.rest retries a prediction (tsclient.rest.retryable, same backoff), so a valid request that
+still fails is a lost request. The load generator is one asyncio loop on raw HTTP/1.1, so it leaves
+the cores to the server. Writes bench/results/soak.json and soak.md; the server is always stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import random
+import resource
+import shutil
+import signal
+import statistics
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import psutil
+
+from tsclient import server
+from tsclient.rest import TorchServeClient, retryable
+
+logger = logging.getLogger("bench.soak")
+RESULTS = Path(__file__).parent / "results"
+NAME = "soak"
+V1_LABELS, V2_LABELS = ("negative", "positive"), ("negative", "neutral", "positive")
+RETRIES, BACKOFF_S = 4, 0.25  # TorchServeClient's defaults
+REQUEST_TIMEOUT_S = 60.0
+
+
+@dataclass
+class SoakConfig:
+    duration_s: float = 60.0
+    concurrency: int = 32
+    kill_at_s: float = 20.0
+    switch_at_s: float = 40.0
+    back_at_s: Optional[float] = 50.0  # None: stay on v2
+    invalid_fraction: float = 0.1
+    warmup_s: float = 5.0  # same load before the measured run; RSS "before" is taken after it
+    workers: int = 2
+    bundle: Optional[Path] = None  # None: a tiny random model built on the spot
+    out_dir: Path = RESULTS
+    seed: int = 0
+
+    def __post_init__(self):
+        self.out_dir = Path(self.out_dir)
+        if self.bundle is not None and not Path(self.bundle).is_dir():
+            raise ValueError(f"--bundle {self.bundle}: not a directory (an export bundle, see `make export`)")
+        if self.concurrency < 1 or self.workers < 1 or self.warmup_s < 0:
+            raise ValueError("concurrency and workers must be >= 1, warmup >= 0")
+        if not 0 <= self.invalid_fraction <= 1:
+            raise ValueError("invalid fraction must be within 0..1")
+        times = [self.kill_at_s, self.switch_at_s] + ([self.back_at_s] if self.back_at_s is not None else [])
+        if not (0 < times[0] and times == sorted(times) and times[-1] < self.duration_s):
+            raise ValueError("need 0 < kill_at < switch_at [< back_at] < duration")
+
+
+# ---- the request mix ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    body: bytes
+    content_type: str = "application/json"
+    status: int = 200  # what a correct server answers
+    version: Optional[str] = None
+    texts: int = 1  # valid: predictions expected; shape "one" (dict), "list" or "predictions"
+    shape: str = "one"
+
+
+VALID = [
+    Kind("text", b'{"text": "the delivery was fast and the support friendly"}'),
+    Kind("text-top1", b'{"text": "not worth the money", "top_k": 1}'),
+    Kind("texts", json.dumps({"texts": ["great", "awful", "it is fine I guess", "refund please"]}).encode(), texts=4,
+         shape="list"),
+    Kind("instances", b'{"instances": ["lovely", {"text": "broken on arrival"}]}', texts=2, shape="predictions"),
+    Kind("plain", "plain text body \U0001F600".encode(), "text/plain; charset=utf-8"),
+]
+INVALID = [
+    Kind("bad-json", b'{"text": ', status=400),
+    Kind("text-number", b'{"text": 5}', status=400),
+    Kind("empty-texts", b'{"texts": []}', status=400),
+    Kind("top-k-zero", b'{"text": "a", "top_k": 0}', status=400),
+    Kind("unknown-field", b'{"txt": "a"}', status=400),
+    Kind("bad-utf8", b'{"text": "\xff"}', status=400),
+    Kind("too-many-texts", json.dumps({"texts": ["x"] * 65}).encode(), status=413),
+    Kind("unknown-version", b'{"text": "a"}', status=404, version="9.9"),
+]
+
+
+def check(kind: Kind, status: Optional[int], body: bytes) -> bool:
+    """The answer a correct server gives `kind`: its status, and a prediction or an error body."""
+    if status != kind.status:
+        return False
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return False
+    if kind.status != 200:
+        return isinstance(answer, dict) and bool(answer.get("error") or answer.get("message"))
+    predictions = {"one": lambda a: [a], "list": lambda a: a, "predictions": lambda a: a["predictions"]}[kind.shape]
+    try:
+        found = predictions(answer)
+        return len(found) == kind.texts and all(p["label"] in p["scores"] for p in found)
+    except (KeyError, TypeError):
+        return False
+
+
+# ---- a minimal HTTP/1.1 keep-alive client -----------------------------------------------------------------
+class ConnectionLost(Exception):
+    pass
+
+
+class Connection:
+    def __init__(self, host: str, port: int):
+        self.host, self.port, self.reader, self.writer = host, port, None, None
+
+    async def exchange(self, raw: bytes) -> tuple[int, bytes]:
+        try:
+            if self.writer is None:
+                self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+            self.writer.write(raw)
+            await self.writer.drain()
+            head = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+            status = int(head[0].split(" ", 2)[1])
+            headers = {k.strip().lower(): v.strip() for k, v in (h.split(":", 1) for h in head[1:] if ":" in h)}
+            body = await self._body(headers)
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, IndexError) as e:
+            self.close()
+            raise ConnectionLost(f"{type(e).__name__}: {e}") from None
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return status, body
+
+    async def _body(self, headers: dict) -> bytes:
+        if headers.get("transfer-encoding", "").lower() != "chunked":
+            return await self.reader.readexactly(int(headers.get("content-length", "0")))
+        chunks = []
+        while size := int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            chunks.append(await self.reader.readexactly(size + 2))
+        await self.reader.readuntil(b"\r\n")
+        return b"".join(c[:-2] for c in chunks)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+def http_request(kind: Kind, host: str, key: str) -> bytes:
+    path = f"/predictions/{NAME}" + (f"/{kind.version}" if kind.version else "")
+    return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
+            f"Content-Type: {kind.content_type}\r\nContent-Length: {len(kind.body)}\r\n\r\n").encode() + kind.body
+
+
+# ---- the run -------------------------------------------------------------------------------------------------
+@dataclass
+class Tally:
+    started: float = field(default_factory=time.perf_counter)
+    outcomes: list = field(default_factory=list)  # (t, kind name, valid, correct, latency s, attempts)
+    retries: Counter = field(default_factory=Counter)  # by cause
+    wrong: list = field(default_factory=list)  # first few wrong answers
+    labels: Counter = field(default_factory=Counter)
+
+
+async def client(conn: Connection, raw: dict, rng: random.Random, cfg: SoakConfig, tally: Tally, stop_at: float):
+    while time.perf_counter() < stop_at:
+        kind = rng.choice(INVALID) if rng.random() < cfg.invalid_fraction else rng.choice(VALID)
+        t0, attempt = time.perf_counter(), 0
+        while True:
+            try:
+                status, body = await asyncio.wait_for(conn.exchange(raw[kind.name]), REQUEST_TIMEOUT_S)
+                cause = str(status) if retryable(status, body) else None
+            except ConnectionLost as e:
+                status, body, cause = None, str(e).encode(), "connection"
+            except asyncio.TimeoutError:  # like the client: a request that hung is not sent again
+                conn.close()
+                status, body, cause = None, b"timed out", None
+            if cause is None or attempt >= RETRIES:
+                break
+            tally.retries[cause] += 1
+            await asyncio.sleep(BACKOFF_S * 2 ** attempt)
+            attempt += 1
+        correct = check(kind, status, body)
+        now = time.perf_counter()
+        tally.outcomes.append((now - tally.started, kind.name, kind in VALID, correct, now - t0, attempt + 1))
+        if correct and kind in VALID and kind.shape == "one":
+            tally.labels[",".join(sorted(json.loads(body)["scores"]))] += 1
+        if not correct and len(tally.wrong) < 10:
+            tally.wrong.append({"kind": kind.name, "status": status, "body": body[:200].decode("utf-8", "replace")})
+
+
+def group_processes(cfg: server.ServerConfig) -> dict[str, list[psutil.Process]]:
+    group, found = server.running_pid(cfg), {"java": [], "workers": []}
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            if os.getpgid(proc.pid) != group:
+                continue
+            if "org.pytorch.serve.ModelServer" in cmdline:
+                found["java"].append(proc)
+            elif "model_service_worker" in cmdline:
+                found["workers"].append(proc)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def rss_mb(cfg: server.ServerConfig) -> dict[str, float]:
+    procs, out = group_processes(cfg), {}
+    for part, items in procs.items():
+        total = 0
+        for proc in items:
+            try:
+                total += proc.memory_info().rss
+            except psutil.Error:
+                pass
+        out[part] = round(total / 2 ** 20, 1)
+    out["total"] = round(out["java"] + out["workers"], 1)
+    return out
+
+
+def worker_pids(rest: TorchServeClient) -> dict[str, list[int]]:
+    return {d["modelVersion"]: sorted(w["pid"] for w in d["workers"]) for d in rest.describe(NAME, "all")}
+
+
+async def events(cfg: SoakConfig, rest: TorchServeClient, tally: Tally, log: list) -> None:
+    def note(what: str) -> None:
+        log.append({"t_s": round(time.perf_counter() - tally.started, 2), "event": what})
+        logger.info("%5.1fs %s", time.perf_counter() - tally.started, what)
+
+    async def sleep_until(t: float) -> None:
+        await asyncio.sleep(max(0.0, tally.started + t - time.perf_counter()))
+
+    await sleep_until(cfg.kill_at_s)
+    victim = (await asyncio.to_thread(worker_pids, rest))["1.0"][0]
+    os.kill(victim, signal.SIGKILL)
+    note(f"SIGKILL v1 worker pid {victim}")
+    while True:
+        (d,) = await asyncio.to_thread(rest.describe, NAME, "1.0")
+        ready = [w["pid"] for w in d["workers"] if w["status"] == "READY"]
+        if len(ready) == cfg.workers and victim not in ready:
+            note(f"v1 has {cfg.workers} READY workers again (pids {sorted(ready)})")
+            break
+        await asyncio.sleep(0.5)
+    for t, version in ((cfg.switch_at_s, "2.0"), (cfg.back_at_s, "1.0")):
+        if t is not None:
+            await sleep_until(t)
+            await asyncio.to_thread(rest.set_default, NAME, version)
+            note(f"set-default {version}")
+
+
+async def load(cfg: SoakConfig, ep: server.Endpoints, key: str, duration: float, rest=None, log=None) -> Tally:
+    host, port = ep.inference_url.split("//", 1)[1].rsplit(":", 1)
+    raw = {k.name: http_request(k, f"{host}:{port}", key) for k in VALID + INVALID}
+    tally, rng = Tally(), random.Random(cfg.seed)
+    stop_at = tally.started + duration
+    conns = [Connection(host, int(port)) for _ in range(cfg.concurrency)]
+    tasks = [client(c, raw, random.Random(rng.random()), cfg, tally, stop_at) for c in conns]
+    if rest is not None:
+        tasks.append(events(cfg, rest, tally, log))
+    await asyncio.gather(*tasks)
+    for c in conns:
+        c.close()
+    return tally
+
+
+def percentile(values: list, q: float) -> Optional[float]:
+    if not values:
+        return None
+    return round(statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000, 1) if len(values) > 1 \
+        else round(values[0] * 1000, 1)
+
+
+def summarize(cfg: SoakConfig, tally: Tally, log: list, rss: dict, restarts: int, cpu_s: float) -> dict:
+    valid = [o for o in tally.outcomes if o[2]]
+    invalid = [o for o in tally.outcomes if not o[2]]
+    latencies = [o[4] for o in valid]
+    buckets = Counter(int(o[0] // 10) * 10 for o in tally.outcomes)
+    growth = {k: round(100 * (rss["after"][k] - rss["before"][k]) / rss["before"][k], 1) for k in rss["before"]
+              if rss["before"][k]}
+    return {
+        "config": {k: (os.path.relpath(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "requests_sent": len(tally.outcomes),
+        "attempts_sent": sum(o[5] for o in tally.outcomes),
+        "throughput_rps": round(len(tally.outcomes) / cfg.duration_s, 1),
+        "valid": {"sent": len(valid), "failed": sum(not o[3] for o in valid)},
+        "invalid": {"sent": len(invalid), "right_4xx": sum(o[3] for o in invalid),
+                    "right_4xx_pct": round(100 * sum(o[3] for o in invalid) / len(invalid), 2) if invalid else None,
+                    "by_kind": dict(Counter(o[1] for o in invalid))},
+        "latency_ms": {"valid_p50": percentile(latencies, 50), "valid_p99": percentile(latencies, 99),
+                       "valid_max": round(max(latencies) * 1000, 1) if latencies else None},
+        "retries": dict(tally.retries),
+        "worker_restarts": restarts,
+        "answers_by_labels": dict(tally.labels),
+        "rss_mb": rss, "rss_growth_pct": growth,
+        "requests_per_10s": {f"{t}-{t + 10}s": n for t, n in sorted(buckets.items())},
+        "events": log,
+        "wrong_answers": tally.wrong,
+        "load_generator_cpu_s": round(cpu_s, 1),
+        "host": {"cpus": os.cpu_count()},
+    }
+
+
+def markdown(r: dict) -> str:
+    c, lat, rss, growth = r["config"], r["latency_ms"], r["rss_mb"], r["rss_growth_pct"]
+    rows = [
+        ("requests sent (attempts incl. retries)", f"{r['requests_sent']} ({r['attempts_sent']})", ""),
+        ("throughput", f"{r['throughput_rps']} req/s", ""),
+        ("valid requests failed after the client's retry", f"{r['valid']['failed']} of {r['valid']['sent']}", "0"),
+        ("invalid requests answered with the right 4xx",
+         f"{r['invalid']['right_4xx']} of {r['invalid']['sent']} ({r['invalid']['right_4xx_pct']}%)", "100%"),
+        ("latency p50 / p99 / max (valid, incl. retries)",
+         f"{lat['valid_p50']} / {lat['valid_p99']} / {lat['valid_max']} ms", ""),
+        ("retries by cause", ", ".join(f"{k}: {v}" for k, v in sorted(r["retries"].items())) or "none", ""),
+        ("worker restarts", str(r["worker_restarts"]), "1 (the killed one)"),
+        ("server RSS before -> after (java + workers)",
+         f"{rss['before']['total']} -> {rss['after']['total']} MB ({growth.get('total'):+} %)", "< +10 %"),
+        ("  of which java", f"{rss['before']['java']} -> {rss['after']['java']} MB ({growth.get('java'):+} %)", ""),
+        ("load generator CPU", f"{r['load_generator_cpu_s']} s over {c['duration_s']:.0f} s", ""),
+    ]
+    by_kind = ", ".join(f"{k}: {v}" for k, v in sorted(r["invalid"]["by_kind"].items()))
+    lines = [f"# Soak: {c['duration_s']:.0f} s, concurrency {c['concurrency']}, {c['workers']} workers per version, "
+             f"{c['invalid_fraction']:.0%} invalid", "",
+             f"Model: {c['bundle'] or 'tiny random RoBERTa (tests/bundles.py)'}; host: {r['host']['cpus']} CPUs. "
+             f"Events: " + "; ".join(f"{e['t_s']} s {e['event']}" for e in r["events"]) + ".", "",
+             "| metric | value | target |", "|---|---|---|"] + [f"| {a} | {b} | {t} |" for a, b, t in rows]
+    lines += ["", "Requests per 10 s: " + ", ".join(f"{k}: {v}" for k, v in r["requests_per_10s"].items()),
+              "", "Invalid requests by kind: " + by_kind]
+    if r["wrong_answers"]:
+        lines += ["", "First wrong answers:", ""] + [f"- {json.dumps(w)}" for w in r["wrong_answers"]]
+    return "\n".join(lines) + "\n"
+
+
+def build_store(cfg: SoakConfig, base: Path) -> Path:
+    from tsclient.archive import ArchiveConfig, build_archive
+
+    store = base / "store"
+    for version, labels in (("1.0", V1_LABELS), ("2.0", V2_LABELS)):
+        if cfg.bundle is not None:
+            bundle = Path(cfg.bundle)
+        else:
+            from tests.bundles import make_tiny_bundle
+
+            bundle = make_tiny_bundle(base / f"bundle-{version}", labels=labels)
+        build_archive(ArchiveConfig(bundle=bundle, name=NAME, version=version, store=store, batch_size=16,
+                                    max_batch_delay=5, min_workers=cfg.workers, max_workers=cfg.workers))
+    return store
+
+
+def main(cfg: SoakConfig) -> dict:
+    base = Path(tempfile.mkdtemp(prefix="soak-"))
+    names = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
+    scfg = None
+    try:
+        store = build_store(cfg, base)
+        scfg = server.ServerConfig(state_dir=base / "state", model_store=store,
+                                   ports=dict(zip(names, server.free_ports(len(names)))))
+        (base / "state").mkdir()
+        ep = server.start(scfg)
+        rest = TorchServeClient(ep.inference_url, ep.management_url, ep.key_file)
+        for version in ("1.0", "2.0"):
+            rest.register(NAME, f"{NAME}-{version}.mar", initial_workers=cfg.workers, batch_size=16, max_batch_delay=5)
+        rest.set_default(NAME, "1.0")
+        key = json.loads(ep.key_file.read_text())["inference"]["key"]
+        logger.info("warm-up %.0fs", cfg.warmup_s)
+        asyncio.run(load(cfg, ep, key, cfg.warmup_s))
+        before_pids, rss = worker_pids(rest), {"before": rss_mb(scfg)}
+        logger.info("soak %.0fs at concurrency %d; RSS before %s MB", cfg.duration_s, cfg.concurrency, rss["before"])
+        log, cpu0 = [], resource.getrusage(resource.RUSAGE_SELF)
+        tally = asyncio.run(load(cfg, ep, key, cfg.duration_s, rest, log))
+        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+        time.sleep(2)  # let the last batches finish before measuring memory
+        rss["after"] = rss_mb(scfg)
+        after_pids = worker_pids(rest)
+        restarts = sum(len(set(after_pids.get(v, [])) - set(p)) for v, p in before_pids.items())
+        cpu_s = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
+        result = summarize(cfg, tally, log, rss, restarts, cpu_s)
+    finally:
+        if scfg is not None:
+            server.stop(scfg)
+        shutil.rmtree(base, ignore_errors=True)
+    cfg.out_dir.mkdir(parents=True, exist_ok=True)
+    (cfg.out_dir / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
+    (cfg.out_dir / "soak.md").write_text(markdown(result))
+    return result
+
+
+def parse_args(argv=None) -> SoakConfig:
+    p = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = SoakConfig()
+    p.add_argument("--duration", type=float, default=d.duration_s, help="seconds of measured load")
+    p.add_argument("--concurrency", type=int, default=d.concurrency, help="keep-alive connections sending back to back")
+    p.add_argument("--kill-at", type=float, default=d.kill_at_s, help="second at which one v1 worker gets SIGKILL")
+    p.add_argument("--switch-at", type=float, default=d.switch_at_s, help="second at which v2 becomes the default")
+    p.add_argument("--back-at", type=float, default=d.back_at_s, help="second at which v1 is the default again; "
+                                                                       "negative: stay on v2")
+    p.add_argument("--invalid-fraction", type=float, default=d.invalid_fraction, help="share of invalid requests")
+    p.add_argument("--warmup", type=float, default=d.warmup_s, help="seconds of unmeasured load first")
+    p.add_argument("--workers", type=int, default=d.workers, help="workers per version")
+    p.add_argument("--bundle", type=Path, help="an export bundle to serve (default: a tiny random model)")
+    p.add_argument("--out-dir", type=Path, default=d.out_dir, help="where soak.json and soak.md go")
+    a = p.parse_args(argv)
+    return SoakConfig(duration_s=a.duration, concurrency=a.concurrency, kill_at_s=a.kill_at, switch_at_s=a.switch_at,
+                      back_at_s=None if a.back_at is not None and a.back_at < 0 else a.back_at,
+                      invalid_fraction=a.invalid_fraction, warmup_s=a.warmup, workers=a.workers, bundle=a.bundle,
+                      out_dir=a.out_dir)
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        config = parse_args()
+    except ValueError as e:
+        raise SystemExit(f"error: {e}")
+    print(markdown(main(config)), end="")
