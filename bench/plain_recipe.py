@@ -33,7 +33,7 @@ def run(splits, model_path: str, out_dir: Path, epochs: float = 2, batch_size: i
 
     args = TrainingArguments(output_dir=str(out_dir), num_train_epochs=epochs, per_device_train_batch_size=batch_size,
                              per_device_eval_batch_size=64, learning_rate=lr, seed=seed, report_to="none",
-                             save_strategy="no", disable_tqdm=True, use_cpu=not torch.cuda.is_available())
+                             save_strategy="no", disable_tqdm=False, logging_steps=50, use_cpu=not torch.cuda.is_available())
     trainer = Trainer(model=model, args=args, train_dataset=dataset(train), processing_class=tokenizer,
                       data_collator=DataCollatorWithPadding(tokenizer))
     started = time.perf_counter()

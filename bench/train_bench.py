@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from bench import plain_recipe
 from training.data import load_splits
@@ -24,12 +25,12 @@ from training.train import main as train_main
 
 RESULTS = Path(__file__).parent / "results"
 DATASETS = {"rt-polarity": "label", "banking77": "category"}
-RECIPE = {"epochs": 2, "batch_size": 32, "learning_rate": 5e-5}
+RECIPE = {"epochs": 1, "batch_size": 32, "learning_rate": 5e-5}
 
 
 def ours(data: str, label_column: str, out: Path, max_train_samples=None, class_weights="none") -> dict:
     config = TrainConfig(output_dir=str(out), data=data, label_column=label_column, max_train_samples=max_train_samples,
-                         class_weights=class_weights, resume=False, progress=False, **RECIPE)
+                         class_weights=class_weights, resume=False, progress=True, **RECIPE)
     metrics = train_main(config)
     return {"test": {k: metrics["test"][k] for k in ("accuracy", "macro_f1", "samples")},
             "train_seconds": metrics["train"]["seconds"], "train_examples": metrics["train"]["examples"],
@@ -74,17 +75,21 @@ def markdown(results: dict) -> str:
 
 def main(data_root: Path, runs: Path, max_train_samples: int | None = None) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    results = {"machine": {"cpus": os.cpu_count()}, "recipe": RECIPE, "load_average_start": os.getloadavg(),
+    results = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}, "recipe": RECIPE, "load_average_start": os.getloadavg(),
                "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    partial = RESULTS / "train-partial.json"  # progress survives an interrupted run
+    RESULTS.mkdir(parents=True, exist_ok=True)
     for name, label_column in DATASETS.items():
         data = str(data_root / name)
-        results[name] = {"plain": plain(data, label_column, runs / f"{name}-plain", max_train_samples),
-                         "ours": ours(data, label_column, runs / name, max_train_samples)}
+        results[name] = {"plain": plain(data, label_column, runs / f"{name}-plain", max_train_samples)}
+        partial.write_text(json.dumps(results, indent=2) + "\n")
+        results[name]["ours"] = ours(data, label_column, runs / name, max_train_samples)
+        partial.write_text(json.dumps(results, indent=2) + "\n")
     imbalanced = imbalanced_banking77(data_root / "banking77", runs / "data" / "banking77-imbalanced")
     results["banking77-imbalanced"] = {w: ours(str(imbalanced), "category", runs / f"banking77-imbalanced-{w}",
                                                max_train_samples, class_weights=w) for w in ("none", "balanced")}
     results["load_average_end"] = os.getloadavg()
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    partial.unlink(missing_ok=True)
     suffix = "" if max_train_samples is None else "-smoke"
     (RESULTS / f"train{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")
     (RESULTS / f"train{suffix}.md").write_text(markdown(results))
@@ -97,7 +102,11 @@ if __name__ == "__main__":
     parser.add_argument("--data-root", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data")
     parser.add_argument("--runs", type=Path, default=Path("runs/bench"))
     parser.add_argument("--max-train-samples", type=int, default=None, help="smoke-test the benchmark on a subset")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads for both recipes (1 keeps the comparison fair on a shared machine)")
     args = parser.parse_args()
     if not (args.data_root / "rt-polarity" / "train.csv").exists():
         parser.exit(2, f"error: benchmark data not found under {args.data_root}; pass --data-root\n")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     main(args.data_root, args.runs, args.max_train_samples)

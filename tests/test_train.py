@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import numpy as np
 
 from tests.tiny import CORPUS
 from training.cli import UserError
@@ -305,3 +306,36 @@ def test_config_validation(overrides, flag):
 
 def test_config_accepts_max_steps_without_epochs():
     assert TrainConfig(output_dir="unused", epochs=0, max_steps=3).max_steps == 3
+
+
+# ---------------------------------------------------------------------------------------------- evaluation order
+
+def test_predict_probs_keeps_row_order(roberta_run):
+    # Trainer.predict with length-grouped sampling permutes rows; ours must not (regression test).
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from training.train import predict_probs
+
+    model_dir = roberta_run / "run" / "model"
+    tokenizer, model = AutoTokenizer.from_pretrained(model_dir), AutoModelForSequenceClassification.from_pretrained(model_dir)
+    texts = ["a", "the film was a delight from start to finish and then some more", "my card", "terrible service",
+             "how do I top up my account with a bank transfer today please", "ok"]
+    batched = predict_probs(model, tokenizer, texts, max_length=64, batch_size=4)
+    one_by_one = np.concatenate([predict_probs(model, tokenizer, [t], max_length=64, batch_size=1) for t in texts])
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
+
+
+def test_reported_accuracy_matches_the_saved_model(roberta_run):
+    import pandas as pd
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from training.train import predict_probs
+
+    run = roberta_run / "run"
+    tokenizer = AutoTokenizer.from_pretrained(run / "model")
+    model = AutoModelForSequenceClassification.from_pretrained(run / "model")
+    test = pd.read_parquet(run / "data" / "test.parquet")
+    labels = read_json(run / "run.json")["labels"]
+    predicted = predict_probs(model, tokenizer, test["text"].tolist(), 64, 8).argmax(axis=1)
+    accuracy = float(np.mean([labels[p] == y for p, y in zip(predicted, test["label"])]))
+    assert read_json(run / "metrics.json")["test"]["accuracy"] == pytest.approx(accuracy)

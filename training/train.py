@@ -253,11 +253,28 @@ def library_versions() -> dict:
     return {pkg: md.version(pkg) for pkg in ("torch", "transformers", "tokenizers", "accelerate")}
 
 
-def predict_probs(trainer, tokenizer, frame, labels, max_length) -> np.ndarray:
+def predict_probs(model, tokenizer, texts: list[str], max_length: int, batch_size: int) -> np.ndarray:
+    """Class probabilities in the order of `texts`.
+
+    Not `Trainer.predict`: with length-grouped sampling, transformers 5 also permutes evaluation
+    batches, so its predictions do not line up with the input rows. Batches here are length-sorted
+    for speed and written back to their rows, tokenized by the same function serving uses.
+    """
     import torch
 
-    logits = trainer.predict(to_dataset(tokenizer, frame, labels, max_length)).predictions
-    return torch.softmax(torch.as_tensor(logits).float(), dim=-1).numpy()
+    from handlers.tokenization import encode
+
+    model.eval()
+    device = next(model.parameters()).device
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    probs = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
+    with torch.inference_mode():
+        for i in range(0, len(order), batch_size):
+            idx = order[i: i + batch_size]
+            enc = encode(tokenizer, [texts[j] for j in idx], max_length)
+            logits = model(**{k: v.to(device) for k, v in enc.items()}).logits
+            probs[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
+    return probs
 
 
 def main(config: TrainConfig) -> dict:
@@ -288,8 +305,8 @@ def main(config: TrainConfig) -> dict:
     trainer.save_model(str(out / "model"))  # best checkpoint (load_best_model_at_end) + tokenizer
     from training.report import headline, write_report
 
-    val_probs = predict_probs(trainer, tokenizer, splits.validation, splits.labels, config.max_length)
-    test_probs = predict_probs(trainer, tokenizer, splits.test, splits.labels, config.max_length)
+    val_probs, test_probs = (predict_probs(trainer.model, tokenizer, frame["text"].tolist(), config.max_length,
+                                           config.eval_batch_size) for frame in (splits.validation, splits.test))
     test_metrics = write_report(out / "report", splits.labels, splits.test["text"].tolist(),
                                 label_ids(splits.test, splits.labels), test_probs)
     metrics = {
