@@ -141,3 +141,23 @@ serve-locked: install
 SOAK_ARGS ?=
 bench-soak: install
 	$(PY) -m bench.soak $(SOAK_ARGS)
+
+# ---- Benchmarks (results in bench/results/). bench-train fine-tunes rt-polarity and banking77 with
+# our recipe and the plain tutorial one; its rt-polarity run is the model bench-serve serves.
+# bench-serve compares transformers.pipeline, TorchServe's stock example and our in-process and
+# TorchServe paths on the rt-polarity test texts (about 10 minutes; BENCH_RUN=... serves another run).
+BENCH_RUN ?= runs/bench/rt-polarity
+.PHONY: bench-serve
+bench: bench-train bench-serve bench-soak
+
+# One torch thread per recipe keeps the plain-vs-ours throughput ratio honest on a shared machine.
+bench-train: install
+	OMP_NUM_THREADS=1 $(PY) -m bench.train_bench --threads 1
+
+bench-serve: install
+	$(PY) -m bench.serve_bench --run $(BENCH_RUN)
+
+# GPU path: the handler in-process on cuda:0 vs CPU (exits 3 where there is no CUDA device).
+.PHONY: gpu-check
+gpu-check: install
+	$(PY) -m bench.gpu_check

@@ -37,6 +37,9 @@ class HandlerConfig:
     threads: Optional[int] = None  # None: the host's cores shared evenly between the model's workers
     max_length: Optional[int] = None  # None: the bundle's max_length; may only be lowered
     max_text_chars: int = 100_000  # longer texts are cut before tokenizing: answered, not rejected or slow
+    # Texts per forward pass: a larger batch is sorted by length and run in chunks, each padded only to its
+    # own longest text (handlers/batching.py). None: the whole batch in one pass, padded to its longest.
+    chunk_size: Optional[int] = 16
     profile: bool = False  # TorchServe's own key (ts.handler_utils.timer): per-stage timing metrics
 
     def __post_init__(self):
@@ -45,6 +48,7 @@ class HandlerConfig:
         _check_int("threads", self.threads, 1, optional=True)
         _check_int("max_length", self.max_length, 2, optional=True)  # room for the special tokens
         _check_int("max_text_chars", self.max_text_chars, 1, optional=False)
+        _check_int("chunk_size", self.chunk_size, 1, optional=True)
         if not isinstance(self.profile, bool):
             raise HandlerConfigError(f"handler option 'profile' must be true or false, got {self.profile!r}")
 

@@ -74,11 +74,9 @@ def _body_of(row):
         return row["body"]
     if isinstance(row, dict) and "data" in row:
         return row["data"]
-    if isinstance(row, dict) and row:
-        # TorchServe splits form-encoded bodies into fields: the usual cause is `curl -d` with no Content-Type.
-        raise _Invalid("request has no body: it was sent form-encoded; send Content-Type: application/json "
-                       "or text/plain")
-    raise _Invalid("request has no body")
+    # TorchServe hands a form-encoded body (curl -d without a Content-Type) over without a body.
+    raise _Invalid("request has no body; send Content-Type: application/json or text/plain "
+                   "(a form-encoded body, e.g. curl -d without -H, arrives empty)")
 
 
 def _parse_body(body, config: HandlerConfig) -> Parsed:

@@ -15,6 +15,7 @@ from transformers import AutoTokenizer
 from ts.handler_utils.timer import timed
 from ts.torch_handler.base_handler import BaseHandler
 
+from handlers.batching import forward_by_length
 from handlers.bundle import BundleError, load_bundle_meta, verify_model
 from handlers.config import HandlerConfig, choose_device, require_tokenizer_files, workers_from_model_yaml
 from handlers.parsing import error_body, parse_request, prediction
@@ -53,7 +54,8 @@ class TextClassifierHandler(BaseHandler):
 
     def _forward(self, batch: dict) -> torch.Tensor:
         with torch.inference_mode():
-            return self.model(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
+            return forward_by_length(self.model, batch["input_ids"].to(self.device),
+                                     batch["attention_mask"].to(self.device), self.config.chunk_size)
 
     @timed
     def preprocess(self, data):

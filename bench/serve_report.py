@@ -1,0 +1,136 @@
+"""serve.md and serve.png from the serving benchmark's results; "What we tried" comes from serve_notes.md."""
+from __future__ import annotations
+
+from pathlib import Path
+
+NOTES = Path(__file__).parent / "serve_notes.md"
+
+
+def _by_key(rows: list[dict]) -> dict:
+    return {r["key"]: r for r in rows}
+
+
+def targets(rows: list[dict], chosen: str) -> list[dict]:
+    r = _by_key(rows)
+    a32 = r["A-b32"]["texts_per_s"]
+    c32, c1 = r[f"C-{chosen}-b32"], r[f"C-{chosen}-b1"]
+    out = [{"name": f"fastest accuracy-preserving variant ({chosen}) in-process b32 vs A b32", "goal": ">= 4x",
+            "value": round(c32["texts_per_s"] / a32, 2), "met": c32["texts_per_s"] / a32 >= 4},
+           {"name": f"D c32 vs C-{chosen} in-process b32", "goal": ">= 0.9x",
+            "value": round(r["D-c32"]["texts_per_s"] / c32["texts_per_s"], 2),
+            "met": r["D-c32"]["texts_per_s"] >= 0.9 * c32["texts_per_s"]},
+           {"name": f"D c1 p50 vs C-{chosen} in-process b1 p50", "goal": "<= +3 ms",
+            "value": round(r["D-c1"]["p50_ms"] - c1["p50_ms"], 2), "met": r["D-c1"]["p50_ms"] <= c1["p50_ms"] + 3}]
+    if "D1-c1" in r:
+        out.append({"name": f"D1 (1 worker x all cores) c1 p50 vs C-{chosen} in-process b1 p50", "goal": "<= +3 ms",
+                    "value": round(r["D1-c1"]["p50_ms"] - c1["p50_ms"], 2), "met": r["D1-c1"]["p50_ms"] <= c1["p50_ms"] + 3})
+    if "B-c32" in r:
+        ratio = r["D-c32"]["texts_per_s"] / r["B-c32"]["texts_per_s"]
+        out.append({"name": "D c32 vs B c32 (stock TorchServe example)", "goal": ">= 5x", "value": round(ratio, 2),
+                    "met": ratio >= 5})
+    return out
+
+
+def table(results: dict) -> str:
+    a32 = _by_key(results["rows"])["A-b32"]["texts_per_s"]
+    lines = ["| row | path | variant | batch / concurrency | texts/s | p50 ms | p99 ms | accuracy | vs A b32 "
+             "| GFLOP/s | % of limit |",
+             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in results["rows"]:
+        shape = f"batch {r['batch']}" if r["batch"] else f"concurrency {r['concurrency']}"
+        lines.append(f"| {r['key']} | {r['label']} | {r['variant']} | {shape} | {r['texts_per_s']:.1f} | {r['p50_ms']:.1f} "
+                     f"| {r['p99_ms']:.1f} | {100 * r['accuracy']:.2f}% | {r['texts_per_s'] / a32:.2f}x | {r['gflops']:.1f} "
+                     f"| {100 * r['limit_fraction']:.1f}% |")
+    return "\n".join(lines)
+
+
+def markdown(results: dict) -> str:
+    m, lim, fl = results["machine"], results["limit"], results["flops"]
+    out = ["# Serving benchmark", "",
+           f"`python -m bench.serve_bench --run {results['run']}` (`make bench-serve`), {results['started']}: "
+           f"{results['texts']} rt-polarity test texts, the same fine-tuned model on every row.", "",
+           f"Machine: {m['cpus']} CPUs ({m['cpu']}; {', '.join(m['isa'])}), torch {m['torch']}. "
+           f"Load average (1/5/15 min) at start {_load(results['loadavg_start'])}, at end {_load(results['loadavg_end'])}: "
+           "other work on the host makes every number lower and noisier; ratios come from the same run.", "",
+           *(["**The host was busy when this run started (1-minute load average above half the CPU count): every row "
+               "is slowed, multi-threaded rows (A, B, C, D1) by far more than single-threaded workers (D). Rerun "
+               "`make bench-serve` on a quiet host before comparing.**", ""] if results.get("host_busy_at_start") else []),
+           table(results), "",
+           "Latency: per call in-process (a batch-32 call answers 32 texts at once), per request on a server. "
+           "Server rows send one text per request (B: text/plain as in the stock example, D: JSON `{\"text\"}`) "
+           "from a closed-loop asyncio load generator over keep-alive connections.", ""]
+    for key, d in results.get("deployments", {}).items():
+        out.append(f"{key}: {d['workers']} worker(s) x {d['threads']} torch thread(s), batch_size {d['batch_size']}, "
+                   f"max_batch_delay {d['max_batch_delay_ms']} ms, handler chunk_size {d['chunk_size']}, token auth on.")
+    if results.get("deployments"):
+        out += ["", f"Served variant: **{results['chosen_variant']}**, the fastest at batch 32 whose accuracy is within 0.5 "
+                "points of fp32 and whose predictions do not depend on batch composition.", ""]
+    cores = [r for r in results["rows"] if "loadgen_cores" in r]
+    if cores:
+        out += ["CPU use during server rows (cores busy on average): " + "; ".join(
+            f"{r['key']}: load generator {r['loadgen_cores']}, TorchServe frontend {r['frontend_cores']}, "
+            f"workers {r['workers_cores']}" for r in cores) + ".", ""]
+    out += variants(results)
+    out += ["## Targets", "", "| target | goal | measured | met |", "| --- | --- | ---: | --- |"]
+    out += [f"| {t['name']} | {t['goal']} | {t['value']} | {'yes' if t['met'] else 'no'} |" for t in results["targets"]]
+    out += ["", "## Compute limit and model FLOPs", "",
+            f"Practical limit: best of {lim['reps']} {lim['matmul_n']}^3 matmuls in torch on {lim['threads']} threads: "
+            f"fp32 {lim['fp32_gflops']} GFLOP/s, bf16 {lim['bf16_gflops']} GFLOP/s, int8 "
+            f"{lim['int8_gflops'] if lim['int8_gflops'] else 'n/a (bf16 used)'} GFLOP/s. "
+            "Each row is compared with the limit of its own arithmetic.", "",
+            f"Model FLOPs per text: `{fl['formula']}` with p_tok = {fl['p_tok']:,}, p_head = {fl['p_head']:,}, "
+            f"layers = {fl['layers']}, hidden = {fl['hidden']}; mean {fl['mean_tokens']} tokens, "
+            f"{fl['mean_gflop_per_text']} GFLOP per text. Only real tokens count: padding is work the machine does "
+            "but the model does not need.", "",
+            "## Correctness checks", "", "| check | ok | detail |", "| --- | --- | --- |"]
+    out += [f"| {c['name']} | {'yes' if c['ok'] else '**NO**'} | {c['detail']} |" for c in results["checks"]]
+    out += ["", "A \"decisive\" difference is one where the reference's top-2 logit margin exceeds the variant's "
+            "numerical tolerance (training.export's parity tolerances); ties within noise may break either way."]
+    if NOTES.is_file():
+        out += ["", NOTES.read_text().strip()]
+    return "\n".join(out) + "\n"
+
+
+def variants(results: dict) -> list[str]:
+    r, inv = _by_key(results["rows"]), results.get("batch_invariance", {})
+    fp32 = r["C-fp32-b32"]["accuracy"]
+    lines = ["| variant | accuracy | vs fp32 (points) | max \\|Δlogit\\| batch 1 vs 32 | texts/s at batch 32 | eligible |",
+             "| --- | ---: | ---: | --- | ---: | --- |"]
+    for v, i in inv.items():
+        c = r[f"C-{v}-b32"]
+        drop = 100 * (fp32 - c["accuracy"])
+        same = f"{i['max_abs_logit_diff']:.1e} ({'within' if i['ok'] else 'over'} {i['tolerance']:g})"
+        lines.append(f"| {v} | {100 * c['accuracy']:.2f}% | {-drop:+.2f} | {same} | {c['texts_per_s']:.1f} "
+                     f"| {'yes' if i['ok'] and drop <= 0.5 else 'no'} |")
+    return ["Variants (in-process, batch 32):", "", *lines, ""]
+
+
+def _load(values) -> str:
+    return " / ".join(f"{v:.2f}" for v in values)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"A": "tab:gray", "B": "tab:red", "C": "tab:blue", "D": "tab:green"}
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for r in results["rows"]:
+        ax.scatter(r["p50_ms"], r["texts_per_s"], color=colors[r["key"][0]], s=40)
+        ax.annotate(r["key"], (r["p50_ms"], r["texts_per_s"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("p50 latency (ms, per call or request)")
+    ax.set_ylabel("throughput (texts/s)")
+    ax.set_title(f"Serving rt-polarity ({results['texts']} texts), {results['machine']['cpus']} CPUs; "
+                 "up and left is better", fontsize=10)
+    for family, color in colors.items():
+        ax.scatter([], [], color=color, label={"A": "A: HF pipeline", "B": "B: stock TorchServe",
+                                               "C": "C: ours in-process", "D": "D: ours on TorchServe"}[family])
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(True, which="both", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

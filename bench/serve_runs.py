@@ -1,0 +1,185 @@
+"""The measured paths of the serving benchmark: in-process (A, C) and through a real TorchServe (B, D).
+
+In-process rows call a classify(texts) -> scores function on consecutive chunks of `batch` texts in
+the data's order; a call's latency is the time until its whole chunk is answered. Server rows send
+one text per request from a closed-loop load generator (bench/loadgen.py) and time every request.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import psutil
+import torch
+import yaml
+
+from bench.loadgen import run_load
+from handlers.batching import forward_by_length
+from handlers.tokenization import encode
+from tsclient import server
+from tsclient.archive import ARCHIVER, ArchiveConfig, build_archive
+from tsclient.rest import TorchServeClient
+
+STOCK_HANDLER = Path(__file__).parent / "stock_handler.py"
+PORTS = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
+
+
+@dataclass
+class Measured:
+    preds: np.ndarray  # label index per text
+    scores: np.ndarray | None  # [texts, labels]: logits (C), probabilities (A, D), None (B: label only)
+    latencies_s: list[float]
+    wall_s: float
+    extra: dict = field(default_factory=dict)
+
+
+def measure_inprocess(classify: Callable[[list[str]], np.ndarray], texts: list[str], batch: int,
+                      warmup: int = 2) -> Measured:
+    for i in range(warmup):  # first calls pay one-off costs (allocation, kernel selection)
+        classify(texts[i * batch: (i + 1) * batch] or texts[:batch])
+    chunks, latencies = [], []
+    start = time.perf_counter()
+    for i in range(0, len(texts), batch):
+        t = time.perf_counter()
+        chunks.append(classify(texts[i: i + batch]))
+        latencies.append(time.perf_counter() - t)
+    wall = time.perf_counter() - start
+    scores = np.concatenate(chunks)
+    return Measured(scores.argmax(-1), scores, latencies, wall)
+
+
+def pipeline_classifier(model_dir: Path, labels: list[str]):
+    """Baseline A: what a user writes instead, transformers.pipeline on the eager fp32 model."""
+    from transformers import pipeline
+
+    pipe = pipeline("text-classification", model=str(model_dir), tokenizer=str(model_dir), device="cpu")
+    index = {name: i for i, name in enumerate(labels)}
+
+    def classify(texts: list[str]) -> np.ndarray:
+        out = pipe(texts, batch_size=len(texts), top_k=None, truncation=True)
+        scores = np.zeros((len(texts), len(labels)), dtype=np.float32)
+        for row, ranked in zip(scores, out):
+            for item in ranked:
+                row[index[item["label"]]] = item["score"]
+        return scores
+
+    return classify
+
+
+def bundle_classifier(bundle_dir: Path, max_length: int, chunk_size: int | None):
+    """C: the exported TorchScript model as the handler runs it (one encode call, length-sorted chunks)."""
+    from transformers import AutoTokenizer
+
+    model = torch.jit.load(str(bundle_dir / "model.pt")).eval()
+    tokenizer = AutoTokenizer.from_pretrained(bundle_dir, local_files_only=True)
+
+    def classify(texts: list[str]) -> np.ndarray:
+        enc = encode(tokenizer, texts, max_length)
+        with torch.inference_mode():
+            return forward_by_length(model, enc["input_ids"], enc["attention_mask"], chunk_size).float().numpy()
+
+    return classify
+
+
+# ---- TorchServe ------------------------------------------------------------------------------
+
+@dataclass
+class Server:
+    cfg: server.ServerConfig
+    endpoints: server.Endpoints
+    client: TorchServeClient
+    store: Path
+
+    @property
+    def key(self) -> str:
+        return json.loads(self.endpoints.key_file.read_text())["inference"]["key"]
+
+    def group_cpu_s(self) -> dict[str, float]:
+        """CPU seconds used so far by the server's processes: the JVM frontend and the Python workers."""
+        pgid = server.running_pid(self.cfg)
+        out = {"frontend": 0.0, "workers": 0.0}
+        for proc in psutil.process_iter(["pid", "cmdline"]):
+            try:
+                if pgid is None or os.getpgid(proc.info["pid"]) != pgid:
+                    continue
+                cmd = " ".join(proc.info["cmdline"] or [])
+                t = proc.cpu_times()
+                kind = "workers" if "model_service_worker" in cmd else "frontend"
+                out[kind] += t.user + t.system
+            except (psutil.Error, OSError):
+                continue
+        return out
+
+
+@contextmanager
+def torchserve() -> Iterator[Server]:
+    """A TorchServe on free loopback ports with a temporary state dir and model store, token auth on;
+    always stopped (process group killed if needed) and its files removed."""
+    base = Path(tempfile.mkdtemp(prefix="serve-bench-"))
+    store = base / "store"
+    store.mkdir()
+    cfg = server.ServerConfig(state_dir=base / "state", model_store=store,
+                              ports=dict(zip(PORTS, server.free_ports(len(PORTS)))))
+    cfg.state_dir.mkdir()
+    try:
+        ep = server.start(cfg)
+        yield Server(cfg, ep, TorchServeClient(ep.inference_url, ep.management_url, ep.key_file, timeout=300), store)
+    finally:
+        server.stop(cfg)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def archive_ours(bundle_dir: Path, store: Path, name: str, batch_size: int, max_batch_delay: int, workers: int,
+                 handler: dict) -> str:
+    build_archive(ArchiveConfig(bundle=bundle_dir, name=name, version="1.0", store=store, batch_size=batch_size,
+                                max_batch_delay=max_batch_delay, min_workers=workers, max_workers=workers,
+                                handler=handler))
+    return f"{name}-1.0.mar"
+
+
+def archive_stock(model_dir: Path, store: Path, name: str, max_length: int) -> str:
+    """Baseline B's archive: the Hugging Face model dir as is, bench/stock_handler.py, batch size 1."""
+    with tempfile.TemporaryDirectory(prefix="stock-stage-") as stage:
+        extra = Path(stage) / "extra"
+        shutil.copytree(model_dir, extra, ignore=shutil.ignore_patterns("model.safetensors", "*.bin"))
+        config = Path(stage) / "model-config.yaml"
+        config.write_text(yaml.safe_dump({"minWorkers": 1, "maxWorkers": 1, "batchSize": 1, "maxBatchDelay": 5,
+                                          "responseTimeout": 300, "handler": {"max_length": max_length}}))
+        cmd = [*ARCHIVER, "--model-name", name, "--version", "1.0", "--serialized-file",
+               str(model_dir / "model.safetensors"), "--handler", str(STOCK_HANDLER), "--extra-files", str(extra),
+               "--config-file", str(config), "--export-path", str(store)]
+        subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "TMPDIR": stage})
+    return f"{name}.mar"
+
+
+def measure_server(srv: Server, name: str, bodies: list[bytes], content_type: str, concurrency: int,
+                   parse: Callable[[list[bytes]], tuple[np.ndarray, np.ndarray | None]], warmup: int = 64) -> Measured:
+    """Send every body once at `concurrency`; every answer must be HTTP 200. `parse` turns the answer
+    bodies into (label index per text, scores or None)."""
+    host, port = srv.endpoints.inference_url.split("//", 1)[1].rsplit(":", 1)
+    headers = {"Authorization": f"Bearer {srv.key}", "Content-Type": content_type}
+    path = f"/predictions/{name}"
+    if warmup:
+        run_load(host, int(port), path, bodies[:warmup], headers, concurrency)
+    before = srv.group_cpu_s()
+    result = run_load(host, int(port), path, bodies, headers, concurrency)
+    after = srv.group_cpu_s()
+    bad = [(i, s) for i, s in enumerate(result.statuses) if s != 200]
+    if bad:
+        i, status = bad[0]
+        raise RuntimeError(f"{name} at concurrency {concurrency}: {len(bad)} of {len(bodies)} requests failed, "
+                           f"first HTTP {status}: {result.bodies[i][:200]!r}")
+    cores = {f"{k}_cores": round((after[k] - before[k]) / result.wall_s, 2) for k in after}
+    cores["loadgen_cores"] = round(result.client_cores, 2)
+    preds, scores = parse(result.bodies)
+    return Measured(preds, scores, result.latencies_s, result.wall_s, extra=cores)

@@ -1,0 +1,35 @@
+"""Forward a padded batch in length-sorted chunks.
+
+A dynamic batch pads every text to the longest one; with mixed lengths most of the compute goes to
+padding (and attention grows with the square of the padded length). Sorting the batch by real length
+and running it in chunks of at most `chunk_size`, each cut to its own longest text, keeps the padding
+small while each forward pass stays large enough for efficient matmuls. Chunks are of equal size (17
+texts with chunk_size 16 run as 8 + 9, not 16 + 1: a one-text forward costs almost as much as a full
+one). Logits come back in input order.
+"""
+from __future__ import annotations
+
+import torch
+
+
+def forward_by_length(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, chunk_size: int | None) -> torch.Tensor:
+    """model(input_ids, attention_mask) for the whole batch, computed chunk by chunk; None: one pass."""
+    n = input_ids.shape[0]
+    if chunk_size is None or n <= chunk_size:
+        return model(input_ids, attention_mask)
+    lengths = attention_mask.sum(dim=1)
+    order = torch.argsort(lengths, stable=True)
+    chunks = -(-n // chunk_size)
+    bounds = [round(i * n / chunks) for i in range(chunks + 1)]
+    out = None
+    for start, stop in zip(bounds, bounds[1:]):
+        rows = order[start:stop]
+        mask = attention_mask[rows]
+        # Columns that hold a real token in any row of the chunk; works for left and right padding alike.
+        used = mask.any(dim=0).nonzero()
+        lo, hi = (int(used[0]), int(used[-1]) + 1) if len(used) else (0, 1)
+        logits = model(input_ids[rows, lo:hi], mask[:, lo:hi])
+        if out is None:
+            out = logits.new_empty((n, *logits.shape[1:]))
+        out[rows] = logits
+    return out
