@@ -188,7 +188,6 @@ def main(config: ServeBenchConfig) -> dict:
     for batch in (1, 32):
         add(f"A-b{batch}", "HF pipeline, eager fp32", "fp32", "in-process",
             lambda: measure_inprocess(classify, texts, batch), batch=batch)
-    del classify
 
     bundles = ensure_exports(run, Path(config.exports) if config.exports else run / "serve-bench")
     for variant in VARIANTS:
@@ -196,7 +195,6 @@ def main(config: ServeBenchConfig) -> dict:
         for batch in (1, 32):
             add(f"C-{variant}-b{batch}", f"ours in-process, TorchScript {variant}", variant, "in-process",
                 lambda: measure_inprocess(classify, texts, batch), batch=batch)
-        del classify
 
     results["batch_invariance"] = invariance = batch_invariance(runs)
     chosen = config.variant or choose_variant(rows, {v: r["ok"] for v, r in invariance.items()})
