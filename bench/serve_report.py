@@ -100,7 +100,7 @@ def variants(results: dict) -> list[str]:
         c = r[f"C-{v}-b32"]
         drop = 100 * (fp32 - c["accuracy"])
         same = f"{i['max_abs_logit_diff']:.1e} ({'within' if i['ok'] else 'over'} {i['tolerance']:g})"
-        lines.append(f"| {v} | {100 * c['accuracy']:.2f}% | {-drop:+.2f} | {same} | {c['texts_per_s']:.1f} "
+        lines.append(f"| {v} | {100 * c['accuracy']:.2f}% | {100 * (c['accuracy'] - fp32):+.2f} | {same} | {c['texts_per_s']:.1f} "
                      f"| {'yes' if i['ok'] and drop <= 0.5 else 'no'} |")
     return ["Variants (in-process, batch 32):", "", *lines, ""]
 
@@ -117,9 +117,14 @@ def plot(results: dict, path: Path) -> None:
 
     colors = {"A": "tab:gray", "B": "tab:red", "C": "tab:blue", "D": "tab:green"}
     fig, ax = plt.subplots(figsize=(8, 5.5))
+    placed = []
     for r in results["rows"]:
-        ax.scatter(r["p50_ms"], r["texts_per_s"], color=colors[r["key"][0]], s=40)
-        ax.annotate(r["key"], (r["p50_ms"], r["texts_per_s"]), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        x, y = r["p50_ms"], r["texts_per_s"]
+        ax.scatter(x, y, color=colors[r["key"][0]], s=40)
+        # A label close to an earlier one goes below its point instead of on top of the other label.
+        near = any(abs(x / px - 1) < 0.25 and abs(y / py - 1) < 0.1 for px, py in placed)
+        ax.annotate(r["key"], (x, y), textcoords="offset points", xytext=(5, -11 if near else 4), fontsize=8)
+        placed.append((x, y))
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("p50 latency (ms, per call or request)")
@@ -129,7 +134,7 @@ def plot(results: dict, path: Path) -> None:
     for family, color in colors.items():
         ax.scatter([], [], color=color, label={"A": "A: HF pipeline", "B": "B: stock TorchServe",
                                                "C": "C: ours in-process", "D": "D: ours on TorchServe"}[family])
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower left", fontsize=8)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
