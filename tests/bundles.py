@@ -14,20 +14,12 @@ import torch
 
 from handlers.bundle import MODEL_FILE, write_metadata
 from handlers.tokenization import encode
+from training.export import LogitsOnly
 
 MAX_LENGTH = 64
 _BUILDERS = {"roberta": "tiny_roberta", "distilbert": "tiny_distilbert"}
 
 
-class _LogitsOnly(torch.nn.Module):
-    """The exported signature: (input_ids, attention_mask) -> float32 logits."""
-
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
 
 
 def make_tiny_bundle(out_dir: Path, arch: str = "roberta", labels: Sequence[str] = ("negative", "positive")) -> Path:
@@ -51,7 +43,7 @@ def make_tiny_bundle(out_dir: Path, arch: str = "roberta", labels: Sequence[str]
     # Padding in the example input keeps the mask path in the trace (an all-ones mask can be folded away).
     example = encode(tokenizer, ["short", "a somewhat longer example text for tracing"], MAX_LENGTH)
     with torch.inference_mode(False), torch.no_grad():
-        traced = torch.jit.trace(_LogitsOnly(model).eval(), (example["input_ids"], example["attention_mask"]))
+        traced = torch.jit.trace(LogitsOnly(model).eval(), (example["input_ids"], example["attention_mask"]))
         frozen = torch.jit.freeze(traced)
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.jit.save(frozen, str(out_dir / MODEL_FILE))
