@@ -19,7 +19,8 @@ import numpy as np
 from tests.tiny import CORPUS
 from training.cli import UserError
 from training.data import load_splits
-from training.train import TrainConfig, balanced_weights, last_checkpoint, main, make_trainer_class
+from training.train import (TrainConfig, balanced_weights, last_checkpoint, main, make_trainer_class,
+                            samples_per_second)
 
 # Insertion order pos, neg, mid: the run's labels must still come out sorted.
 STRING_TRAIN = {"pos": 24, "neg": 14, "mid": 8}
@@ -137,6 +138,9 @@ def test_run_directory_layout_and_metrics(roberta_run):
     counts = [c["count"] for c in test["top_confusions"]]
     assert counts == sorted(counts, reverse=True) and all(c > 0 for c in counts)
     assert metrics["train"]["steps"] == 2 and metrics["train"]["examples"] == 30
+    # the speed counts rows seen (epochs done x rows), not the rows the Trainer planned
+    seen = metrics["train"]["epochs"] * 30
+    assert metrics["train"]["samples_per_second"] == pytest.approx(seen / metrics["train"]["seconds"], rel=0.02)
     assert metrics["validation"]["samples"] > 0
 
     meta = read_json(run / "run.json")
@@ -190,6 +194,11 @@ def test_gradient_accumulation_does_not_scale_the_loss(distilbert_run):
 
 
 # ---------------------------------------------------------------------------------------------- class weights
+
+def test_samples_per_second_counts_rows_seen():
+    assert samples_per_second(1.5, 1000, 10.0, None) == 150.0  # early-stopped half way through epoch 2
+    assert samples_per_second(1.0, 1000, 10.0, "runs/x/checkpoint-8") is None  # resumed: the wall time is partial
+
 
 def test_balanced_weights_formula():
     assert balanced_weights([0, 0, 0, 1], 2) == pytest.approx([4 / 6, 2.0])

@@ -12,7 +12,7 @@ def summary(run_dir: Path) -> str:
     lines = [f"test: accuracy {100 * test['accuracy']:.1f}%, macro-F1 {100 * test['macro_f1']:.1f} on {test['samples']} texts "
              f"(validation accuracy {100 * metrics['validation']['accuracy']:.1f}%)",
              f"training: {train['examples']} examples, {train['steps']} steps, {train['seconds']:.0f} s, "
-             f"{train['samples_per_second']:.1f} samples/s",
+             + (f"{train['samples_per_second']:.1f} samples/s" if train.get("samples_per_second") else "resumed"),
              f"{'label':<24} {'precision':>9} {'recall':>7} {'F1':>6} {'support':>8}"]
     per_class = {k: v for k, v in test["per_class"].items() if isinstance(v, dict) and "support" in v
                  and k not in ("macro avg", "weighted avg", "micro avg")}

@@ -277,6 +277,17 @@ def predict_probs(model, tokenizer, texts: list[str], max_length: int, batch_siz
     return probs
 
 
+def samples_per_second(epochs_done: float, n_train: int, seconds: float, resumed) -> float | None:
+    """Training rows actually seen per wall-clock second, validation passes included.
+
+    Not the Trainer's own figure: that one divides the *planned* epochs by the runtime, so it
+    overstates speed when early stopping ends training sooner. Unknown after a resume.
+    """
+    if resumed or seconds <= 0:
+        return None
+    return round(epochs_done * n_train / seconds, 2)
+
+
 def main(config: TrainConfig) -> dict:
     """Train, evaluate on the test split, write the run directory; return metrics."""
     import torch
@@ -312,8 +323,8 @@ def main(config: TrainConfig) -> dict:
     metrics = {
         "test": test_metrics,
         "validation": headline(label_ids(splits.validation, splits.labels), val_probs.argmax(axis=1)),
-        "train": {"seconds": round(train_seconds, 2), "steps": result.global_step,
-                  "samples_per_second": round(result.metrics.get("train_samples_per_second", 0.0), 2),
+        "train": {"seconds": round(train_seconds, 2), "steps": result.global_step, "epochs": round(trainer.state.epoch, 3),
+                  "samples_per_second": samples_per_second(trainer.state.epoch, len(splits.train), train_seconds, resume_from),
                   "examples": len(splits.train), "loss": round(result.training_loss, 4)},
     }
     (out / "data").mkdir(parents=True, exist_ok=True)
