@@ -78,7 +78,7 @@ demo: install
 	$(OPS) register --name $(NAME) --version $(VERSION) --workers $(WORKERS) \
 	  --batch-size $(BATCH_SIZE) --max-batch-delay $(MAX_BATCH_DELAY)
 	$(call step,"6/6 live predictions")
-	$(PY) -m tsclient.demo --name $(NAME) --version $(VERSION)
+	$(PY) -m tsclient.demo --name $(NAME) --version $(VERSION) --run-dir $(DEMO_RUN)
 
 # ---- Serving (tsclient.ops). TorchServe runs with the repo root as its working directory:
 # key_file.json and logs/ land here (both gitignored); `make stop` always leaves a clean state.

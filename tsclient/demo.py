@@ -5,33 +5,54 @@ from __future__ import annotations
 import argparse
 import json
 import shlex
+from pathlib import Path
 
 import requests
 
 from tsclient.ops import Target
 
 EXAMPLES = [
-    "I love how smooth the ride was, self-driving cars are the future!",
-    "Another recall? I will never trust these autonomous vehicles.",
+    "@united thank you for the amazing service, the crew was great!",
+    "@USAirways three hours late and nobody tells us anything. Worst airline ever.",
     "Google is testing its driverless cars in Austin this week.",
 ]
 
 
-def main(name: str, version: str) -> None:
+def held_out_examples(run_dir: Path, per_label: int = 1, max_chars: int = 110) -> list[tuple[str, str | None]]:
+    """(text, true label) pairs from the run's test split: texts the model never trained on, one per label.
+
+    The first short rows without links, in the split's (seeded) order, so every demo shows the same ones.
+    Without the saved split, a few handwritten texts with no true label.
+    """
+    path = run_dir / "data" / "test.parquet"
+    if not path.is_file():
+        return [(text, None) for text in EXAMPLES]
+    import pandas as pd
+
+    test = pd.read_parquet(path)
+    plain = test[(test["text"].str.len() <= max_chars) & ~test["text"].str.contains("http", regex=False)]
+    return [(row.text, row.label) for _, group in plain.groupby("label", sort=True)
+            for row in group.head(per_label).itertuples()]
+
+
+def main(name: str, version: str, run_dir: Path | None = None) -> None:
     target = Target()
     ep = target.endpoints()
     client = target.client()
     key = client.keys.key("inference")
     url = f"{ep.inference_url}/predictions/{name}"
-    print(f"\n== REST: POST {url} (token from {ep.key_file.name})")
-    for text in EXAMPLES:
+    examples = held_out_examples(run_dir) if run_dir else [(text, None) for text in EXAMPLES]
+    texts = [text for text, _ in examples]
+    source = "held-out test texts (true label in brackets)" if examples[0][1] is not None else "example texts"
+    print(f"\n== REST: POST {url} (token from {ep.key_file.name}), {source}")
+    for text, truth in examples:
         r = requests.post(url, json={"text": text}, headers={"Authorization": f"Bearer {key}"}, timeout=60)
         r.raise_for_status()
         answer = r.json()
-        print(f"  {answer['label']:>9} {answer['score']:.3f}  {text}")
+        print(f"  {answer['label']:>9} {answer['score']:.3f}  {f'[{truth}] ' if truth is not None else ''}{text}")
 
     print(f"\n== Python client: TorchServeClient.predict('{name}', texts=[...], top_k=2)")
-    for text, answer in zip(EXAMPLES, client.predict(name, texts=EXAMPLES, top_k=2)):
+    for text, answer in zip(texts, client.predict(name, texts=texts, top_k=2)):
         print(f"  {json.dumps(answer['scores'])}  {text[:40]}...")
 
     body = shlex.quote(json.dumps({"text": "What a wonderful day!"}))
@@ -50,5 +71,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--name", required=True)
     parser.add_argument("--version", required=True)
+    parser.add_argument("--run-dir", type=Path, help="training run whose held-out test texts to send")
     args = parser.parse_args()
-    main(args.name, args.version)
+    main(args.name, args.version, args.run_dir)

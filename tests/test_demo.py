@@ -1,0 +1,17 @@
+"""tsclient.demo picks held-out texts deterministically, one per label, falling back to handwritten ones."""
+from __future__ import annotations
+
+import pandas as pd
+
+from tsclient.demo import EXAMPLES, held_out_examples
+
+
+def test_one_short_linkless_text_per_label(tmp_path):
+    (tmp_path / "data").mkdir()
+    pd.DataFrame({"text": ["see http://x.co great", "x" * 200, "awful flight", "fine day", "lovely crew", "bad"],
+                  "label": ["pos", "pos", "neg", "neu", "pos", "neg"]}).to_parquet(tmp_path / "data" / "test.parquet")
+    assert held_out_examples(tmp_path) == [("awful flight", "neg"), ("fine day", "neu"), ("lovely crew", "pos")]
+
+
+def test_without_saved_split_uses_handwritten_texts(tmp_path):
+    assert held_out_examples(tmp_path) == [(text, None) for text in EXAMPLES]
