@@ -112,9 +112,9 @@ def test_config_validation(bundle, store, changes, error, match):
 
 def test_cli(bundle, store, capsys):
     args = ["--bundle", str(bundle), "--name", "cli", "--version", "0.1", "--store", str(store)]
-    assert cli([*args, "--threads", "2", "--profile"]) == 0
+    assert cli([*args, "--threads", "2", "--chunk-size", "8", "--profile"]) == 0
     with zipfile.ZipFile(store / "cli-0.1.mar") as z:
-        assert yaml.safe_load(z.read("model-config.yaml"))["handler"] == {"threads": 2, "profile": True}
+        assert yaml.safe_load(z.read("model-config.yaml"))["handler"] == {"threads": 2, "chunk_size": 8, "profile": True}
     capsys.readouterr()
     assert cli(args) == 2
     err = capsys.readouterr().err

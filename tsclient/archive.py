@@ -194,11 +194,13 @@ def parse_args(argv=None) -> ArchiveConfig:
     h.add_argument("--threads", type=int, help="torch threads per worker (default CPU cores // max workers)")
     h.add_argument("--max-length", type=int, help="token limit, at most the bundle's (default the bundle's)")
     h.add_argument("--max-text-chars", type=int, help="texts are cut to this many characters (default 100000)")
+    h.add_argument("--chunk-size", type=int, help="a batch is sorted by length and run in chunks of at most this "
+                   "many texts, each padded to its own longest (default 16)")
     h.add_argument("--profile", action="store_true", help="emit TorchServe's per-stage handler timing metrics")
     p.add_argument("--force", action="store_true", help="replace an existing archive of this name and version")
     a = p.parse_args(argv)
     options = {k: getattr(a, k) for k in ("max_texts_per_request", "default_top_k", "threads", "max_length",
-                                          "max_text_chars") if getattr(a, k) is not None}
+                                          "max_text_chars", "chunk_size") if getattr(a, k) is not None}
     if a.profile:
         options["profile"] = True
     return ArchiveConfig(bundle=a.bundle, name=a.name, version=a.version, store=a.store, batch_size=a.batch_size,

@@ -40,6 +40,8 @@ import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "config.properties"
+# INFO instead of DEBUG, each line logged once, rotated files (see the file's header); None: TorchServe's own.
+DEFAULT_LOG_CONFIG = ROOT / "log4j2.xml"
 KEY_FILE = "key_file.json"
 PID_FILE = "logs/torchserve.pid"
 OUT_FILE = "logs/torchserve.out"
@@ -116,11 +118,16 @@ class ServerConfig:
     properties: dict[str, str] = field(default_factory=dict)  # any other property to override
     start_timeout_s: float = 120.0
     stop_timeout_s: float = 60.0
+    log_config: Path | None = DEFAULT_LOG_CONFIG
 
     def __post_init__(self):
         self.config, self.state_dir = Path(self.config), Path(self.state_dir).resolve()
         if not self.config.is_file():
             raise ServerError(f"{self.config}: TorchServe config file not found")
+        if self.log_config is not None:
+            self.log_config = Path(self.log_config).resolve()  # the JVM runs in state_dir
+            if not self.log_config.is_file():
+                raise ServerError(f"{self.log_config}: log4j2 configuration file not found")
         unknown = set(self.ports) - set(PORT_KEYS)
         if unknown:
             raise ServerError(f"unknown port override(s) {sorted(unknown)}; use {sorted(PORT_KEYS)}")
@@ -358,6 +365,8 @@ def start(cfg: ServerConfig) -> Endpoints:
     log_start = log_size(cfg.state_dir)
     cmd = [sys.executable, "-m", "ts.model_server", "--start", "--foreground", "--ncs",
            "--ts-config", str(config_path), "--model-store", str(cfg.model_store)]
+    if cfg.log_config is not None:
+        cmd += ["--log-config", str(cfg.log_config)]
     with open(cfg.state_dir / OUT_FILE, "ab") as out:
         proc = subprocess.Popen(cmd, cwd=cfg.state_dir, env=_environment(cfg), stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)

@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from tests.live.conftest import NAME
+from tests.live.test_rest import assert_prediction
 from tsclient import server
 from tsclient.keys import read_keys
 from tsclient.rest import TorchServeError
@@ -83,3 +84,27 @@ def test_request_content_never_reaches_the_logs(live):
     assert (logs / "access_log.log").stat().st_size > access_before  # the logs are live and were written to
     leaked = [str(p) for p in logs.rglob("*") if p.is_file() and marker.encode() in p.read_bytes()]
     assert leaked == []
+
+
+def test_form_encoded_body_gets_a_clear_400(live):
+    """`curl -d '{"text": ...}'` without -H sends a form; TorchServe hands the handler no body for it."""
+    url = f"{live.endpoints.inference_url}/predictions/{NAME}"
+    auth = {"Authorization": f"Bearer {read_keys(live.endpoints.key_file).inference}"}
+    r = requests.post(url, data=b'{"text": "hello"}',
+                      headers={**auth, "Content-Type": "application/x-www-form-urlencoded"}, timeout=60)
+    assert r.status_code == 400, r.text
+    assert "Content-Type" in r.text, r.text
+    assert_prediction(live.rest.predict(NAME, "still serving"))
+
+
+def test_server_logs_once_at_info(live):
+    """The project's log4j2.xml is in use: no DEBUG lines, no line logged twice, stdout kept for warnings."""
+    assert_prediction(live.rest.predict(NAME, "log check"))
+    time.sleep(1)
+    logs = live.state_dir / "logs"
+    lines = (logs / "ts_log.log").read_text(errors="replace").splitlines()
+    assert lines and not [line for line in lines if "[DEBUG]" in line]
+    stamped = [line for line in lines if line[:4].isdigit()]  # not a multi-line message's continuation
+    assert len(stamped) == len(set(stamped))  # TorchServe's default config writes every line twice
+    out = (logs / "torchserve.out").read_text(errors="replace")
+    assert "[INFO ]" not in out and "[DEBUG]" not in out

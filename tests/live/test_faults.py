@@ -119,9 +119,9 @@ def broken_archive(live, request):
 
 
 def worker_launches(live, version: str) -> int:
-    """Worker processes TorchServe started for `version` (ts_log.log holds each line twice, hence the set)."""
-    lines = (live.state_dir / "logs/ts_log.log").read_text(errors="replace").splitlines()
-    return len({line for line in lines if f"-{NAME}_{version} " in line and "Worker cmdline:" in line})
+    """Worker processes TorchServe started for `version`: each one logs its pid once on start-up."""
+    lines = (live.state_dir / "logs/model_log.log").read_text(errors="replace").splitlines()
+    return len({line.split("pid=")[1] for line in lines if f"-{NAME}_{version}-stdout" in line and "pid=" in line})
 
 
 @pytest.mark.parametrize("broken_archive, says", [(b, b[2]) for b in BROKEN], ids=["truncated", "tampered-model",
