@@ -151,7 +151,8 @@ BENCH_RUN ?= runs/bench/rt-polarity
 bench: bench-train bench-serve bench-soak
 
 # Both recipes run one after the other with every core: run it on an otherwise idle machine
-# (about 40 minutes on 2 cores), or pass BENCH_TRAIN_ARGS="--threads 1" on a shared one.
+# (about 50 minutes on 2 cores; BENCH_TRAIN_ARGS="--part class-weights" reruns one part), or pass
+# BENCH_TRAIN_ARGS="--threads 1" on a shared machine.
 BENCH_TRAIN_ARGS ?=
 bench-train: install
 	$(PY) -m bench.train_bench $(BENCH_TRAIN_ARGS)
