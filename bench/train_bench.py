@@ -22,6 +22,7 @@ import torch
 
 from bench import plain_recipe
 from training.data import load_splits
+from training.report import label_rows
 from training.train import TrainConfig, resolve_model
 from training.train import main as train_main
 
@@ -51,22 +52,17 @@ def plain(data: str, label_column: str, out: Path, max_train_samples=None) -> di
                             batch_size=PLAIN["batch_size"], lr=PLAIN["learning_rate"])
 
 
-def cut_classes(train: pd.DataFrame) -> set[str]:
-    """Every third class, alphabetically: the ones the imbalanced copy keeps 10% of."""
-    return set(sorted(train["category"].unique())[::3])
-
-
-def imbalanced_banking77(src: Path, dst: Path, seed: int = 13) -> Path:
-    """banking77 with every third class (alphabetically) cut to 10% of its training rows."""
+def imbalanced_banking77(src: Path, dst: Path, seed: int = 13) -> tuple[Path, set[str]]:
+    """banking77 with every third class (alphabetically) cut to 10% of its training rows; the cut classes."""
     train = pd.read_csv(src / "train.csv")
-    cut = cut_classes(train)
+    cut = set(sorted(train["category"].unique())[::3])
     rng = np.random.default_rng(seed)
     keep = [g if name not in cut else g.iloc[rng.permutation(len(g))[: max(2, len(g) // 10)]]
             for name, g in train.groupby("category", sort=True)]
     dst.mkdir(parents=True, exist_ok=True)
     pd.concat(keep).to_csv(dst / "train.csv", index=False)
     pd.read_csv(src / "test.csv").to_csv(dst / "test.csv", index=False)
-    return dst
+    return dst, cut
 
 
 def markdown(results: dict) -> str:
@@ -92,7 +88,7 @@ def markdown(results: dict) -> str:
 
 def group_means(per_class: dict, cut: set[str]) -> dict:
     """Mean F1 and recall over the cut classes and over the others (where the weighting should show)."""
-    names = [k for k, v in per_class.items() if isinstance(v, dict) and k not in ("macro avg", "weighted avg")]
+    names = list(label_rows(per_class))
     groups = {"cut": [n for n in names if n in cut], "other": [n for n in names if n not in cut]}
     return {g: {m: float(np.mean([per_class[n][key] for n in members])) for m, key in (("f1", "f1-score"), ("recall", "recall"))}
             for g, members in groups.items()}
@@ -106,8 +102,7 @@ def compare_recipes(results: dict, data_root: Path, runs: Path, max_train_sample
 
 
 def compare_class_weights(results: dict, data_root: Path, runs: Path, max_train_samples) -> None:
-    imbalanced = imbalanced_banking77(data_root / "banking77", runs / "data" / "banking77-imbalanced")
-    cut = cut_classes(pd.read_csv(data_root / "banking77" / "train.csv"))
+    imbalanced, cut = imbalanced_banking77(data_root / "banking77", runs / "data" / "banking77-imbalanced")
     part = {"recipe": CLASS_WEIGHTS}
     for w in ("none", "balanced"):
         part[w] = ours(str(imbalanced), "category", runs / f"banking77-imbalanced-{w}", max_train_samples,

@@ -15,3 +15,4 @@ def test_one_short_linkless_text_per_label(tmp_path):
 
 def test_without_saved_split_uses_handwritten_texts(tmp_path):
     assert held_out_examples(tmp_path) == [(text, None) for text in EXAMPLES]
+    assert held_out_examples(None) == [(text, None) for text in EXAMPLES]

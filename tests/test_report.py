@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.report import headline, top_confusions, write_report
+from training.report import headline, label_rows, top_confusions, write_report
 
 LABELS = ["cat", "dog", "fox"]
 # Truth and prediction per row; confidences of the predicted class (the rest split evenly).
@@ -55,6 +55,7 @@ def test_per_class_results(report):
         assert (got["precision"], got["recall"], got["f1-score"], got["support"]) == pytest.approx(
             (precision, recall, f1, support)), name
     assert per_class["macro avg"]["f1-score"] == pytest.approx(125 / 252)
+    assert list(label_rows(per_class)) == LABELS  # accuracy and the averages are not labels
 
 
 def test_confusion_matrix_csv(report):

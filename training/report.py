@@ -19,6 +19,12 @@ def headline(y_true, y_pred) -> dict:
     }
 
 
+def label_rows(per_class: dict) -> dict:
+    """The per-label rows of a scikit-learn classification report: without accuracy and the averages."""
+    return {k: v for k, v in per_class.items() if isinstance(v, dict) and "support" in v
+            and k not in ("macro avg", "weighted avg", "micro avg")}
+
+
 def top_confusions(cm: np.ndarray, labels: list[str], k: int = 10) -> list[dict]:
     off = cm.copy()
     np.fill_diagonal(off, 0)

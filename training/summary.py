@@ -5,6 +5,8 @@ import json
 import sys
 from pathlib import Path
 
+from training.report import label_rows
+
 
 def summary(run_dir: Path) -> str:
     metrics = json.loads((run_dir / "metrics.json").read_text())
@@ -14,8 +16,7 @@ def summary(run_dir: Path) -> str:
              f"training: {train['examples']} examples, {train['steps']} steps, {train['seconds']:.0f} s, "
              + (f"{train['samples_per_second']:.1f} samples/s" if train.get("samples_per_second") else "resumed"),
              f"{'label':<24} {'precision':>9} {'recall':>7} {'F1':>6} {'support':>8}"]
-    per_class = {k: v for k, v in test["per_class"].items() if isinstance(v, dict) and "support" in v
-                 and k not in ("macro avg", "weighted avg", "micro avg")}
+    per_class = label_rows(test["per_class"])
     for name, row in list(per_class.items())[:20]:
         lines.append(f"{name:<24} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['f1-score']:>6.3f} {int(row['support']):>8}")
     if len(per_class) > 20:

@@ -18,14 +18,14 @@ EXAMPLES = [
 ]
 
 
-def held_out_examples(run_dir: Path, per_label: int = 1, max_chars: int = 110) -> list[tuple[str, str | None]]:
+def held_out_examples(run_dir: Path | None, per_label: int = 1, max_chars: int = 110) -> list[tuple[str, str | None]]:
     """(text, true label) pairs from the run's test split: texts the model never trained on, one per label.
 
     The first short rows without links, in the split's (seeded) order, so every demo shows the same ones.
-    Without the saved split, a few handwritten texts with no true label.
+    Without a run or its saved split, a few handwritten texts with no true label.
     """
-    path = run_dir / "data" / "test.parquet"
-    if not path.is_file():
+    path = run_dir / "data" / "test.parquet" if run_dir is not None else None
+    if path is None or not path.is_file():
         return [(text, None) for text in EXAMPLES]
     import pandas as pd
 
@@ -41,7 +41,7 @@ def main(name: str, version: str, run_dir: Path | None = None) -> None:
     client = target.client()
     key = client.keys.key("inference")
     url = f"{ep.inference_url}/predictions/{name}"
-    examples = held_out_examples(run_dir) if run_dir else [(text, None) for text in EXAMPLES]
+    examples = held_out_examples(run_dir)
     texts = [text for text, _ in examples]
     source = "held-out test texts (true label in brackets)" if examples[0][1] is not None else "example texts"
     print(f"\n== REST: POST {url} (token from {ep.key_file.name}), {source}")
