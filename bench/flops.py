@@ -15,6 +15,7 @@ GELU are ignored (under 1% for MiniLM-sized models).
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import asdict, dataclass
 
 import torch
@@ -33,18 +34,27 @@ def _best_gflops(fn, flops: float, reps: int) -> float:
 
 
 def compute_limit(n: int = MATMUL_N, reps: int = 5) -> dict:
-    """GFLOP/s of an n^3 matmul in fp32, bf16 and (if the build has it) int8 -> int32."""
+    """GFLOP/s of an n^3 matmul in fp32, bf16 (only where the CPU has bf16 instructions: elsewhere it is a
+    reference path that takes minutes and no served variant uses it) and int8.
+
+    int8 is measured through the kernel the int8 export runs, a dynamically quantised Linear (fbgemm), not
+    torch._int_mm: that one is a naive loop on some CPUs (AVX2) and AMX-only fast on others."""
+    from handlers.config import cpu_has_bf16
+
     flops = 2.0 * n ** 3
-    out = {"matmul_n": n, "reps": reps, "threads": torch.get_num_threads()}
+    out = {"matmul_n": n, "reps": reps, "threads": torch.get_num_threads(), "bf16_gflops": None}
     with torch.inference_mode():
         for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+            if dtype == torch.bfloat16 and not cpu_has_bf16():
+                continue
             a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
             out[f"{name}_gflops"] = round(_best_gflops(lambda: a @ b, flops, reps), 1)
-        try:
-            a8, b8 = (torch.randint(-128, 127, (n, n), dtype=torch.int8) for _ in range(2))
-            out["int8_gflops"] = round(_best_gflops(lambda: torch._int_mm(a8, b8), flops, reps), 1)
-        except (RuntimeError, AttributeError):  # no CPU int8 GEMM in this build: int8 rows use the bf16 limit
-            out["int8_gflops"] = None
+        linear = torch.nn.Sequential(torch.nn.Linear(n, n, bias=False))
+        with warnings.catch_warnings():  # torch.ao.quantization's deprecation notice
+            warnings.simplefilter("ignore")
+            q8 = torch.ao.quantization.quantize_dynamic(linear, {torch.nn.Linear}, dtype=torch.qint8)
+        x = torch.randn(n, n)
+        out["int8_gflops"] = round(_best_gflops(lambda: q8(x), flops, reps), 1)
     return out
 
 
@@ -60,7 +70,7 @@ def best_limit(*measurements: dict) -> dict:
 
 def limit_for(limit: dict, variant: str) -> float:
     """The limit a row is measured against: the peak of the arithmetic its matmuls run in."""
-    return limit.get(f"{variant}_gflops") or limit["bf16_gflops"]
+    return limit.get(f"{variant}_gflops") or limit["fp32_gflops"]
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,8 @@ Rows (every one classifies the rt-polarity test split with the run's model):
      the fastest variant within 0.5 accuracy points of fp32 whose answers do not depend on batch
      composition, at concurrency 1, 8 and 32
   D1 the same archive in the product's default deployment (1 worker using every core), concurrency 1 and 32
-Writes bench/results/serve.{json,md,png} (serve-quick.* with --max-texts). Fails (exit 1) when a
+Writes bench/results/serve-<cpu>.{json,md,png}, one set per CPU class (amx, avx512, avx2; serve-<cpu>-quick.*
+with --max-texts). Fails (exit 1) when a
 correctness check does not hold; timings are reported, never asserted.
 """
 from __future__ import annotations
@@ -34,7 +35,7 @@ from bench import serve_report
 from bench.flops import MATMUL_N, FlopModel, best_limit, compute_limit, limit_for
 from bench.serve_runs import (Measured, archive_ours, archive_stock, bundle_classifier, measure_inprocess,
                               measure_server, pipeline_classifier, torchserve)
-from handlers.config import HandlerConfig
+from handlers.config import HandlerConfig, cpu_has_bf16
 from training.cli import UserError, run_main
 from training.export import DEFAULT_TOLERANCE
 
@@ -58,7 +59,7 @@ class ServeBenchConfig:
     run: str = field(metadata=_help("run directory from training.train (rt-polarity, embedded model)"))
     data: str = field(default=str(ROOT.parent / "shared" / "data" / "rt-polarity"), metadata=_help(
         "folder holding test.csv (text,label)"))
-    max_texts: int | None = field(default=None, metadata=_help("use the first N test texts (quick runs; results go to serve-quick.*)"))
+    max_texts: int | None = field(default=None, metadata=_help("use the first N test texts (quick runs; results go to serve-<cpu>-quick.*)"))
     exports: str | None = field(default=None, metadata=_help("where the fp32/int8/bf16 bundles are kept (default RUN/serve-bench)"))
     variant: str | None = field(default=None, metadata=_help("serve this variant in D instead of the fastest accuracy-preserving one"))
     workers: int = field(default=CORES, metadata=_help("D: TorchServe workers (default one per core)"))
@@ -84,11 +85,25 @@ class ServeBenchConfig:
             raise UserError(f"benchmark data not found: {Path(self.data) / 'test.csv'} (pass --data)")
         if self.variant is not None and self.variant not in VARIANTS:
             raise UserError(f"--variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
+        if self.variant is not None and self.variant not in available_variants(cpu_has_bf16()):
+            raise UserError(f"--variant {self.variant}: this CPU has no bf16 instructions (AVX512-BF16 or AMX)")
         for name in ("max_texts", "chunk_size", "repeats"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1")
         if min(self.workers, self.threads, self.batch_size) < 1 or self.max_batch_delay < 0:
             raise UserError("--workers, --threads and --batch-size must be >= 1, --max-batch-delay >= 0")
+
+
+def available_variants(has_bf16: bool) -> tuple[str, ...]:
+    """The variants worth measuring here: without bf16 instructions bf16 runs a reference path 8-14x slower
+    than fp32 (it would take most of the benchmark's time and could never be the fastest)."""
+    return VARIANTS if has_bf16 else tuple(v for v in VARIANTS if v != "bf16")
+
+
+def cpu_class(flags: list[str]) -> str:
+    """Results are kept per CPU class: the fastest variant and every ratio depend on the instruction set."""
+    return next((name for flag, name in (("amx_bf16", "amx"), ("avx512f", "avx512"), ("avx2", "avx2")) if flag in flags),
+                "other")
 
 
 def load_test(data: Path, labels: list[str], max_texts: int | None) -> tuple[list[str], np.ndarray]:
@@ -102,7 +117,7 @@ def load_test(data: Path, labels: list[str], max_texts: int | None) -> tuple[lis
     return test["text"].astype(str).tolist(), np.array([index[str(y)] for y in test["label"]])
 
 
-def ensure_exports(run: Path, cache: Path) -> dict[str, Path]:
+def ensure_exports(run: Path, cache: Path, variants: tuple[str, ...]) -> dict[str, Path]:
     """fp32/int8/bf16 bundles of the run, exported with training.export once per model and exporter.
 
     Export's own accuracy gate is opened wide: this benchmark measures every variant on all test texts
@@ -114,7 +129,7 @@ def ensure_exports(run: Path, cache: Path) -> dict[str, Path]:
     sources = [run / "model" / "model.safetensors", ROOT / "training" / "export.py"]
     stamp = hashlib.sha256(b"".join(p.read_bytes() for p in sources if p.is_file())).hexdigest()
     out = {}
-    for variant in VARIANTS:
+    for variant in variants:
         bundle, mark = cache / variant, cache / f"{variant}.source-sha256"
         if not (bundle / "model.pt").is_file() or not mark.is_file() or mark.read_text().strip() != stamp:
             log.info("exporting %s to %s", variant, bundle)
@@ -174,6 +189,9 @@ def main(config: ServeBenchConfig) -> dict:
     results["flops"] = {**flop_model.describe(), "mean_tokens": round(float(tokens.mean()), 2),
                         "mean_gflop_per_text": round(float(flops.mean()) / 1e9, 4)}
     rows, runs = [], {}
+    variants = available_variants(cpu_has_bf16())
+    results["skipped_variants"] = {v: "no bf16 instructions on this CPU (AVX512-BF16 or AMX)"
+                                   for v in VARIANTS if v not in variants}
 
     def record(key, label, variant, mode, passes, **kw):
         m = min(passes, key=lambda p: p.wall_s)
@@ -192,8 +210,8 @@ def main(config: ServeBenchConfig) -> dict:
     inprocess = []  # (key, label, variant, batch, classify)
     classify = pipeline_classifier(run / "model", labels)
     inprocess += [(f"A-b{batch}", "HF pipeline, eager fp32", "fp32", batch, classify) for batch in (1, 32)]
-    bundles = ensure_exports(run, Path(config.exports) if config.exports else run / "serve-bench")
-    for variant in VARIANTS:
+    bundles = ensure_exports(run, Path(config.exports) if config.exports else run / "serve-bench", variants)
+    for variant in variants:
         classify = bundle_classifier(bundles[variant], max_length, config.chunk_size)
         inprocess += [(f"C-{variant}-b{batch}", f"ours in-process, TorchScript {variant}", variant, batch, classify)
                       for batch in (1, 32)]
@@ -250,7 +268,7 @@ def main(config: ServeBenchConfig) -> dict:
     results["rows"] = rows
     results["checks"] = checks(runs, rows, chosen, invariance)
     results["targets"] = serve_report.targets(rows, chosen)
-    write(results, out, suffix="" if config.max_texts is None else "-quick")
+    write(results, out, f"serve-{cpu_class(results['machine']['isa'])}" + ("" if config.max_texts is None else "-quick"))
     failed = [c for c in results["checks"] if not c["ok"]]
     if failed:
         for c in failed:
@@ -273,7 +291,7 @@ def batch_invariance(runs: dict[str, Measured]) -> dict[str, dict]:
     it is run alone (batch 1) instead of with 31 neighbours (batch 32)? int8 dynamic quantisation scales
     every batch by its own activation range, so it fails this by design; fp32 and bf16 do not."""
     out = {}
-    for variant in VARIANTS:
+    for variant in [v for v in VARIANTS if f"C-{v}-b1" in runs]:
         alone, batched = runs[f"C-{variant}-b1"], runs[f"C-{variant}-b32"]
         diff = float(np.abs(alone.scores - batched.scores).max())
         out[variant] = {"ok": diff <= DEFAULT_TOLERANCE[variant], "max_abs_logit_diff": round(diff, 6),
@@ -318,15 +336,16 @@ def machine() -> dict:
     model = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
                   if l.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
     return {"cpus": os.cpu_count(), "cpu": model, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "isa": [f for f in ("avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags.split()],
+            "isa": [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags.split()],
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
-def write(results: dict, out: Path, suffix: str) -> None:
+def write(results: dict, out: Path, stem: str) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"serve{suffix}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / f"serve{suffix}.md").write_text(serve_report.markdown(results))
-    serve_report.plot(results, out / f"serve{suffix}.png")
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / f"{stem}.md").write_text(serve_report.markdown(results))
+    serve_report.plot(results, out / f"{stem}.png")
+    log.info("results in %s.{json,md,png}", out / stem)
     print(serve_report.table(results))
 
 

@@ -75,9 +75,9 @@ def markdown(results: dict) -> str:
     out += [f"| {t['name']} | {t['goal']} | {t['value']} | {'yes' if t['met'] else 'no'} |" for t in results["targets"]]
     out += ["", "## Compute limit and model FLOPs", "",
             f"Practical limit: best of {lim['reps']} {lim['matmul_n']}^3 matmuls in torch on {lim['threads']} threads: "
-            f"fp32 {lim['fp32_gflops']} GFLOP/s, bf16 {lim['bf16_gflops']} GFLOP/s, int8 "
-            f"{lim['int8_gflops'] if lim['int8_gflops'] else 'n/a (bf16 used)'} GFLOP/s. "
-            "Each row is compared with the limit of its own arithmetic.", "",
+            f"fp32 {lim['fp32_gflops']} GFLOP/s, bf16 {lim['bf16_gflops'] or 'not measured (no bf16 instructions)'}"
+            f"{' GFLOP/s' if lim['bf16_gflops'] else ''}, int8 {lim['int8_gflops']} GFLOP/s (a dynamically quantised "
+            "Linear, the kernel the int8 export runs). Each row is compared with the limit of its own arithmetic.", "",
             f"Model FLOPs per text: `{fl['formula']}` with p_tok = {fl['p_tok']:,}, p_head = {fl['p_head']:,}, "
             f"layers = {fl['layers']}, hidden = {fl['hidden']}; mean {fl['mean_tokens']} tokens, "
             f"{fl['mean_gflop_per_text']} GFLOP per text. Only real tokens count: padding is work the machine does "
@@ -102,7 +102,8 @@ def variants(results: dict) -> list[str]:
         same = f"{i['max_abs_logit_diff']:.1e} ({'within' if i['ok'] else 'over'} {i['tolerance']:g})"
         lines.append(f"| {v} | {100 * c['accuracy']:.2f}% | {100 * (c['accuracy'] - fp32):+.2f} | {same} | {c['texts_per_s']:.1f} "
                      f"| {'yes' if i['ok'] and drop <= 0.5 else 'no'} |")
-    return ["Variants (in-process, batch 32):", "", *lines, ""]
+    skipped = [f"{v} not measured: {why}." for v, why in results.get("skipped_variants", {}).items()]
+    return ["Variants (in-process, batch 32):", "", *lines, "", *skipped, *([""] if skipped else [])]
 
 
 def _load(values) -> str:

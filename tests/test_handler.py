@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from handlers.bundle import BundleError, read_json, write_metadata
-from handlers.config import HandlerConfig, HandlerConfigError, choose_device
+from handlers.config import HandlerConfig, HandlerConfigError, choose_device, slow_bf16_warning
 from handlers.tokenization import encode
 from tests.bundles import make_tiny_bundle
 
@@ -97,6 +97,28 @@ def test_choose_device():
     assert choose_device(True, None) == "cpu"
     assert choose_device(True, 0) == "cuda:0"
     assert choose_device(True, 3) == "cuda:3"
+
+
+def test_slow_bf16_warning_only_for_bf16_on_a_cpu_without_bf16():
+    assert "no AVX512-BF16 or AMX" in slow_bf16_warning("bf16", "cpu", has_bf16=False)
+    assert slow_bf16_warning("bf16", "cpu", has_bf16=True) is None
+    assert slow_bf16_warning("bf16", "cuda:0", has_bf16=False) is None
+    assert slow_bf16_warning("fp32", "cpu", has_bf16=False) is None
+    assert slow_bf16_warning("int8", "cpu", has_bf16=False) is None
+
+
+@pytest.mark.parametrize("has_bf16", [False, True])
+def test_bf16_bundle_on_a_cpu_without_bf16_is_served_with_a_warning(bundle, tmp_path, monkeypatch, caplog, has_bf16):
+    import handlers.text_classifier as module
+
+    copy = shutil.copytree(bundle, tmp_path / "bundle")
+    card = read_json(copy / "model_card.json")
+    write_metadata(copy, list(LABELS), {**card, "variant": "bf16"})
+    monkeypatch.setattr(module, "cpu_has_bf16", lambda: has_bf16)
+    with caplog.at_level(logging.WARNING, logger=module.__name__):
+        handler = make_handler(copy)
+    assert run(handler, [body("still answered")])[0][0] == 200
+    assert ("without bf16 instructions" in caplog.text) is not has_bf16
 
 
 def test_handler_config_validation_and_threads():

@@ -25,6 +25,7 @@ import pandas as pd
 import torch
 
 from handlers import bundle
+from handlers.config import cpu_has_bf16, slow_bf16_warning
 from handlers.tokenization import encode
 from training.cli import UserError, check_choices, run_main
 
@@ -248,6 +249,9 @@ def main(config: ExportConfig) -> dict:
     run_dir, out = Path(config.run_dir), Path(config.output_dir)
     if out.exists() and not config.force:
         raise ExportError(f"{out} already exists; pass --force to replace it")
+    warning = slow_bf16_warning(config.variant, "cpu", cpu_has_bf16())
+    if warning:  # the export is still right for a serving host that has them, only its checks run slowly here
+        log.warning("%s (this export's checks will be slow too)", warning)
     model, tokenizer, labels, run, test = load_run(run_dir)
     if config.max_eval_samples:
         test = test.sample(n=min(config.max_eval_samples, len(test)), random_state=0)

@@ -1,0 +1,66 @@
+"""The serving benchmark's own logic: which variants it measures, which it serves, where results go."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench import serve_report
+from bench.flops import limit_for
+from bench.serve_bench import available_variants, batch_invariance, choose_variant, cpu_class
+from bench.serve_runs import Measured
+
+
+def test_bf16_is_only_measured_where_the_cpu_has_bf16_instructions():
+    assert available_variants(has_bf16=True) == ("fp32", "int8", "bf16")
+    assert available_variants(has_bf16=False) == ("fp32", "int8")
+
+
+@pytest.mark.parametrize("isa, expected", [
+    (["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8"], "amx"),
+    (["avx2", "avx512f", "avx512_vnni"], "avx512"),
+    (["avx2"], "avx2"),
+    ([], "other"),
+])
+def test_results_are_kept_per_cpu_class(isa, expected):
+    assert cpu_class(isa) == expected
+
+
+def _measured(logits):
+    logits = np.array(logits, dtype=np.float32)
+    return Measured(preds=logits.argmax(1), scores=logits, latencies_s=[0.01], wall_s=1.0)
+
+
+def test_batch_invariance_covers_the_measured_variants_only():
+    runs = {"C-fp32-b1": _measured([[0.0, 1.0]]), "C-fp32-b32": _measured([[0.0, 1.0 + 5e-5]]),
+            "C-int8-b1": _measured([[0.0, 1.0]]), "C-int8-b32": _measured([[0.0, 1.5]])}
+    out = batch_invariance(runs)
+    assert set(out) == {"fp32", "int8"}
+    assert out["fp32"]["ok"] and not out["int8"]["ok"]
+
+
+def _row(variant, texts_per_s, accuracy):
+    return {"key": f"C-{variant}-b32", "variant": variant, "batch": 32, "texts_per_s": texts_per_s, "accuracy": accuracy}
+
+
+def test_the_served_variant_is_the_fastest_accurate_and_batch_invariant_one():
+    rows = [_row("fp32", 100, 0.84), _row("int8", 300, 0.839), _row("bf16", 200, 0.838)]
+    assert choose_variant(rows, {"fp32": True, "int8": False, "bf16": True}) == "bf16"
+    assert choose_variant(rows, {"fp32": True, "int8": True, "bf16": True}) == "int8"
+    rows[2]["accuracy"] = 0.83  # 1 point below fp32
+    assert choose_variant(rows, {"fp32": True, "int8": False, "bf16": True}) == "fp32"
+    assert choose_variant(rows[:2], {"fp32": True, "int8": False}) == "fp32"
+
+
+def test_rows_without_their_own_limit_are_measured_against_fp32():
+    limit = {"fp32_gflops": 170.0, "bf16_gflops": None, "int8_gflops": 300.0}
+    assert limit_for(limit, "int8") == 300.0
+    assert limit_for(limit, "bf16") == 170.0
+
+
+def test_report_says_which_variants_were_not_measured_and_why():
+    results = {"rows": [_row("fp32", 100, 0.84)],
+               "batch_invariance": {"fp32": {"ok": True, "max_abs_logit_diff": 1e-6, "tolerance": 1e-4}},
+               "skipped_variants": {"bf16": "no bf16 instructions on this CPU (AVX512-BF16 or AMX)"}}
+    text = "\n".join(serve_report.variants(results))
+    assert "| fp32 |" in text and "| bf16 |" not in text
+    assert "bf16 not measured: no bf16 instructions on this CPU" in text
