@@ -66,8 +66,9 @@ class ServeBenchConfig:
     threads: int = field(default=1, metadata=_help("D: torch threads per worker"))
     batch_size: int = field(default=32, metadata=_help("D: TorchServe batch size"))
     max_batch_delay: int = field(default=1, metadata=_help("D: TorchServe max batch delay (ms)"))
-    chunk_size: int | None = field(default=HandlerConfig.chunk_size, metadata=_help(
-        "C and D: texts per forward pass after sorting a batch by length (handler option chunk_size)"))
+    chunk_size: str = field(default="auto", metadata=_help(
+        "C and D: texts per forward pass after sorting a batch by length (handler option chunk_size: an "
+        "integer, 'none' for one pass, or 'auto': by variant, see handlers/config.py)"))
     repeats: int = field(default=3, metadata=_help(
         "passes per row, in-process rows interleaved; the fastest is kept (other work on a shared host only "
         "ever slows a pass down)"))
@@ -87,11 +88,23 @@ class ServeBenchConfig:
             raise UserError(f"--variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
         if self.variant is not None and self.variant not in available_variants(cpu_has_bf16()):
             raise UserError(f"--variant {self.variant}: this CPU has no bf16 instructions (AVX512-BF16 or AMX)")
-        for name in ("max_texts", "chunk_size", "repeats"):
+        if self.chunk_size not in ("auto", None):
+            self.chunk_size = None if str(self.chunk_size).lower() == "none" else _positive_int(self.chunk_size)
+        for name in ("max_texts", "repeats"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1")
         if min(self.workers, self.threads, self.batch_size) < 1 or self.max_batch_delay < 0:
             raise UserError("--workers, --threads and --batch-size must be >= 1, --max-batch-delay >= 0")
+
+
+def _positive_int(value) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise UserError(f"--chunk-size must be an integer, 'none' or 'auto', got {value!r}") from None
+    if number < 1:
+        raise UserError("--chunk-size must be at least 1")
+    return number
 
 
 def available_variants(has_bf16: bool) -> tuple[str, ...]:
@@ -212,7 +225,8 @@ def main(config: ServeBenchConfig) -> dict:
     inprocess += [(f"A-b{batch}", "HF pipeline, eager fp32", "fp32", batch, classify) for batch in (1, 32)]
     bundles = ensure_exports(run, Path(config.exports) if config.exports else run / "serve-bench", variants)
     for variant in variants:
-        classify = bundle_classifier(bundles[variant], max_length, config.chunk_size)
+        chunk_size = HandlerConfig(chunk_size=config.chunk_size).resolve_chunk_size(variant, "cpu")
+        classify = bundle_classifier(bundles[variant], max_length, chunk_size)
         inprocess += [(f"C-{variant}-b{batch}", f"ours in-process, TorchScript {variant}", variant, batch, classify)
                       for batch in (1, 32)]
     passes = {key: [] for key, *_ in inprocess}
@@ -242,6 +256,7 @@ def main(config: ServeBenchConfig) -> dict:
         if config.default_deployment:
             deployments.append(("D1", 1, CORES, (1, 32)))
         results["deployments"] = {}
+        served_chunk = HandlerConfig(chunk_size=config.chunk_size).resolve_chunk_size(chosen, "cpu")
         for key, workers, threads, levels in deployments:
             name = f"ours-{key.lower()}"
             handler = {"chunk_size": config.chunk_size, "threads": threads}
@@ -255,7 +270,7 @@ def main(config: ServeBenchConfig) -> dict:
                     concurrency=concurrency)
             srv.client.unregister(name)
             results["deployments"][key] = {"workers": workers, "threads": threads, "batch_size": config.batch_size,
-                                           "max_batch_delay_ms": config.max_batch_delay, "chunk_size": config.chunk_size,
+                                           "max_batch_delay_ms": config.max_batch_delay, "chunk_size": served_chunk,
                                            "token_auth": True}
 
     results["loadavg_end"], results["host_busy_at_start"] = os.getloadavg(), busy
@@ -267,7 +282,7 @@ def main(config: ServeBenchConfig) -> dict:
         r["limit_fraction"] = round(r["gflops"] / r["limit_gflops"], 4)
     results["rows"] = rows
     results["checks"] = checks(runs, rows, chosen, invariance)
-    results["targets"] = serve_report.targets(rows, chosen)
+    results["targets"] = serve_report.targets(rows, chosen, limit_for(limit, chosen), results["flops"]["mean_gflop_per_text"])
     write(results, out, f"serve-{cpu_class(results['machine']['isa'])}" + ("" if config.max_texts is None else "-quick"))
     failed = [c for c in results["checks"] if not c["ok"]]
     if failed:

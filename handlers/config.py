@@ -8,13 +8,21 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 from handlers.bundle import BundleError
 
 TOKENIZER_CONFIG = "tokenizer_config.json"
 # Any one of these holds the vocabulary, depending on the tokenizer family.
 VOCAB_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
+
+
+# Texts per forward pass for chunk_size "auto", by the bundle's variant on CPU (bench/serve_notes.md):
+# fp32 and int8 are fastest in chunks of 4 (padding saved outweighs smaller matmuls, AVX2 EPYC and AMX
+# Xeon alike); bf16 on AMX is as fast at 8 as at 16 and slower at 4. On a GPU (not measured here) the
+# earlier default of 16 stays: there, fewer and larger passes matter more than padding.
+AUTO_CHUNK_SIZE = {"fp32": 4, "int8": 4, "bf16": 16}
+GPU_CHUNK_SIZE = 16
 
 
 class HandlerConfigError(ValueError):
@@ -26,7 +34,7 @@ def _check_int(name: str, value, minimum: int, optional: bool) -> None:
         return
     # bool is an int subclass; `threads: true` in YAML is a mistake, not 1 thread.
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        allowed = f"an integer >= {minimum}" + (" or null" if optional else "")
+        allowed = f"an integer >= {minimum}" + (" or null" if optional else "") + (' or "auto"' if name == "chunk_size" else "")
         raise HandlerConfigError(f"handler option '{name}' must be {allowed}, got {value!r}")
 
 
@@ -38,8 +46,9 @@ class HandlerConfig:
     max_length: Optional[int] = None  # None: the bundle's max_length; may only be lowered
     max_text_chars: int = 100_000  # longer texts are cut before tokenizing: answered, not rejected or slow
     # Texts per forward pass: a larger batch is sorted by length and run in chunks, each padded only to its
-    # own longest text (handlers/batching.py). None: the whole batch in one pass, padded to its longest.
-    chunk_size: Optional[int] = 16
+    # own longest text (handlers/batching.py). None: the whole batch in one pass, padded to its longest;
+    # "auto": by the model's variant and device (AUTO_CHUNK_SIZE).
+    chunk_size: Union[int, str, None] = "auto"
     profile: bool = False  # TorchServe's own key (ts.handler_utils.timer): per-stage timing metrics
 
     def __post_init__(self):
@@ -48,7 +57,8 @@ class HandlerConfig:
         _check_int("threads", self.threads, 1, optional=True)
         _check_int("max_length", self.max_length, 2, optional=True)  # room for the special tokens
         _check_int("max_text_chars", self.max_text_chars, 1, optional=False)
-        _check_int("chunk_size", self.chunk_size, 1, optional=True)
+        if self.chunk_size != "auto":
+            _check_int("chunk_size", self.chunk_size, 1, optional=True)
         if not isinstance(self.profile, bool):
             raise HandlerConfigError(f"handler option 'profile' must be true or false, got {self.profile!r}")
 
@@ -69,6 +79,11 @@ class HandlerConfig:
         if self.threads is not None:
             return self.threads
         return max(1, (cpu_count or os.cpu_count() or 1) // max(1, workers))
+
+    def resolve_chunk_size(self, variant: str, device: str) -> Optional[int]:
+        if self.chunk_size != "auto":
+            return self.chunk_size
+        return AUTO_CHUNK_SIZE.get(variant, AUTO_CHUNK_SIZE["fp32"]) if device.startswith("cpu") else GPU_CHUNK_SIZE
 
     def resolve_max_length(self, bundle_max_length: int) -> int:
         if self.max_length is None:

@@ -38,7 +38,9 @@ class TextClassifierHandler(BaseHandler):
         self.max_length = self.config.resolve_max_length(int(card["max_length"]))
         self.device = torch.device(choose_device(torch.cuda.is_available(), props.get("gpu_id")))
         threads = self.config.thread_count(workers_from_model_yaml(yaml_config))
-        warning = slow_bf16_warning(card.get("variant", "fp32"), str(self.device), cpu_has_bf16())
+        variant = card.get("variant", "fp32")
+        self.chunk_size = self.config.resolve_chunk_size(variant, str(self.device))
+        warning = slow_bf16_warning(variant, str(self.device), cpu_has_bf16())
         if warning:
             logger.warning(warning)
         torch.set_num_threads(threads)
@@ -46,8 +48,9 @@ class TextClassifierHandler(BaseHandler):
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         self._warm_up(model_dir)
         self.manifest, self.initialized = context.manifest, True
-        logger.info("loaded %s: device=%s threads=%d labels=%d max_length=%d in %.2fs", card.get("base_model", "model"),
-                    self.device, threads, len(self.labels), self.max_length, time.perf_counter() - start)
+        logger.info("loaded %s (%s): device=%s threads=%d labels=%d max_length=%d chunk_size=%s in %.2fs",
+                    card.get("base_model", "model"), variant, self.device, threads, len(self.labels), self.max_length,
+                    self.chunk_size, time.perf_counter() - start)
 
     def _warm_up(self, model_dir: Path) -> None:
         """One forward pass: pays the first-call cost now and proves the labels match the model's outputs."""
@@ -59,7 +62,7 @@ class TextClassifierHandler(BaseHandler):
     def _forward(self, batch: dict) -> torch.Tensor:
         with torch.inference_mode():
             return forward_by_length(self.model, batch["input_ids"].to(self.device),
-                                     batch["attention_mask"].to(self.device), self.config.chunk_size)
+                                     batch["attention_mask"].to(self.device), self.chunk_size)
 
     @timed
     def preprocess(self, data):

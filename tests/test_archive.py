@@ -115,6 +115,11 @@ def test_cli(bundle, store, capsys):
     assert cli([*args, "--threads", "2", "--chunk-size", "8", "--profile"]) == 0
     with zipfile.ZipFile(store / "cli-0.1.mar") as z:
         assert yaml.safe_load(z.read("model-config.yaml"))["handler"] == {"threads": 2, "chunk_size": 8, "profile": True}
+    assert cli([*args, "--version", "0.2", "--chunk-size", "auto"]) == 0
+    with zipfile.ZipFile(store / "cli-0.2.mar") as z:
+        assert yaml.safe_load(z.read("model-config.yaml"))["handler"] == {"chunk_size": "auto"}
+    with pytest.raises(SystemExit):
+        cli([*args, "--version", "0.3", "--chunk-size", "eight"])
     capsys.readouterr()
     assert cli(args) == 2
     err = capsys.readouterr().err

@@ -121,6 +121,23 @@ def test_bf16_bundle_on_a_cpu_without_bf16_is_served_with_a_warning(bundle, tmp_
     assert ("without bf16 instructions" in caplog.text) is not has_bf16
 
 
+def test_chunk_size_auto_follows_the_variant_on_cpu():
+    auto = HandlerConfig()
+    assert auto.chunk_size == "auto"
+    assert [auto.resolve_chunk_size(v, "cpu") for v in ("fp32", "int8", "bf16")] == [4, 4, 16]
+    assert auto.resolve_chunk_size("fp32", "cuda:0") == 16
+    assert HandlerConfig(chunk_size=8).resolve_chunk_size("bf16", "cpu") == 8
+    assert HandlerConfig(chunk_size=None).resolve_chunk_size("fp32", "cpu") is None
+    for bad in ("Auto", "8", 0, True):
+        with pytest.raises(HandlerConfigError, match='chunk_size.*or "auto"'):
+            HandlerConfig(chunk_size=bad)
+
+
+def test_handler_runs_the_resolved_chunk_size(bundle):
+    assert make_handler(bundle).chunk_size == 4  # tests.bundles writes an fp32 model
+    assert make_handler(bundle, {"chunk_size": None}).chunk_size is None
+
+
 def test_handler_config_validation_and_threads():
     assert HandlerConfig.from_model_yaml({}) == HandlerConfig()
     assert HandlerConfig.from_model_yaml({"handler": {"default_top_k": 2}}).default_top_k == 2

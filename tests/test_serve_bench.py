@@ -64,3 +64,12 @@ def test_report_says_which_variants_were_not_measured_and_why():
     text = "\n".join(serve_report.variants(results))
     assert "| fp32 |" in text and "| bf16 |" not in text
     assert "bf16 not measured: no bf16 instructions on this CPU" in text
+
+
+def test_the_4x_target_reports_the_ceiling_the_compute_limit_allows():
+    rows = [{"key": "A-b32", "texts_per_s": 100.0}, {"key": "C-fp32-b32", "texts_per_s": 150.0, "p50_ms": 200.0},
+            {"key": "C-fp32-b1", "texts_per_s": 90.0, "p50_ms": 10.0}, {"key": "D-c32", "texts_per_s": 140.0},
+            {"key": "D-c1", "p50_ms": 12.0}]
+    first = serve_report.targets(rows, "fp32", limit_gflops=170.0, gflop_per_text=0.58)[0]
+    assert (first["value"], first["met"], first["ceiling"]) == (1.5, False, 2.93)  # 170 / 0.58 / 100
+    assert "ceiling" not in serve_report.targets(rows, "fp32")[0]

@@ -176,6 +176,16 @@ def main(config: ArchiveConfig) -> Path:
     return build_archive(config)
 
 
+def _chunk_size(value: str):
+    """--chunk-size: a positive integer or "auto" (HandlerConfig checks the range)."""
+    if value == "auto":
+        return value
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {value!r}") from None
+
+
 def parse_args(argv=None) -> ArchiveConfig:
     p = argparse.ArgumentParser(prog="python -m tsclient.archive", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -194,8 +204,8 @@ def parse_args(argv=None) -> ArchiveConfig:
     h.add_argument("--threads", type=int, help="torch threads per worker (default CPU cores // max workers)")
     h.add_argument("--max-length", type=int, help="token limit, at most the bundle's (default the bundle's)")
     h.add_argument("--max-text-chars", type=int, help="texts are cut to this many characters (default 100000)")
-    h.add_argument("--chunk-size", type=int, help="a batch is sorted by length and run in chunks of at most this "
-                   "many texts, each padded to its own longest (default 16)")
+    h.add_argument("--chunk-size", type=_chunk_size, help="a batch is sorted by length and run in chunks of at most "
+                   "this many texts, each padded to its own longest (default auto: 4 for fp32 and int8, 16 for bf16)")
     h.add_argument("--profile", action="store_true", help="emit TorchServe's per-stage handler timing metrics")
     p.add_argument("--force", action="store_true", help="replace an existing archive of this name and version")
     a = p.parse_args(argv)
