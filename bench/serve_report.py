@@ -16,26 +16,28 @@ def ceiling(limit_gflops: float, gflop_per_text: float, a32_texts_per_s: float) 
 
 
 def targets(rows: list[dict], chosen: str, limit_gflops: float | None = None, gflop_per_text: float | None = None) -> list[dict]:
+    """The issue's targets, for each measured deployment: D (one single-threaded worker per core) and D1
+    (the product default, one worker using every core)."""
     r = _by_key(rows)
     a32 = r["A-b32"]["texts_per_s"]
     c32, c1 = r[f"C-{chosen}-b32"], r[f"C-{chosen}-b1"]
     first = {"name": f"fastest accuracy-preserving variant ({chosen}) in-process b32 vs A b32", "goal": ">= 4x",
-             "value": round(c32["texts_per_s"] / a32, 2), "met": c32["texts_per_s"] / a32 >= 4}
+             "value": round(c32["texts_per_s"] / a32, 2), "met": c32["texts_per_s"] / a32 >= 4, "variant": chosen}
     if limit_gflops and gflop_per_text:
         first["ceiling"] = ceiling(limit_gflops, gflop_per_text, a32)
-    out = [first,
-           {"name": f"D c32 vs C-{chosen} in-process b32", "goal": ">= 0.9x",
-            "value": round(r["D-c32"]["texts_per_s"] / c32["texts_per_s"], 2),
-            "met": r["D-c32"]["texts_per_s"] >= 0.9 * c32["texts_per_s"]},
-           {"name": f"D c1 p50 vs C-{chosen} in-process b1 p50", "goal": "<= +3 ms",
-            "value": round(r["D-c1"]["p50_ms"] - c1["p50_ms"], 2), "met": r["D-c1"]["p50_ms"] <= c1["p50_ms"] + 3}]
-    if "D1-c1" in r:
-        out.append({"name": f"D1 (1 worker x all cores) c1 p50 vs C-{chosen} in-process b1 p50", "goal": "<= +3 ms",
-                    "value": round(r["D1-c1"]["p50_ms"] - c1["p50_ms"], 2), "met": r["D1-c1"]["p50_ms"] <= c1["p50_ms"] + 3})
-    if "B-c32" in r:
-        ratio = r["D-c32"]["texts_per_s"] / r["B-c32"]["texts_per_s"]
-        out.append({"name": "D c32 vs B c32 (stock TorchServe example)", "goal": ">= 5x", "value": round(ratio, 2),
-                    "met": ratio >= 5})
+    out = [first]
+    for d in [d for d in ("D", "D1") if f"{d}-c32" in r]:
+        served = r[f"{d}-c32"]["texts_per_s"]
+        out.append({"name": f"{d} c32 vs C-{chosen} in-process b32", "goal": ">= 0.9x",
+                    "value": round(served / c32["texts_per_s"], 2), "met": served >= 0.9 * c32["texts_per_s"]})
+        if f"{d}-c1" in r:
+            out.append({"name": f"{d} c1 p50 vs C-{chosen} in-process b1 p50", "goal": "<= +3 ms",
+                        "value": round(r[f"{d}-c1"]["p50_ms"] - c1["p50_ms"], 2),
+                        "met": r[f"{d}-c1"]["p50_ms"] <= c1["p50_ms"] + 3})
+        if "B-c32" in r:
+            ratio = served / r["B-c32"]["texts_per_s"]
+            out.append({"name": f"{d} c32 vs B c32 (stock TorchServe example)", "goal": ">= 5x", "value": round(ratio, 2),
+                        "met": ratio >= 5})
     return out
 
 
@@ -81,7 +83,7 @@ def markdown(results: dict) -> str:
     out += variants(results)
     out += ["## Targets", "", "| target | goal | measured | met |", "| --- | --- | ---: | --- |"]
     out += [f"| {t['name']} | {t['goal']} | {t['value']} | {'yes' if t['met'] else 'no'} |" for t in results["targets"]]
-    out += [f"\nAt 100% of its arithmetic's compute limit (below), {t['name'].split(' (')[0]} could reach at most "
+    out += [f"\nAt 100% of its arithmetic's compute limit (below), the {t['variant']} variant could reach at most "
             f"**{t['ceiling']}x** A b32 on this machine{': the 4x goal is out of reach here' if t['ceiling'] < 4 else ''}."
             for t in results["targets"] if "ceiling" in t]
     out += ["", "## Compute limit and model FLOPs", "",

@@ -70,6 +70,17 @@ def test_the_4x_target_reports_the_ceiling_the_compute_limit_allows():
     rows = [{"key": "A-b32", "texts_per_s": 100.0}, {"key": "C-fp32-b32", "texts_per_s": 150.0, "p50_ms": 200.0},
             {"key": "C-fp32-b1", "texts_per_s": 90.0, "p50_ms": 10.0}, {"key": "D-c32", "texts_per_s": 140.0},
             {"key": "D-c1", "p50_ms": 12.0}]
-    first = serve_report.targets(rows, "fp32", limit_gflops=170.0, gflop_per_text=0.58)[0]
-    assert (first["value"], first["met"], first["ceiling"]) == (1.5, False, 2.93)  # 170 / 0.58 / 100
+    out = serve_report.targets(rows, "fp32", limit_gflops=170.0, gflop_per_text=0.58)
+    assert (out[0]["value"], out[0]["met"], out[0]["ceiling"]) == (1.5, False, 2.93)  # 170 / 0.58 / 100
     assert "ceiling" not in serve_report.targets(rows, "fp32")[0]
+    assert [(t["name"].split(" vs")[0], t["met"]) for t in out[1:]] == [("D c32", True), ("D c1 p50", True)]
+
+
+def test_targets_are_checked_for_every_deployment_measured():
+    rows = [{"key": "A-b32", "texts_per_s": 100.0}, {"key": "B-c32", "texts_per_s": 30.0},
+            {"key": "C-fp32-b32", "texts_per_s": 160.0}, {"key": "C-fp32-b1", "p50_ms": 10.0},
+            {"key": "D-c32", "texts_per_s": 180.0}, {"key": "D-c1", "p50_ms": 17.0},
+            {"key": "D1-c32", "texts_per_s": 140.0}, {"key": "D1-c1", "p50_ms": 12.5}]
+    met = {t["name"].split(" (")[0].replace(" in-process", ""): t["met"] for t in serve_report.targets(rows, "fp32")[1:]}
+    assert met == {"D c32 vs C-fp32 b32": True, "D c1 p50 vs C-fp32 b1 p50": False, "D c32 vs B c32": True,
+                   "D1 c32 vs C-fp32 b32": False, "D1 c1 p50 vs C-fp32 b1 p50": True, "D1 c32 vs B c32": False}
