@@ -15,8 +15,8 @@ ARGS    ?=
 NAME    ?= classifier
 VERSION ?= 1.0
 WORKERS ?= 1
-BATCH_SIZE ?= 16
-MAX_BATCH_DELAY ?= 5
+BATCH_SIZE ?= 32
+MAX_BATCH_DELAY ?= 1
 TEXT    ?= What a wonderful day!
 
 .PHONY: install java-check test test-fast demo train export archive serve stop register scale \

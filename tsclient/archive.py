@@ -59,8 +59,8 @@ class ArchiveConfig:
     name: str
     version: str
     store: Path = Path("model-archive/store")
-    batch_size: int = 16
-    max_batch_delay: int = 5  # ms
+    batch_size: int = 32
+    max_batch_delay: int = 1  # ms; a longer delay adds to every lone request and did not raise throughput
     min_workers: int = 1
     max_workers: int = 1
     response_timeout: int = 120  # s
@@ -193,8 +193,8 @@ def parse_args(argv=None) -> ArchiveConfig:
     p.add_argument("--name", required=True, help="model name clients use in URLs")
     p.add_argument("--version", required=True, help="model version, e.g. 1.0; the archive is <name>-<version>.mar")
     p.add_argument("--store", type=Path, default=Path("model-archive/store"), help="TorchServe model store dir")
-    p.add_argument("--batch-size", type=int, default=16, help="requests TorchServe batches into one forward pass")
-    p.add_argument("--max-batch-delay", type=int, default=5, help="ms TorchServe waits to fill a batch")
+    p.add_argument("--batch-size", type=int, default=32, help="requests TorchServe batches into one forward pass")
+    p.add_argument("--max-batch-delay", type=int, default=1, help="ms TorchServe waits to fill a batch")
     p.add_argument("--min-workers", type=int, default=1, help="workers started at registration")
     p.add_argument("--max-workers", type=int, default=1, help="most workers; CPU threads are split between them")
     p.add_argument("--response-timeout", type=int, default=120, help="s before a stuck worker is restarted")
