@@ -12,8 +12,8 @@ Rows (every one classifies the rt-polarity test split with the run's model):
      composition, at concurrency 1, 8 and 32
   D1 the same archive in the product's default deployment (1 worker using every core), concurrency 1 and 32
 Writes bench/results/serve-<cpu>.{json,md,png}, one set per CPU class (amx, avx512, avx2; serve-<cpu>-quick.*
-with --max-texts). Fails (exit 1) when a
-correctness check does not hold; timings are reported, never asserted.
+with --max-texts). Fails (exit 1) when a correctness check does not hold; timings are reported, never
+asserted.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from bench import serve_report
 from bench.flops import MATMUL_N, FlopModel, best_limit, compute_limit, limit_for
 from bench.serve_runs import (Measured, archive_ours, archive_stock, bundle_classifier, measure_inprocess,
                               measure_server, pipeline_classifier, torchserve)
-from handlers.config import HandlerConfig, cpu_has_bf16
+from handlers.config import HandlerConfig, cpu_has_bf16, parse_chunk_size
 from training.cli import UserError, run_main
 from training.export import DEFAULT_TOLERANCE
 
@@ -88,23 +88,16 @@ class ServeBenchConfig:
             raise UserError(f"--variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
         if self.variant is not None and self.variant not in available_variants(cpu_has_bf16()):
             raise UserError(f"--variant {self.variant}: this CPU has no bf16 instructions (AVX512-BF16 or AMX)")
-        if self.chunk_size not in ("auto", None):
-            self.chunk_size = None if str(self.chunk_size).lower() == "none" else _positive_int(self.chunk_size)
+        if isinstance(self.chunk_size, str):
+            try:
+                self.chunk_size = parse_chunk_size(self.chunk_size)
+            except ValueError as e:
+                raise UserError(f"--chunk-size: {e}") from None
         for name in ("max_texts", "repeats"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1")
         if min(self.workers, self.threads, self.batch_size) < 1 or self.max_batch_delay < 0:
             raise UserError("--workers, --threads and --batch-size must be >= 1, --max-batch-delay >= 0")
-
-
-def _positive_int(value) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise UserError(f"--chunk-size must be an integer, 'none' or 'auto', got {value!r}") from None
-    if number < 1:
-        raise UserError("--chunk-size must be at least 1")
-    return number
 
 
 def available_variants(has_bf16: bool) -> tuple[str, ...]:

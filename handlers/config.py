@@ -96,6 +96,19 @@ class HandlerConfig:
         return self.max_length
 
 
+def parse_chunk_size(text: str) -> Union[int, str, None]:
+    """A command-line chunk size: a positive integer, "auto", or "none" (one pass). Raises ValueError."""
+    if text in ("auto", "none"):
+        return None if text == "none" else text
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"chunk size must be a positive integer, 'auto' or 'none', got {text!r}") from None
+    if value < 1:
+        raise ValueError(f"chunk size must be a positive integer, 'auto' or 'none', got {text!r}")
+    return value
+
+
 def workers_from_model_yaml(model_yaml_config: Optional[dict]) -> int:
     """The most workers this model is configured to run at once (scaling via the API is not visible here)."""
     cfg = model_yaml_config or {}

@@ -118,9 +118,13 @@ def test_cli(bundle, store, capsys):
     assert cli([*args, "--version", "0.2", "--chunk-size", "auto"]) == 0
     with zipfile.ZipFile(store / "cli-0.2.mar") as z:
         assert yaml.safe_load(z.read("model-config.yaml"))["handler"] == {"chunk_size": "auto"}
-    with pytest.raises(SystemExit):
-        cli([*args, "--version", "0.3", "--chunk-size", "eight"])
+    assert cli([*args, "--version", "0.3", "--chunk-size", "none"]) == 0
+    with zipfile.ZipFile(store / "cli-0.3.mar") as z:
+        assert yaml.safe_load(z.read("model-config.yaml"))["handler"] == {"chunk_size": None}
     capsys.readouterr()
+    with pytest.raises(SystemExit):
+        cli([*args, "--version", "0.4", "--chunk-size", "eight"])
+    assert "--chunk-size: chunk size must be a positive integer, 'auto' or 'none'" in capsys.readouterr().err
     assert cli(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "already exists" in err and err.count("\n") == 1

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from handlers.bundle import BundleError, read_json, write_metadata
-from handlers.config import HandlerConfig, HandlerConfigError, choose_device, slow_bf16_warning
+from handlers.config import HandlerConfig, HandlerConfigError, choose_device, parse_chunk_size, slow_bf16_warning
 from handlers.tokenization import encode
 from tests.bundles import make_tiny_bundle
 
@@ -131,6 +131,13 @@ def test_chunk_size_auto_follows_the_variant_on_cpu():
     for bad in ("Auto", "8", 0, True):
         with pytest.raises(HandlerConfigError, match='chunk_size.*or "auto"'):
             HandlerConfig(chunk_size=bad)
+
+
+def test_parse_chunk_size_from_a_command_line():
+    assert [parse_chunk_size(t) for t in ("auto", "none", "1", "16")] == ["auto", None, 1, 16]
+    for bad in ("0", "-4", "eight", "Auto", ""):
+        with pytest.raises(ValueError, match="positive integer, 'auto' or 'none'"):
+            parse_chunk_size(bad)
 
 
 def test_handler_runs_the_resolved_chunk_size(bundle):

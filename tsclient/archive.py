@@ -24,7 +24,7 @@ import yaml
 
 import handlers
 from handlers.bundle import MODEL_FILE, BundleError, load_bundle_meta, verify_model
-from handlers.config import HandlerConfig, HandlerConfigError, require_tokenizer_files
+from handlers.config import HandlerConfig, HandlerConfigError, parse_chunk_size, require_tokenizer_files
 
 logger = logging.getLogger(__name__)
 
@@ -176,14 +176,11 @@ def main(config: ArchiveConfig) -> Path:
     return build_archive(config)
 
 
-def _chunk_size(value: str):
-    """--chunk-size: a positive integer or "auto" (HandlerConfig checks the range)."""
-    if value == "auto":
-        return value
+def _chunk_size(text: str):
     try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer or 'auto', got {value!r}") from None
+        return parse_chunk_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def parse_args(argv=None) -> ArchiveConfig:
@@ -204,13 +201,15 @@ def parse_args(argv=None) -> ArchiveConfig:
     h.add_argument("--threads", type=int, help="torch threads per worker (default CPU cores // max workers)")
     h.add_argument("--max-length", type=int, help="token limit, at most the bundle's (default the bundle's)")
     h.add_argument("--max-text-chars", type=int, help="texts are cut to this many characters (default 100000)")
-    h.add_argument("--chunk-size", type=_chunk_size, help="a batch is sorted by length and run in chunks of at most "
-                   "this many texts, each padded to its own longest (default auto: 4 for fp32 and int8, 16 for bf16)")
+    h.add_argument("--chunk-size", type=_chunk_size, default=argparse.SUPPRESS, help="a batch is sorted by length and run in chunks of at most "
+                   "this many texts, each padded to its own longest (default auto: 4 for fp32 and int8, 16 for bf16; none: one pass)")
     h.add_argument("--profile", action="store_true", help="emit TorchServe's per-stage handler timing metrics")
     p.add_argument("--force", action="store_true", help="replace an existing archive of this name and version")
     a = p.parse_args(argv)
     options = {k: getattr(a, k) for k in ("max_texts_per_request", "default_top_k", "threads", "max_length",
-                                          "max_text_chars", "chunk_size") if getattr(a, k) is not None}
+                                          "max_text_chars") if getattr(a, k) is not None}
+    if hasattr(a, "chunk_size"):  # given, possibly as "none" (None: one pass), which must reach the YAML
+        options["chunk_size"] = a.chunk_size
     if a.profile:
         options["profile"] = True
     return ArchiveConfig(bundle=a.bundle, name=a.name, version=a.version, store=a.store, batch_size=a.batch_size,
