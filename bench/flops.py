@@ -55,6 +55,7 @@ def compute_limit(n: int = MATMUL_N, reps: int = 5) -> dict:
             q8 = torch.ao.quantization.quantize_dynamic(linear, {torch.nn.Linear}, dtype=torch.qint8)
         x = torch.randn(n, n)
         out["int8_gflops"] = round(_best_gflops(lambda: q8(x), flops, reps), 1)
+        out["int8_kernel"] = "a dynamically quantised Linear, the kernel the int8 export runs"
     return out
 
 

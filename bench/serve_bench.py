@@ -32,6 +32,7 @@ import pandas as pd
 import torch
 
 from bench import serve_report
+from bench.serve_report import cpu_class
 from bench.flops import MATMUL_N, FlopModel, best_limit, compute_limit, limit_for
 from bench.serve_runs import (Measured, archive_ours, archive_stock, bundle_classifier, measure_inprocess,
                               measure_server, pipeline_classifier, torchserve)
@@ -104,12 +105,6 @@ def available_variants(has_bf16: bool) -> tuple[str, ...]:
     """The variants worth measuring here: without bf16 instructions bf16 runs a reference path 8-14x slower
     than fp32 (it would take most of the benchmark's time and could never be the fastest)."""
     return VARIANTS if has_bf16 else tuple(v for v in VARIANTS if v != "bf16")
-
-
-def cpu_class(flags: list[str]) -> str:
-    """Results are kept per CPU class: the fastest variant and every ratio depend on the instruction set."""
-    return next((name for flag, name in (("amx_bf16", "amx"), ("avx512f", "avx512"), ("avx2", "avx2")) if flag in flags),
-                "other")
 
 
 def load_test(data: Path, labels: list[str], max_texts: int | None) -> tuple[list[str], np.ndarray]:

@@ -10,6 +10,12 @@ def _by_key(rows: list[dict]) -> dict:
     return {r["key"]: r for r in rows}
 
 
+def cpu_class(flags: list[str]) -> str:
+    """Results are kept per CPU class: the fastest variant and every ratio depend on the instruction set."""
+    return next((name for flag, name in (("amx_bf16", "amx"), ("avx512f", "avx512"), ("avx2", "avx2")) if flag in flags),
+                "other")
+
+
 def ceiling(limit_gflops: float, gflop_per_text: float, a32_texts_per_s: float) -> float:
     """The best ratio to A b32 a variant could reach at 100% of its arithmetic's compute limit."""
     return round(limit_gflops / gflop_per_text / a32_texts_per_s, 2)
@@ -89,8 +95,9 @@ def markdown(results: dict) -> str:
     out += ["", "## Compute limit and model FLOPs", "",
             f"Practical limit: best of {lim['reps']} {lim['matmul_n']}^3 matmuls in torch on {lim['threads']} threads: "
             f"fp32 {lim['fp32_gflops']} GFLOP/s, bf16 {lim['bf16_gflops'] or 'not measured (no bf16 instructions)'}"
-            f"{' GFLOP/s' if lim['bf16_gflops'] else ''}, int8 {lim['int8_gflops']} GFLOP/s (a dynamically quantised "
-            "Linear, the kernel the int8 export runs). Each row is compared with the limit of its own arithmetic.", "",
+            f"{' GFLOP/s' if lim['bf16_gflops'] else ''}, int8 {lim['int8_gflops']} GFLOP/s "
+            f"({lim.get('int8_kernel', 'torch._int_mm, int8 x int8 -> int32')}). Each row is compared with the limit of "
+            "its own arithmetic.", "",
             f"Model FLOPs per text: `{fl['formula']}` with p_tok = {fl['p_tok']:,}, p_head = {fl['p_head']:,}, "
             f"layers = {fl['layers']}, hidden = {fl['hidden']}; mean {fl['mean_tokens']} tokens, "
             f"{fl['mean_gflop_per_text']} GFLOP per text. Only real tokens count: padding is work the machine does "
@@ -135,16 +142,18 @@ def plot(results: dict, path: Path) -> None:
     for r in results["rows"]:
         x, y = r["p50_ms"], r["texts_per_s"]
         ax.scatter(x, y, color=colors[r["key"][0]], s=40)
-        # A label close to an earlier one goes below its point instead of on top of the other label.
+        # A point close to an earlier one gets its label on the left, so each label stays beside its own point.
         near = any(abs(x / px - 1) < 0.25 and abs(y / py - 1) < 0.1 for px, py in placed)
-        ax.annotate(r["key"], (x, y), textcoords="offset points", xytext=(5, -11 if near else 4), fontsize=8)
+        ax.annotate(r["key"], (x, y), textcoords="offset points", xytext=(-6, 0) if near else (6, 0), fontsize=8,
+                    ha="right" if near else "left", va="center")
         placed.append((x, y))
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("p50 latency (ms, per call or request)")
     ax.set_ylabel("throughput (texts/s)")
-    ax.set_title(f"Serving rt-polarity ({results['texts']} texts), {results['machine']['cpus']} CPUs; "
-                 "up and left is better", fontsize=10)
+    m = results["machine"]
+    ax.set_title(f"Serving rt-polarity ({results['texts']} texts), {m['cpus']} CPUs ({m['cpu']}; "
+                 f"{cpu_class(m['isa'])}); up and left is better", fontsize=10)
     for family, color in colors.items():
         ax.scatter([], [], color=color, label={"A": "A: HF pipeline", "B": "B: stock TorchServe",
                                                "C": "C: ours in-process", "D": "D: ours on TorchServe"}[family])

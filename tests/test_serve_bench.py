@@ -6,7 +6,8 @@ import pytest
 
 from bench import serve_report
 from bench.flops import limit_for
-from bench.serve_bench import available_variants, batch_invariance, choose_variant, cpu_class
+from bench.serve_bench import available_variants, batch_invariance, choose_variant
+from bench.serve_report import cpu_class
 from bench.serve_runs import Measured
 
 
