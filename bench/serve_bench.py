@@ -243,7 +243,8 @@ def main(config: ServeBenchConfig) -> dict:
         deployments = [("D", config.workers, config.threads, (1, 8, 32))]
         if config.default_deployment:
             deployments.append(("D1", 1, CORES, (1, 32)))
-        results["deployments"] = {}
+        results["deployments"], results["paired"] = {}, {}
+        classifiers = {key: classify for key, _, _, _, classify in inprocess}
         served_chunk = HandlerConfig(chunk_size=config.chunk_size).resolve_chunk_size(chosen, "cpu")
         for key, workers, threads, levels in deployments:
             name = f"ours-{key.lower()}"
@@ -252,10 +253,19 @@ def main(config: ServeBenchConfig) -> dict:
             srv.client.register(name, mar, initial_workers=workers, batch_size=config.batch_size,
                                 max_batch_delay=config.max_batch_delay, response_timeout=300)
             for concurrency in levels:
-                add(f"{key}-c{concurrency}", f"ours on TorchServe, {chosen}, {workers} worker(s) x {threads} thread(s)",
-                    chosen, "TorchServe", lambda: measure_server(srv, name, bodies_in, "application/json", concurrency,
-                                                                 lambda bodies: parse_ours(bodies, labels)),
-                    concurrency=concurrency)
+                # Each server pass is paired with an in-process pass of its reference row measured just before
+                # it: the targets compare the two within a pair, so drift of the host between the in-process
+                # rounds and the server rows minutes later cannot decide them.
+                ref_batch = 1 if concurrency == 1 else 32
+                ref_key, server_passes, ref_passes = f"C-{chosen}-b{ref_batch}", [], []
+                for _ in range(config.repeats):
+                    ref_passes.append(measure_inprocess(classifiers[ref_key], texts, ref_batch))
+                    server_passes.append(measure_server(srv, name, bodies_in, "application/json", concurrency,
+                                                        lambda bodies: parse_ours(bodies, labels)))
+                row_key = f"{key}-c{concurrency}"
+                record(row_key, f"ours on TorchServe, {chosen}, {workers} worker(s) x {threads} thread(s)", chosen,
+                       "TorchServe", server_passes, concurrency=concurrency)
+                results["paired"][row_key] = paired_passes(ref_key, ref_passes, server_passes, len(texts))
             srv.client.unregister(name)
             results["deployments"][key] = {"workers": workers, "threads": threads, "batch_size": config.batch_size,
                                            "max_batch_delay_ms": config.max_batch_delay, "chunk_size": served_chunk,
@@ -270,7 +280,8 @@ def main(config: ServeBenchConfig) -> dict:
         r["limit_fraction"] = round(r["gflops"] / r["limit_gflops"], 4)
     results["rows"] = rows
     results["checks"] = checks(runs, rows, chosen, invariance)
-    results["targets"] = serve_report.targets(rows, chosen, limit_for(limit, chosen), results["flops"]["mean_gflop_per_text"])
+    results["targets"] = serve_report.targets(rows, chosen, limit_for(limit, chosen), results["flops"]["mean_gflop_per_text"],
+                                              results.get("paired"))
     write(results, out, f"serve-{cpu_class(results['machine']['isa'])}" + ("" if config.max_texts is None else "-quick"))
     failed = [c for c in results["checks"] if not c["ok"]]
     if failed:
@@ -278,6 +289,16 @@ def main(config: ServeBenchConfig) -> dict:
             print(f"CHECK FAILED: {c['name']}: {c['detail']}", file=sys.stderr)
         sys.exit(1)
     return results
+
+
+def paired_passes(ref_key: str, ref: list[Measured], served: list[Measured], texts: int) -> dict:
+    """Per pair (in-process reference pass, server pass): both throughputs and p50 latencies."""
+    def p50(m: Measured) -> float:
+        return round(float(np.percentile(np.array(m.latencies_s) * 1000, 50)), 2)
+
+    return {"reference": ref_key, "reference_texts_per_s": [round(texts / m.wall_s, 1) for m in ref],
+            "texts_per_s": [round(texts / m.wall_s, 1) for m in served],
+            "reference_p50_ms": [p50(m) for m in ref], "p50_ms": [p50(m) for m in served]}
 
 
 def choose_variant(rows: list[dict], invariant: dict[str, bool]) -> str:

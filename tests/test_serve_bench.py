@@ -85,3 +85,16 @@ def test_targets_are_checked_for_every_deployment_measured():
     met = {t["name"].split(" (")[0].replace(" in-process", ""): t["met"] for t in serve_report.targets(rows, "fp32")[1:]}
     assert met == {"D c32 vs C-fp32 b32": True, "D c1 p50 vs C-fp32 b1 p50": False, "D c32 vs B c32": True,
                    "D1 c32 vs C-fp32 b32": False, "D1 c1 p50 vs C-fp32 b1 p50": True, "D1 c32 vs B c32": False}
+
+
+def test_server_targets_use_the_median_of_paired_passes_when_the_run_has_them():
+    rows = [{"key": "A-b32", "texts_per_s": 100.0}, {"key": "C-fp32-b32", "texts_per_s": 200.0},
+            {"key": "C-fp32-b1", "p50_ms": 8.0}, {"key": "D-c32", "texts_per_s": 170.0}, {"key": "D-c1", "p50_ms": 12.0}]
+    # Best passes alone: 0.85x and +4 ms. Pass by pass, each server pass next to its own reference, it holds.
+    paired = {"D-c32": {"reference": "C-fp32-b32", "texts_per_s": [170.0, 150.0, 160.0],
+                        "reference_texts_per_s": [180.0, 160.0, 200.0]},
+              "D-c1": {"reference": "C-fp32-b1", "p50_ms": [12.0, 13.0, 14.0], "reference_p50_ms": [10.0, 10.5, 9.0]}}
+    best = {t["name"].split(" vs")[0]: (t["value"], t["met"]) for t in serve_report.targets(rows, "fp32")[1:]}
+    assert best == {"D c32": (0.85, False), "D c1 p50": (4.0, False)}
+    out = {t["name"].split(" vs")[0]: (t["value"], t["met"], t["paired"]) for t in serve_report.targets(rows, "fp32", paired=paired)[1:]}
+    assert out == {"D c32": (0.94, True, True), "D c1 p50": (2.5, True, True)}
