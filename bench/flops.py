@@ -20,6 +20,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from handlers.config import cpu_has_bf16
+
 MATMUL_N = 2048
 
 
@@ -39,8 +41,6 @@ def compute_limit(n: int = MATMUL_N, reps: int = 5) -> dict:
 
     int8 is measured through the kernel the int8 export runs, a dynamically quantised Linear (fbgemm), not
     torch._int_mm: that one is a naive loop on some CPUs (AVX2) and AMX-only fast on others."""
-    from handlers.config import cpu_has_bf16
-
     flops = 2.0 * n ** 3
     out = {"matmul_n": n, "reps": reps, "threads": torch.get_num_threads(), "bf16_gflops": None}
     with torch.inference_mode():

@@ -212,9 +212,9 @@ def main(config: ServeBenchConfig) -> dict:
     classify = pipeline_classifier(run / "model", labels)
     inprocess += [(f"A-b{batch}", "HF pipeline, eager fp32", "fp32", batch, classify) for batch in (1, 32)]
     bundles = ensure_exports(run, Path(config.exports) if config.exports else run / "serve-bench", variants)
+    chunking = HandlerConfig(chunk_size=config.chunk_size)  # what the handler would run, per variant
     for variant in variants:
-        chunk_size = HandlerConfig(chunk_size=config.chunk_size).resolve_chunk_size(variant, "cpu")
-        classify = bundle_classifier(bundles[variant], max_length, chunk_size)
+        classify = bundle_classifier(bundles[variant], max_length, chunking.resolve_chunk_size(variant, "cpu"))
         inprocess += [(f"C-{variant}-b{batch}", f"ours in-process, TorchScript {variant}", variant, batch, classify)
                       for batch in (1, 32)]
     passes = {key: [] for key, *_ in inprocess}
@@ -245,7 +245,7 @@ def main(config: ServeBenchConfig) -> dict:
             deployments.append(("D1", 1, CORES, (1, 32)))
         results["deployments"], results["paired"] = {}, {}
         classifiers = {key: classify for key, _, _, _, classify in inprocess}
-        served_chunk = HandlerConfig(chunk_size=config.chunk_size).resolve_chunk_size(chosen, "cpu")
+        served_chunk = chunking.resolve_chunk_size(chosen, "cpu")
         for key, workers, threads, levels in deployments:
             name = f"ours-{key.lower()}"
             handler = {"chunk_size": config.chunk_size, "threads": threads}

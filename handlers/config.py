@@ -29,12 +29,12 @@ class HandlerConfigError(ValueError):
     """An option of the `handler:` section is unknown or out of range."""
 
 
-def _check_int(name: str, value, minimum: int, optional: bool) -> None:
+def _check_int(name: str, value, minimum: int, optional: bool, also: str = "") -> None:
     if value is None and optional:
         return
     # bool is an int subclass; `threads: true` in YAML is a mistake, not 1 thread.
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        allowed = f"an integer >= {minimum}" + (" or null" if optional else "") + (' or "auto"' if name == "chunk_size" else "")
+        allowed = f"an integer >= {minimum}" + (" or null" if optional else "") + (f" or {also}" if also else "")
         raise HandlerConfigError(f"handler option '{name}' must be {allowed}, got {value!r}")
 
 
@@ -58,7 +58,7 @@ class HandlerConfig:
         _check_int("max_length", self.max_length, 2, optional=True)  # room for the special tokens
         _check_int("max_text_chars", self.max_text_chars, 1, optional=False)
         if self.chunk_size != "auto":
-            _check_int("chunk_size", self.chunk_size, 1, optional=True)
+            _check_int("chunk_size", self.chunk_size, 1, optional=True, also='"auto"')
         if not isinstance(self.profile, bool):
             raise HandlerConfigError(f"handler option 'profile' must be true or false, got {self.profile!r}")
 
@@ -103,7 +103,7 @@ def parse_chunk_size(text: str) -> Union[int, str, None]:
     try:
         value = int(text)
     except ValueError:
-        raise ValueError(f"chunk size must be a positive integer, 'auto' or 'none', got {text!r}") from None
+        value = 0  # not a number: the same refusal as a number below 1
     if value < 1:
         raise ValueError(f"chunk size must be a positive integer, 'auto' or 'none', got {text!r}")
     return value

@@ -190,8 +190,10 @@ def parse_args(argv=None) -> ArchiveConfig:
     p.add_argument("--name", required=True, help="model name clients use in URLs")
     p.add_argument("--version", required=True, help="model version, e.g. 1.0; the archive is <name>-<version>.mar")
     p.add_argument("--store", type=Path, default=Path("model-archive/store"), help="TorchServe model store dir")
-    p.add_argument("--batch-size", type=int, default=32, help="requests TorchServe batches into one forward pass")
-    p.add_argument("--max-batch-delay", type=int, default=1, help="ms TorchServe waits to fill a batch")
+    p.add_argument("--batch-size", type=int, default=ArchiveConfig.batch_size,
+                   help="requests TorchServe batches into one forward pass")
+    p.add_argument("--max-batch-delay", type=int, default=ArchiveConfig.max_batch_delay,
+                   help="ms TorchServe waits to fill a batch")
     p.add_argument("--min-workers", type=int, default=1, help="workers started at registration")
     p.add_argument("--max-workers", type=int, default=1, help="most workers; CPU threads are split between them")
     p.add_argument("--response-timeout", type=int, default=120, help="s before a stuck worker is restarted")
@@ -201,8 +203,9 @@ def parse_args(argv=None) -> ArchiveConfig:
     h.add_argument("--threads", type=int, help="torch threads per worker (default CPU cores // max workers)")
     h.add_argument("--max-length", type=int, help="token limit, at most the bundle's (default the bundle's)")
     h.add_argument("--max-text-chars", type=int, help="texts are cut to this many characters (default 100000)")
-    h.add_argument("--chunk-size", type=_chunk_size, default=argparse.SUPPRESS, help="a batch is sorted by length and run in chunks of at most "
-                   "this many texts, each padded to its own longest (default auto: 4 for fp32 and int8, 16 for bf16; none: one pass)")
+    h.add_argument("--chunk-size", type=_chunk_size, default=argparse.SUPPRESS,
+                   help="a batch is sorted by length and run in chunks of at most this many texts, each padded to "
+                   "its own longest (default auto: 4 for fp32 and int8, 16 for bf16; none: one pass)")
     h.add_argument("--profile", action="store_true", help="emit TorchServe's per-stage handler timing metrics")
     p.add_argument("--force", action="store_true", help="replace an existing archive of this name and version")
     a = p.parse_args(argv)

@@ -320,8 +320,10 @@ def parse_args(argv=None):
     s.add_argument("--name", required=True, help="model name clients use in URLs")
     s.add_argument("--version", required=True, help="archive version, e.g. 1.0")
     s.add_argument("--workers", type=int, default=1, help="workers started before the call returns (default: 1)")
-    s.add_argument("--batch-size", type=int, default=32, help="requests batched into one handler call (default: 32)")
-    s.add_argument("--max-batch-delay", type=int, default=1, help="ms to wait for a batch to fill (default: 1)")
+    s.add_argument("--batch-size", type=int, default=RegisterConfig.batch_size,
+                   help=f"requests batched into one handler call (default: {RegisterConfig.batch_size})")
+    s.add_argument("--max-batch-delay", type=int, default=RegisterConfig.max_batch_delay,
+                   help=f"ms to wait for a batch to fill (default: {RegisterConfig.max_batch_delay})")
     s = sub.add_parser("scale", help="set a version's workers (min = max = --workers), synchronously", **kw)
     s.add_argument("--name", required=True, help="model name")
     s.add_argument("--version", help="version to scale (default: the default version)")
