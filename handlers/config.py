@@ -115,9 +115,23 @@ def workers_from_model_yaml(model_yaml_config: Optional[dict]) -> int:
     return int(cfg.get("maxWorkers") or cfg.get("minWorkers") or 1)
 
 
-def choose_device(cuda_available: bool, gpu_id) -> str:
+# Dynamically quantized Linear layers (export --quantize int8) have CPU kernels only.
+CPU_ONLY_VARIANTS = ("int8",)
+
+
+def choose_device(cuda_available: bool, gpu_id, variant: str = "fp32") -> str:
     """TorchServe passes gpu_id=None to CPU workers, and a GPU index when it assigned one."""
+    if variant in CPU_ONLY_VARIANTS:
+        return "cpu"
     return f"cuda:{gpu_id}" if cuda_available and gpu_id is not None else "cpu"
+
+
+def cpu_only_warning(variant: str, gpu_id, cuda_available: bool) -> Optional[str]:
+    """Said when TorchServe gave a worker a GPU that its model cannot use, so nobody wonders why it is idle."""
+    if variant in CPU_ONLY_VARIANTS and cuda_available and gpu_id is not None:
+        return (f"{variant} models run on the CPU only; this worker was assigned GPU {gpu_id} and leaves it idle "
+                f"(set deviceType: cpu in model-config.yaml, or export fp32/bf16 for GPUs)")
+    return None
 
 
 def cpu_has_bf16() -> bool:

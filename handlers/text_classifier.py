@@ -17,8 +17,8 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from handlers.batching import forward_by_length
 from handlers.bundle import BundleError, load_bundle_meta, verify_model
-from handlers.config import (HandlerConfig, choose_device, cpu_has_bf16, require_tokenizer_files, slow_bf16_warning,
-                             workers_from_model_yaml)
+from handlers.config import (HandlerConfig, choose_device, cpu_has_bf16, cpu_only_warning, require_tokenizer_files,
+                             slow_bf16_warning, workers_from_model_yaml)
 from handlers.parsing import error_body, parse_request, prediction
 from handlers.tokenization import encode
 
@@ -36,13 +36,13 @@ class TextClassifierHandler(BaseHandler):
         model_path = verify_model(model_dir, card)
         require_tokenizer_files(model_dir)
         self.max_length = self.config.resolve_max_length(int(card["max_length"]))
-        self.device = torch.device(choose_device(torch.cuda.is_available(), props.get("gpu_id")))
         threads = self.config.thread_count(workers_from_model_yaml(yaml_config))
-        variant = card.get("variant", "fp32")
+        variant, gpu_id, cuda = card.get("variant", "fp32"), props.get("gpu_id"), torch.cuda.is_available()
+        self.device = torch.device(choose_device(cuda, gpu_id, variant))
         self.chunk_size = self.config.resolve_chunk_size(variant, str(self.device))
-        warning = slow_bf16_warning(variant, str(self.device), cpu_has_bf16())
-        if warning:
-            logger.warning(warning)
+        for warning in (cpu_only_warning(variant, gpu_id, cuda), slow_bf16_warning(variant, str(self.device), cpu_has_bf16())):
+            if warning:
+                logger.warning(warning)
         torch.set_num_threads(threads)
         self.model = torch.jit.load(str(model_path), map_location=self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)

@@ -140,6 +140,38 @@ def test_fp32_graph_has_no_variant_ops(fp32_bundle):
     assert "quantized::" not in graph and "BFloat16" not in graph
 
 
+def fixed_devices(module) -> list:
+    return [n for n in module.graph.nodes() if n.kind() == "prim::Constant" and n.output().type().kind() == "DeviceObjType"]
+
+
+def test_bundle_graph_records_no_device(fp32_bundle):
+    # A trace made on the CPU must still build its attention mask on a GPU worker's device.
+    module = torch.jit.load(str(fp32_bundle[0] / bundle.MODEL_FILE))
+    assert fixed_devices(module) == []
+    assert "prim::device" in str(module.graph)
+
+
+class MakesPositions(torch.nn.Module):
+    """Like transformers' mask code: builds a tensor on the inputs' device."""
+
+    def forward(self, input_ids, attention_mask):
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        return attention_mask.to(input_ids.device) * positions
+
+
+def test_traced_device_follows_the_inputs():
+    ids, mask = torch.ones(2, 5, dtype=torch.long), torch.ones(2, 5, dtype=torch.long)
+    with torch.no_grad():
+        pinned = torch.jit.freeze(torch.jit.trace(MakesPositions().eval(), (ids, mask)))
+    assert len(fixed_devices(pinned)) >= 1
+    with pytest.raises(RuntimeError):  # the recorded "cpu" clashes with inputs elsewhere
+        pinned(ids.to("meta"), mask.to("meta"))
+    follows = export.trace(MakesPositions(), {"input_ids": ids, "attention_mask": mask})
+    assert fixed_devices(follows) == []
+    assert follows(ids.to("meta"), mask.to("meta")).device.type == "meta"
+    assert torch.equal(follows(ids, mask), MakesPositions()(ids, mask))
+
+
 # ---------------------------------------------------------------------------------------------- parity check
 
 class IgnoresMask(torch.nn.Module):

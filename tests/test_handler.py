@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from handlers.bundle import BundleError, read_json, write_metadata
-from handlers.config import HandlerConfig, HandlerConfigError, choose_device, parse_chunk_size, slow_bf16_warning
+from handlers.config import (HandlerConfig, HandlerConfigError, choose_device, cpu_only_warning, parse_chunk_size,
+                             slow_bf16_warning)
 from handlers.tokenization import encode
 from tests.bundles import make_tiny_bundle
 
@@ -97,6 +98,15 @@ def test_choose_device():
     assert choose_device(True, None) == "cpu"
     assert choose_device(True, 0) == "cuda:0"
     assert choose_device(True, 3) == "cuda:3"
+    assert choose_device(True, 0, "bf16") == "cuda:0"
+    assert choose_device(True, 0, "int8") == "cpu"  # dynamic int8 Linear has CPU kernels only
+
+
+def test_cpu_only_warning_names_the_idle_gpu():
+    assert "GPU 1" in cpu_only_warning("int8", 1, cuda_available=True)
+    assert cpu_only_warning("int8", None, cuda_available=True) is None
+    assert cpu_only_warning("int8", 0, cuda_available=False) is None
+    assert cpu_only_warning("fp32", 0, cuda_available=True) is None
 
 
 def test_slow_bf16_warning_only_for_bf16_on_a_cpu_without_bf16():

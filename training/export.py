@@ -127,7 +127,26 @@ def trace(module: torch.nn.Module, example: dict) -> torch.jit.ScriptModule:
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(module, (example["input_ids"], example["attention_mask"]), check_trace=False)
-        return torch.jit.freeze(traced.eval())
+        return follow_input_device(torch.jit.freeze(traced.eval()))
+
+
+def follow_input_device(traced: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
+    """Replace every device the tracer recorded with the device of input_ids.
+
+    The tracer writes the example's device into the graph as a constant: transformers' mask code
+    moves the attention mask to the inputs' device and builds index ranges there, which a CPU trace
+    records as "cpu". Loaded on a GPU worker, that trace would build its mask on the CPU and fail next
+    to CUDA activations. Weights follow torch.jit.load's map_location; after this, so does the rest.
+    """
+    graph = traced.graph
+    input_ids = list(graph.inputs())[1]  # inputs are (self, input_ids, attention_mask)
+    for node in [n for n in graph.nodes() if n.kind() == "prim::Constant" and n.output().type().kind() == "DeviceObjType"]:
+        device = graph.create("prim::device", [input_ids])
+        device.output().setType(node.output().type())
+        device.insertBefore(node)
+        node.output().replaceAllUsesWith(device.output())
+        node.destroy()
+    return traced
 
 
 def trace_example(tokenizer, texts: list[str], max_length: int) -> dict:

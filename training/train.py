@@ -171,6 +171,9 @@ def make_trainer_class():
 
         def __init__(self, *args, class_weights=None, **kwargs):
             super().__init__(*args, **kwargs)
+            # The same for transformers 5.x releases before loss_is_scaled_for_ga existed (seen on 5.17):
+            # they decided from this flag alone, and summed the accumulated per-batch means.
+            self.model_accepts_loss_kwargs = False
             self.class_weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
