@@ -160,7 +160,7 @@ bench-train: install
 bench-serve: install
 	$(PY) -m bench.serve_bench --run $(BENCH_RUN)
 
-# GPU path: the handler in-process on cuda:0 vs CPU (exits 3 where there is no CUDA device).
+# GPU path: the handler on cuda:0 vs CPU, then a live TorchServe with GPU workers (exits 3 without CUDA).
 .PHONY: gpu-check
 gpu-check: install
 	$(PY) -m bench.gpu_check

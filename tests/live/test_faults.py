@@ -12,6 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 
 from tests.live.conftest import NAME, V1_LABELS, V2_LABELS
 from tests.live.test_rest import assert_prediction
@@ -55,10 +56,14 @@ def test_killed_worker_is_restarted_and_no_request_is_lost(live):
             if traffic.retried[507]:
                 break
     assert traffic.errors == []
-    assert traffic.retried[507] >= 1, "no request was in flight on the killed worker"
     assert set(traffic.labels) == {frozenset(V1_LABELS)}
     [(new_id, new_pid)] = ready_workers(live)
     assert new_id == worker_id and new_pid != pid and not psutil.pid_exists(pid)
+    if not traffic.retried[507] and torch.cuda.is_available():
+        # A GPU worker finishes a batch in milliseconds and then waits for the next: three kills can all
+        # land between batches. Seen on an H200; on CPUs the first kill almost always catches a batch.
+        pytest.skip("no request was in flight on the killed GPU worker in three kills; none was lost")
+    assert traffic.retried[507] >= 1, "no request was in flight on the killed worker"
 
 
 # ---- broken archives, built directly (tsclient.archive would refuse to build them) -------------------------
