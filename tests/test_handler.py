@@ -135,7 +135,7 @@ def test_chunk_size_auto_follows_the_variant_on_cpu():
     auto = HandlerConfig()
     assert auto.chunk_size == "auto"
     assert [auto.resolve_chunk_size(v, "cpu") for v in ("fp32", "int8", "bf16")] == [4, 4, 16]
-    assert auto.resolve_chunk_size("fp32", "cuda:0") == 16
+    assert auto.resolve_chunk_size("fp32", "cuda:0") is None  # one pass on a GPU
     assert HandlerConfig(chunk_size=8).resolve_chunk_size("bf16", "cpu") == 8
     assert HandlerConfig(chunk_size=None).resolve_chunk_size("fp32", "cpu") is None
     for bad in ("Auto", "8", 0, True):

@@ -205,7 +205,7 @@ def parse_args(argv=None) -> ArchiveConfig:
     h.add_argument("--max-text-chars", type=int, help="texts are cut to this many characters (default 100000)")
     h.add_argument("--chunk-size", type=_chunk_size, default=argparse.SUPPRESS,
                    help="a batch is sorted by length and run in chunks of at most this many texts, each padded to "
-                   "its own longest (default auto: 4 for fp32 and int8, 16 for bf16; none: one pass)")
+                   "its own longest (default auto: 4 for fp32 and int8, 16 for bf16, one pass on a GPU; none: one pass)")
     h.add_argument("--profile", action="store_true", help="emit TorchServe's per-stage handler timing metrics")
     p.add_argument("--force", action="store_true", help="replace an existing archive of this name and version")
     a = p.parse_args(argv)
