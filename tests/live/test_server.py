@@ -68,3 +68,15 @@ def test_missing_model_store_is_reported(tmp_path):
     with pytest.raises(server.ServerError, match="nope does not exist"):
         server.start(cfg)
     assert os.listdir(tmp_path) == []
+
+
+def test_gpu_check_live_step_reports_cpu_workers_as_not_ok(tmp_path, live):
+    # bench.gpu_check's live step on a CPU host (`live`: skipped without java, like the rest of this layer):
+    # it must run end to end and refuse CPU workers.
+    from bench import gpu_check
+    from tests.bundles import make_tiny_bundle
+
+    result = gpu_check.check_live(make_tiny_bundle(tmp_path / "bundle"), tmp_path)
+    assert [w["gpu"] for w in result["workers"]] == [False, False]
+    assert result["rest_max_score_diff"] < 1e-5 and result["grpc_max_score_diff"] < 1e-5
+    assert result["ok"] is False
