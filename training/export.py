@@ -140,13 +140,22 @@ def follow_input_device(traced: torch.jit.ScriptModule) -> torch.jit.ScriptModul
     """
     graph = traced.graph
     input_ids = list(graph.inputs())[1]  # inputs are (self, input_ids, attention_mask)
-    for node in [n for n in graph.nodes() if n.kind() == "prim::Constant" and n.output().type().kind() == "DeviceObjType"]:
+    fixed = [n for n in _nodes(graph) if n.kind() == "prim::Constant" and n.output().type().kind() == "DeviceObjType"]
+    for node in fixed:
         device = graph.create("prim::device", [input_ids])
         device.output().setType(node.output().type())
         device.insertBefore(node)
         node.output().replaceAllUsesWith(device.output())
         node.destroy()
     return traced
+
+
+def _nodes(graph_or_block):
+    """Every node, including those inside the blocks of control-flow nodes (a trace rarely has any)."""
+    for node in graph_or_block.nodes():
+        yield node
+        for block in node.blocks():
+            yield from _nodes(block)
 
 
 def trace_example(tokenizer, texts: list[str], max_length: int) -> dict:
