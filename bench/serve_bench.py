@@ -34,8 +34,8 @@ import torch
 from bench import serve_report
 from bench.serve_report import cpu_class
 from bench.flops import MATMUL_N, FlopModel, best_limit, compute_limit, limit_for
-from bench.serve_runs import (Measured, archive_ours, archive_stock, bundle_classifier, measure_inprocess,
-                              measure_server, pipeline_classifier, torchserve)
+from bench.serve_runs import (Measured, archive_noop, archive_ours, archive_stock, bundle_classifier,
+                              measure_inprocess, measure_server, pipeline_classifier, torchserve)
 from handlers.config import HandlerConfig, cpu_has_bf16, parse_chunk_size
 from training.cli import UserError, run_main
 from training.export import DEFAULT_TOLERANCE
@@ -271,6 +271,7 @@ def main(config: ServeBenchConfig) -> dict:
                                            "max_batch_delay_ms": config.max_batch_delay, "chunk_size": served_chunk,
                                            "token_auth": True}
 
+        results["floor"] = measure_floor(srv, bodies_in, config)
     results["loadavg_end"], results["host_busy_at_start"] = os.getloadavg(), busy
     # Measured before and after the rows, the better of the two: a limit lowered by other work on the
     # host would flatter every row's fraction.
@@ -289,6 +290,18 @@ def main(config: ServeBenchConfig) -> dict:
             print(f"CHECK FAILED: {c['name']}: {c['detail']}", file=sys.stderr)
         sys.exit(1)
     return results
+
+
+def measure_floor(srv, bodies: list[bytes], config: ServeBenchConfig) -> dict:
+    """TorchServe's own concurrency-1 latency: a handler that answers at once, batched like D and D1."""
+    srv.client.register("floor", archive_noop(srv.store, "floor", config.batch_size, config.max_batch_delay),
+                        batch_size=config.batch_size, max_batch_delay=config.max_batch_delay)
+    passes = [measure_server(srv, "floor", bodies, "application/json", 1, lambda b: (np.zeros(len(b), dtype=int), None))
+              for _ in range(config.repeats)]
+    srv.client.unregister("floor")
+    p50 = sorted(round(float(np.median(p.latencies_s)) * 1000, 2) for p in passes)
+    return {"p50_ms": p50, "median_p50_ms": p50[len(p50) // 2], "batch_size": config.batch_size,
+            "max_batch_delay_ms": config.max_batch_delay}
 
 
 def paired_passes(ref_key: str, ref: list[Measured], served: list[Measured], texts: int) -> dict:

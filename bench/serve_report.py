@@ -115,6 +115,7 @@ def markdown(results: dict) -> str:
     out += [f"\nAt 100% of its arithmetic's compute limit (below), the {t['variant']} variant could reach at most "
             f"**{t['ceiling']}x** A b32 on this machine{': the 4x goal is out of reach here' if t['ceiling'] < 4 else ''}."
             for t in results["targets"] if "ceiling" in t]
+    out += floor_lines(results)
     out += ["", "## Compute limit and model FLOPs", "",
             f"Practical limit: best of {lim['reps']} {lim['matmul_n']}^3 matmuls in torch on {lim['threads']} threads: "
             f"fp32 {lim['fp32_gflops']} GFLOP/s, bf16 {lim['bf16_gflops'] or 'not measured (no bf16 instructions)'}"
@@ -132,6 +133,19 @@ def markdown(results: dict) -> str:
     if NOTES.is_file():
         out += ["", NOTES.read_text().strip()]
     return "\n".join(out) + "\n"
+
+
+def floor_lines(results: dict) -> list[str]:
+    """TorchServe's own share of concurrency-1 latency, next to what each deployment measured."""
+    floor = results.get("floor")
+    if not floor:
+        return []
+    r = _by_key(results["rows"])
+    over = "; ".join(f"{k} c1 p50 {r[f'{k}-c1']['p50_ms']} ms" for k in ("D", "D1") if f"{k}-c1" in r)
+    return ["", f"TorchServe's floor at concurrency 1: a handler that answers at once without a model, batch_size "
+            f"{floor['batch_size']} and max_batch_delay {floor['max_batch_delay_ms']} ms like D, answers in "
+            f"**{floor['median_p50_ms']} ms** p50 (median of {' / '.join(map(str, floor['p50_ms']))} ms){'; ' + over if over else ''}. "
+            "The +3 ms target leaves our handler and model whatever the floor does not take."]
 
 
 def variants(results: dict) -> list[str]:

@@ -30,6 +30,7 @@ from tsclient.archive import ARCHIVER, ArchiveConfig, build_archive
 from tsclient.rest import TorchServeClient
 
 STOCK_HANDLER = Path(__file__).parent / "stock_handler.py"
+NOOP_HANDLER = Path(__file__).parent / "noop_handler.py"
 PORTS = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
 
 
@@ -156,6 +157,18 @@ def archive_stock(model_dir: Path, store: Path, name: str, max_length: int) -> s
                                           "responseTimeout": 300, "handler": {"max_length": max_length}}))
         cmd = [*ARCHIVER, "--model-name", name, "--version", "1.0", "--serialized-file",
                str(model_dir / "model.safetensors"), "--handler", str(STOCK_HANDLER), "--extra-files", str(extra),
+               "--config-file", str(config), "--export-path", str(store)]
+        subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "TMPDIR": stage})
+    return f"{name}.mar"
+
+
+def archive_noop(store: Path, name: str, batch_size: int, max_batch_delay: int) -> str:
+    """The floor's archive: bench/noop_handler.py and no model, batched like the deployment it is compared with."""
+    with tempfile.TemporaryDirectory(prefix="noop-stage-") as stage:
+        config = Path(stage) / "model-config.yaml"
+        config.write_text(yaml.safe_dump({"minWorkers": 1, "maxWorkers": 1, "batchSize": batch_size,
+                                          "maxBatchDelay": max_batch_delay, "responseTimeout": 60}))
+        cmd = [*ARCHIVER, "--model-name", name, "--version", "1.0", "--handler", str(NOOP_HANDLER),
                "--config-file", str(config), "--export-path", str(store)]
         subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "TMPDIR": stage})
     return f"{name}.mar"

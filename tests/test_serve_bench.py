@@ -98,3 +98,12 @@ def test_server_targets_use_the_median_of_paired_passes_when_the_run_has_them():
     assert best == {"D c32": (0.85, False), "D c1 p50": (4.0, False)}
     out = {t["name"].split(" vs")[0]: (t["value"], t["met"], t["paired"]) for t in serve_report.targets(rows, "fp32", paired=paired)[1:]}
     assert out == {"D c32": (0.94, True, True), "D c1 p50": (2.5, True, True)}
+
+
+def test_report_states_torchserves_own_concurrency_1_floor():
+    results = {"rows": [{"key": "D-c1", "p50_ms": 17.5}, {"key": "D1-c1", "p50_ms": 12.7}],
+               "floor": {"p50_ms": [2.4, 2.9, 3.3], "median_p50_ms": 2.9, "batch_size": 32, "max_batch_delay_ms": 1}}
+    (line,) = [x for x in serve_report.floor_lines(results) if x]
+    assert "**2.9 ms** p50 (median of 2.4 / 2.9 / 3.3 ms)" in line and "batch_size 32" in line
+    assert "D c1 p50 17.5 ms; D1 c1 p50 12.7 ms" in line
+    assert serve_report.floor_lines({"rows": []}) == []  # runs from before the floor was measured
