@@ -21,6 +21,7 @@ from handlers.config import (HandlerConfig, choose_device, cpu_has_bf16, cpu_onl
                              slow_bf16_warning, workers_from_model_yaml)
 from handlers.parsing import error_body, parse_request, prediction
 from handlers.tokenization import encode
+from handlers.torchscript import follow_input_device
 
 logger = logging.getLogger(__name__)
 
@@ -40,11 +41,12 @@ class TextClassifierHandler(BaseHandler):
         variant, gpu_id, cuda = card.get("variant", "fp32"), props.get("gpu_id"), torch.cuda.is_available()
         self.device = torch.device(choose_device(cuda, gpu_id, variant))
         self.chunk_size = self.config.resolve_chunk_size(variant, str(self.device))
-        for warning in (cpu_only_warning(variant, gpu_id, cuda), slow_bf16_warning(variant, str(self.device), cpu_has_bf16())):
+        warnings = (cpu_only_warning(variant, gpu_id, cuda), slow_bf16_warning(variant, str(self.device), cpu_has_bf16()))
+        for warning in warnings:
             if warning:
                 logger.warning(warning)
         torch.set_num_threads(threads)
-        self.model = torch.jit.load(str(model_path), map_location=self.device).eval()
+        self.model = follow_input_device(torch.jit.load(str(model_path), map_location=self.device)).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         self._warm_up(model_dir)
         self.manifest, self.initialized = context.manifest, True

@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from handlers import bundle
+from handlers import bundle, torchscript
 from handlers.tokenization import encode
 from tests.test_train import INT_LABELS, STRING_LABELS, one_torch_thread, shared_run
 from training import export
@@ -141,7 +141,7 @@ def test_fp32_graph_has_no_variant_ops(fp32_bundle):
 
 
 def fixed_devices(module) -> list:
-    return [n for n in module.graph.nodes() if n.kind() == "prim::Constant" and n.output().type().kind() == "DeviceObjType"]
+    return torchscript.fixed_devices(module.graph)
 
 
 def test_bundle_graph_records_no_device(fp32_bundle):

@@ -102,6 +102,16 @@ def test_choose_device():
     assert choose_device(True, 0, "int8") == "cpu"  # dynamic int8 Linear has CPU kernels only
 
 
+def test_bundle_exported_before_the_device_fix_is_made_device_agnostic_on_load(tmp_path, monkeypatch):
+    from handlers.torchscript import fixed_devices
+    from training import export
+
+    monkeypatch.setattr(export, "follow_input_device", lambda traced: traced)  # export as it was before
+    old = make_tiny_bundle(tmp_path / "old", labels=LABELS)
+    assert fixed_devices(torch.jit.load(str(old / "model.pt")).graph)  # pinned to the CPU it was traced on
+    assert fixed_devices(make_handler(old).model.graph) == []
+
+
 def test_cpu_only_warning_names_the_idle_gpu():
     assert "GPU 1" in cpu_only_warning("int8", 1, cuda_available=True)
     assert cpu_only_warning("int8", None, cuda_available=True) is None

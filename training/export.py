@@ -27,6 +27,7 @@ import torch
 from handlers import bundle
 from handlers.config import cpu_has_bf16, slow_bf16_warning
 from handlers.tokenization import encode
+from handlers.torchscript import follow_input_device
 from training.cli import UserError, check_choices, run_main
 
 log = logging.getLogger("training.export")
@@ -128,34 +129,6 @@ def trace(module: torch.nn.Module, example: dict) -> torch.jit.ScriptModule:
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(module, (example["input_ids"], example["attention_mask"]), check_trace=False)
         return follow_input_device(torch.jit.freeze(traced.eval()))
-
-
-def follow_input_device(traced: torch.jit.ScriptModule) -> torch.jit.ScriptModule:
-    """Replace every device the tracer recorded with the device of input_ids.
-
-    The tracer writes the example's device into the graph as a constant: transformers' mask code
-    moves the attention mask to the inputs' device and builds index ranges there, which a CPU trace
-    records as "cpu". Loaded on a GPU worker, that trace would build its mask on the CPU and fail next
-    to CUDA activations. Weights follow torch.jit.load's map_location; after this, so does the rest.
-    """
-    graph = traced.graph
-    input_ids = list(graph.inputs())[1]  # inputs are (self, input_ids, attention_mask)
-    fixed = [n for n in _nodes(graph) if n.kind() == "prim::Constant" and n.output().type().kind() == "DeviceObjType"]
-    for node in fixed:
-        device = graph.create("prim::device", [input_ids])
-        device.output().setType(node.output().type())
-        device.insertBefore(node)
-        node.output().replaceAllUsesWith(device.output())
-        node.destroy()
-    return traced
-
-
-def _nodes(graph_or_block):
-    """Every node, including those inside the blocks of control-flow nodes (a trace rarely has any)."""
-    for node in graph_or_block.nodes():
-        yield node
-        for block in node.blocks():
-            yield from _nodes(block)
 
 
 def trace_example(tokenizer, texts: list[str], max_length: int) -> dict:
