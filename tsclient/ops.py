@@ -241,8 +241,23 @@ def _explained(e: TorchServeError, c: RegisterConfig, archive: Path, log_start: 
     return TorchServeError(e.status, f"{e.message.rstrip('.')}: {reason}", e.kind) if reason else e
 
 
-def _scale(c: ScaleConfig) -> Any:
-    return c.target.client().scale(c.name, c.version, min_workers=c.workers, max_workers=c.workers, synchronous=True)
+def _scale(c: ScaleConfig, ready_timeout_s: float = 120.0) -> Any:
+    client = c.target.client()
+    answer = client.scale(c.name, c.version, min_workers=c.workers, max_workers=c.workers, synchronous=True)
+    # A synchronous scale-up can answer a moment before its last worker reports READY (seen once in the
+    # live tests); callers that go on to send traffic expect every worker they asked for to be serving.
+    deadline = time.monotonic() + ready_timeout_s
+    while (ready := _ready_workers(client, c.name, c.version)) != c.workers:
+        if time.monotonic() > deadline:
+            raise OpsError(f"{c.name}: {ready} of {c.workers} workers READY after {ready_timeout_s:.0f} s; "
+                           "see logs/model_log.log")
+        time.sleep(0.1)
+    return answer
+
+
+def _ready_workers(client, name: str, version: Optional[str]) -> int:
+    (described,) = client.describe(name, version)
+    return sum(w.get("status") == "READY" for w in described.get("workers", []))
 
 
 def _set_default(c: SetDefaultConfig) -> Any:
