@@ -66,35 +66,26 @@ def check_in_process(name: str, bundle: Path, variant: str) -> dict:
             "ok": gpu_device == "cuda:0" and worst <= TOLERANCE[variant]}
 
 
-def check_live(bundle: Path, work: Path) -> dict:
+def check_live(bundle: Path) -> dict:
     """Two workers on a real TorchServe: both on a GPU, answers equal to the in-process CPU handler's."""
-    from tsclient import server
-    from tsclient.archive import ArchiveConfig, build_archive
+    from bench.serve_runs import archive_ours, torchserve
     from tsclient.grpc_client import StubsMissing, TorchServeGrpcClient, generate_stubs, load_stubs
-    from tsclient.rest import TorchServeClient
 
     try:
         load_stubs()
     except StubsMissing:
         generate_stubs()
-    store = work / "store"
-    # model-config.yaml inside the archive decides the worker count, not the register call
-    build_archive(ArchiveConfig(bundle=bundle, name="gpucheck", version="1.0", store=store, min_workers=2, max_workers=2))
-    names = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
-    cfg = server.ServerConfig(state_dir=work / "state", model_store=store,
-                              ports=dict(zip(names, server.free_ports(len(names)))))
-    try:
-        ep = server.start(cfg)
-        rest = TorchServeClient(ep.inference_url, ep.management_url, ep.key_file)
-        grpc = TorchServeGrpcClient(ep.grpc_inference, ep.grpc_management, ep.key_file, management_url=ep.management_url)
-        rest.register("gpucheck", "gpucheck-1.0.mar", initial_workers=2, batch_size=8, max_batch_delay=5)
-        (described,) = rest.describe("gpucheck")
+    with torchserve() as srv:  # temporary state dir and model store, always stopped and removed
+        # model-config.yaml inside the archive decides the worker count, not the register call
+        mar = archive_ours(bundle, srv.store, "gpucheck", batch_size=8, max_batch_delay=5, workers=2, handler={})
+        srv.client.register("gpucheck", mar, initial_workers=2, batch_size=8, max_batch_delay=5)
+        (described,) = srv.client.describe("gpucheck")
         workers = [{"id": w.get("id"), "gpu": w.get("gpu"), "status": w.get("status")} for w in described["workers"]]
-        via_rest = rest.predict("gpucheck", texts=TEXTS)
-        via_grpc = grpc.predict("gpucheck", texts=TEXTS)
-        grpc.close()
-    finally:
-        server.stop(cfg)
+        via_rest = srv.client.predict("gpucheck", texts=TEXTS)
+        ep = srv.endpoints
+        with TorchServeGrpcClient(ep.grpc_inference, ep.grpc_management, ep.key_file,
+                                  management_url=ep.management_url) as grpc:
+            via_grpc = grpc.predict("gpucheck", texts=TEXTS)
     _, cpu_out, _ = run(bundle, None)
     rest_diff, grpc_diff = worst_diff(via_rest, cpu_out), worst_diff(via_grpc, cpu_out)
     return {"workers": workers, "rest_max_score_diff": rest_diff, "grpc_max_score_diff": grpc_diff,
@@ -108,16 +99,17 @@ def main(bundle: Path | None, live: bool = True) -> dict:
         sys.exit(3)
     from tests.bundles import make_tiny_bundle
 
-    work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
-    bundles = [(f"tiny-{arch}-{variant}", make_tiny_bundle(work / f"{arch}-{variant}", arch=arch, variant=variant),
-                variant) for arch in ("roberta", "distilbert") for variant in ("fp32", "bf16")]
-    if bundle is not None:
-        card = json.loads((bundle / "model_card.json").read_text())
-        bundles.insert(0, (bundle.name, bundle, card.get("variant", "fp32")))
-    result = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
-              "in_process": [check_in_process(name, path, variant) for name, path, variant in bundles]}
-    if live:
-        result["live"] = check_live(next(path for _, path, variant in bundles if variant == "fp32"), work)
+    with tempfile.TemporaryDirectory(prefix="gpu-check-") as work:
+        bundles = [(f"tiny-{arch}-{variant}", make_tiny_bundle(Path(work) / f"{arch}-{variant}", arch=arch,
+                                                               variant=variant), variant)
+                   for arch in ("roberta", "distilbert") for variant in ("fp32", "bf16")]
+        if bundle is not None:
+            card = json.loads((bundle / "model_card.json").read_text())
+            bundles.insert(0, (bundle.name, bundle, card.get("variant", "fp32")))
+        result = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
+                  "in_process": [check_in_process(name, path, variant) for name, path, variant in bundles]}
+        if live:
+            result["live"] = check_live(next(path for _, path, variant in bundles if variant == "fp32"))
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "gpu_check.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -149,27 +149,30 @@ def archive_ours(bundle_dir: Path, store: Path, name: str, batch_size: int, max_
 
 def archive_stock(model_dir: Path, store: Path, name: str, max_length: int) -> str:
     """Baseline B's archive: the Hugging Face model dir as is, bench/stock_handler.py, batch size 1."""
-    with tempfile.TemporaryDirectory(prefix="stock-stage-") as stage:
-        extra = Path(stage) / "extra"
-        shutil.copytree(model_dir, extra, ignore=shutil.ignore_patterns("model.safetensors", "*.bin"))
-        config = Path(stage) / "model-config.yaml"
-        config.write_text(yaml.safe_dump({"minWorkers": 1, "maxWorkers": 1, "batchSize": 1, "maxBatchDelay": 5,
-                                          "responseTimeout": 300, "handler": {"max_length": max_length}}))
-        cmd = [*ARCHIVER, "--model-name", name, "--version", "1.0", "--serialized-file",
-               str(model_dir / "model.safetensors"), "--handler", str(STOCK_HANDLER), "--extra-files", str(extra),
-               "--config-file", str(config), "--export-path", str(store)]
-        subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "TMPDIR": stage})
-    return f"{name}.mar"
+    config = {"minWorkers": 1, "maxWorkers": 1, "batchSize": 1, "maxBatchDelay": 5, "responseTimeout": 300,
+              "handler": {"max_length": max_length}}
+    return _archive_bench_handler(store, name, STOCK_HANDLER, config, model_dir)
 
 
 def archive_noop(store: Path, name: str, batch_size: int, max_batch_delay: int) -> str:
     """The floor's archive: bench/noop_handler.py and no model, batched like the deployment it is compared with."""
-    with tempfile.TemporaryDirectory(prefix="noop-stage-") as stage:
+    config = {"minWorkers": 1, "maxWorkers": 1, "batchSize": batch_size, "maxBatchDelay": max_batch_delay,
+              "responseTimeout": 60}
+    return _archive_bench_handler(store, name, NOOP_HANDLER, config)
+
+
+def _archive_bench_handler(store: Path, name: str, handler: Path, model_config: dict, model_dir: Path | None = None) -> str:
+    """torch-model-archiver on a benchmark handler (not the product's): with model_dir, its safetensors is the
+    serialized file and the rest of the folder goes along as extra files."""
+    with tempfile.TemporaryDirectory(prefix="bench-stage-") as stage:
         config = Path(stage) / "model-config.yaml"
-        config.write_text(yaml.safe_dump({"minWorkers": 1, "maxWorkers": 1, "batchSize": batch_size,
-                                          "maxBatchDelay": max_batch_delay, "responseTimeout": 60}))
-        cmd = [*ARCHIVER, "--model-name", name, "--version", "1.0", "--handler", str(NOOP_HANDLER),
+        config.write_text(yaml.safe_dump(model_config))
+        cmd = [*ARCHIVER, "--model-name", name, "--version", "1.0", "--handler", str(handler),
                "--config-file", str(config), "--export-path", str(store)]
+        if model_dir is not None:
+            extra = Path(stage) / "extra"
+            shutil.copytree(model_dir, extra, ignore=shutil.ignore_patterns("model.safetensors", "*.bin"))
+            cmd += ["--serialized-file", str(model_dir / "model.safetensors"), "--extra-files", str(extra)]
         subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "TMPDIR": stage})
     return f"{name}.mar"
 

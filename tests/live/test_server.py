@@ -76,7 +76,7 @@ def test_gpu_check_live_step_reports_cpu_workers_as_not_ok(tmp_path, live):
     from bench import gpu_check
     from tests.bundles import make_tiny_bundle
 
-    result = gpu_check.check_live(make_tiny_bundle(tmp_path / "bundle"), tmp_path)
+    result = gpu_check.check_live(make_tiny_bundle(tmp_path / "bundle"))
     assert [w["gpu"] for w in result["workers"]] == [False, False]
     assert result["rest_max_score_diff"] < 1e-5 and result["grpc_max_score_diff"] < 1e-5
     assert result["ok"] is False
