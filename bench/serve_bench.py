@@ -37,7 +37,7 @@ from bench.flops import MATMUL_N, FlopModel, best_limit, compute_limit, limit_fo
 from bench.serve_runs import (Measured, archive_noop, archive_ours, archive_stock, bundle_classifier,
                               measure_inprocess, measure_server, pipeline_classifier, torchserve)
 from handlers.config import HandlerConfig, cpu_has_bf16, parse_chunk_size
-from training.cli import UserError, run_main
+from cli import UserError, run
 from training.export import DEFAULT_TOLERANCE
 
 log = logging.getLogger("bench.serve")

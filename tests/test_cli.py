@@ -10,7 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from training.cli import UserError, parse_config, run_main
+from cli import Failure, UserError, parse_config, run
+from handlers.bundle import BundleError
 from training.data import DataError
 from training.export import ExportConfig
 from training.train import TrainConfig
@@ -121,21 +122,20 @@ def test_argparse_mistakes_exit_2(capsys, argv, fragment):
     assert fragment in err and "Traceback" not in err
 
 
-def test_run_main_reports_stage_errors_and_passes_through_bugs(capsys):
+def test_run_reports_user_errors_and_failures_and_passes_through_bugs(capsys):
     def fails_with(error):
         def main(config):
             raise error
         return main
 
     argv = ["--output-dir", "o"]
-    for error in (UserError("bad flag"), DataError("train.csv: no rows")):
-        with pytest.raises(SystemExit) as info:
-            run_main(fails_with(error), TrainConfig, argv, errors=(UserError, DataError))
-        assert info.value.code == 2
+    for error, code in ((UserError("bad flag"), 2), (DataError("train.csv: no rows"), 2),
+                        (BundleError("model.pt: missing"), 2), (Failure("TorchServe 500: boom"), 1)):
+        assert run(fails_with(error), TrainConfig, argv) == code
         assert capsys.readouterr().err == f"error: {error}\n"
     # A programming error is not a user mistake: it keeps its traceback.
     with pytest.raises(ZeroDivisionError):
-        run_main(fails_with(ZeroDivisionError("bug")), TrainConfig, argv, errors=(UserError, DataError))
+        run(fails_with(ZeroDivisionError("bug")), TrainConfig, argv)
     seen = []
-    run_main(seen.append, TrainConfig, argv)
-    assert seen == [TrainConfig(output_dir="o")]
+    assert run(seen.append, TrainConfig, argv, show=lambda result: "shown") == 0
+    assert seen == [TrainConfig(output_dir="o")] and capsys.readouterr().out == "shown\n"

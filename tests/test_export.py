@@ -13,7 +13,7 @@ from handlers import bundle, torchscript
 from handlers.tokenization import encode
 from tests.test_train import INT_LABELS, STRING_LABELS, one_torch_thread, shared_run
 from training import export
-from training.cli import UserError
+from cli import UserError
 from training.export import (ExportConfig, ExportError, check_parity, load_run, main, make_variant, parity_cases,
                              trace, trace_example)
 

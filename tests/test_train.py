@@ -17,7 +17,7 @@ import pytest
 import numpy as np
 
 from tests.tiny import CORPUS
-from training.cli import UserError
+from cli import UserError
 from training.data import load_splits
 from training.train import (TrainConfig, balanced_weights, last_checkpoint, main, make_trainer_class,
                             samples_per_second)

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cli import UserError
 from training.hub import hub_unreachable_reason
 
 BUILTIN_TWEETS = "builtin:tweets"
@@ -40,7 +41,7 @@ TEST_SPLIT_SEED = 13
 OFFLINE_HINT = "offline, use a local folder of CSV/JSONL/Parquet files or the embedded default " + BUILTIN_TWEETS
 
 
-class DataError(Exception):
+class DataError(UserError):
     """A mistake in the data or in how it was named; the message is one line saying what and where."""
 
 

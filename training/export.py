@@ -14,9 +14,10 @@ import json
 import logging
 import shutil
 import tempfile
+import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -28,7 +29,7 @@ from handlers import bundle
 from handlers.config import cpu_has_bf16, slow_bf16_warning
 from handlers.tokenization import encode
 from handlers.torchscript import follow_input_device
-from training.cli import UserError, check_choices, run_main
+from cli import UserError, check_choices, option, run
 
 log = logging.getLogger("training.export")
 PARITY_BATCHES = (1, 3, 8, 17, 32)
@@ -42,25 +43,21 @@ class ExportError(UserError):
     """Export refused: parity or accuracy check failed, or the run directory is unusable."""
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
 
 @dataclass
 class ExportConfig:
     """Export a trained run to a verified TorchScript bundle."""
 
-    run_dir: str = field(metadata=_help("run directory written by training.train"))
-    output_dir: str = field(metadata=_help("bundle directory to create"))
-    quantize: Literal["none", "int8"] = field(default="none", metadata=_help(
-        "int8: dynamic quantisation of Linear layers (VNNI)"))
-    dtype: Literal["fp32", "bf16"] = field(default="fp32", metadata=_help("bf16: bfloat16 weights (AMX)"))
-    max_accuracy_drop: float = field(default=1.0, metadata=_help(
-        "refuse a variant whose test accuracy is more than this many points below fp32"))
-    parity_tolerance: float | None = field(default=None, metadata=_help(
-        "max |logit difference| traced vs eager (default: 1e-4 fp32, 1e-3 int8, 5e-2 bf16)"))
-    max_eval_samples: int | None = field(default=None, metadata=_help("evaluate on at most this many test texts"))
-    force: bool = field(default=False, metadata=_help("replace an existing output directory"))
+    run_dir: str = option("run directory written by training.train")
+    output_dir: str = option("bundle directory to create")
+    quantize: Literal["none", "int8"] = option("int8: dynamic quantisation of Linear layers (VNNI)", "none")
+    dtype: Literal["fp32", "bf16"] = option("bf16: bfloat16 weights (AMX)", "fp32")
+    max_accuracy_drop: float = option(
+        "refuse a variant whose test accuracy is more than this many points below fp32", 1.0)
+    parity_tolerance: float | None = option(
+        "max |logit difference| traced vs eager (default: 1e-4 fp32, 1e-3 int8, 5e-2 bf16)", None)
+    max_eval_samples: int | None = option("evaluate on at most this many test texts", None)
+    force: bool = option("replace an existing output directory", False)
 
     def __post_init__(self):
         check_choices(self)
@@ -287,4 +284,4 @@ def main(config: ExportConfig) -> dict:
 
 
 if __name__ == "__main__":
-    run_main(main, ExportConfig)
+    sys.exit(run(main, ExportConfig))

