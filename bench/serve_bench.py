@@ -24,7 +24,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,9 +36,12 @@ from bench.serve_report import cpu_class
 from bench.flops import MATMUL_N, FlopModel, best_limit, compute_limit, limit_for
 from bench.serve_runs import (Measured, archive_noop, archive_ours, archive_stock, bundle_classifier,
                               measure_inprocess, measure_server, pipeline_classifier, torchserve)
-from handlers.config import HandlerConfig, cpu_has_bf16, parse_chunk_size
-from cli import UserError, run
+import cli
+from cli import UserError, check_int, option
+from handlers.config import HandlerConfig, parse_chunk_size
+from handlers.device import cpu_has_bf16
 from training.export import DEFAULT_TOLERANCE
+from training.rundir import RunDir
 
 log = logging.getLogger("bench.serve")
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,56 +52,43 @@ FP32_TOLERANCE = 1e-3  # |Δlogit| within which two fp32 paths (eager, traced, p
 CORES = os.cpu_count() or 1
 
 
-def _help(text: str) -> dict:
-    return {"help": text}
-
-
 @dataclass
 class ServeBenchConfig:
     """Serving benchmark: HF pipeline, stock TorchServe, our model in-process and our TorchServe deployment."""
 
-    run: str = field(metadata=_help("run directory from training.train (rt-polarity, embedded model)"))
-    data: str = field(default=str(ROOT.parent / "shared" / "data" / "rt-polarity"), metadata=_help(
-        "folder holding test.csv (text,label)"))
-    max_texts: int | None = field(default=None, metadata=_help("use the first N test texts (quick runs; results go to serve-<cpu>-quick.*)"))
-    exports: str | None = field(default=None, metadata=_help("where the fp32/int8/bf16 bundles are kept (default RUN/serve-bench)"))
-    variant: str | None = field(default=None, metadata=_help("serve this variant in D instead of the fastest accuracy-preserving one"))
-    workers: int = field(default=CORES, metadata=_help("D: TorchServe workers (default one per core)"))
-    threads: int = field(default=1, metadata=_help("D: torch threads per worker"))
-    batch_size: int = field(default=32, metadata=_help("D: TorchServe batch size"))
-    max_batch_delay: int = field(default=1, metadata=_help("D: TorchServe max batch delay (ms)"))
-    chunk_size: str = field(default="auto", metadata=_help(
+    run: str = option("run directory from training.train (rt-polarity, embedded model)")
+    data: str = option("folder holding test.csv (text,label)", str(ROOT.parent / "shared" / "data" / "rt-polarity"))
+    max_texts: int | None = option("use the first N test texts (quick runs; results go to serve-<cpu>-quick.*)", None)
+    exports: str | None = option("where the fp32/int8/bf16 bundles are kept (default RUN/serve-bench)", None)
+    variant: str | None = option("serve this variant in D instead of the fastest accuracy-preserving one", None)
+    workers: int = option("D: TorchServe workers (default one per core)", CORES)
+    threads: int = option("D: torch threads per worker", 1)
+    batch_size: int = option("D: TorchServe batch size", 32)
+    max_batch_delay: int = option("D: TorchServe max batch delay (ms)", 1)
+    chunk_size: int | str | None = option(
         "C and D: texts per forward pass after sorting a batch by length (handler option chunk_size: an "
-        "integer, 'none' for one pass, or 'auto': by variant, see handlers/config.py)"))
-    repeats: int = field(default=3, metadata=_help(
-        "passes per row, in-process rows interleaved; the fastest is kept (other work on a shared host only "
-        "ever slows a pass down)"))
-    default_deployment: bool = field(default=True, metadata=_help(
-        "also measure D1: the product's default deployment, 1 worker using every core, at concurrency 1 and 32"))
-    skip_stock: bool = field(default=False, metadata=_help("skip row B (tuning runs)"))
-    out: str = field(default=str(RESULTS), metadata=_help("results folder"))
+        "integer, 'none' for one pass, or 'auto': by variant, see handlers/config.py)", "auto", parse=parse_chunk_size)
+    repeats: int = option("passes per row, in-process rows interleaved; the fastest is kept (other work on a shared "
+                          "host only ever slows a pass down)", 3)
+    default_deployment: bool = option(
+        "also measure D1: the product's default deployment, 1 worker using every core, at concurrency 1 and 32", True)
+    skip_stock: bool = option("skip row B (tuning runs)", False)
+    out: str = option("results folder", str(RESULTS))
 
     def __post_init__(self):
-        run = Path(self.run)
-        for needed in ("run.json", "model/config.json"):
-            if not (run / needed).is_file():
-                raise UserError(f"{run / needed}: missing; --run must be a finished training.train run directory")
+        RunDir(self.run).check_finished()
         if not (Path(self.data) / "test.csv").is_file():
             raise UserError(f"benchmark data not found: {Path(self.data) / 'test.csv'} (pass --data)")
         if self.variant is not None and self.variant not in VARIANTS:
             raise UserError(f"--variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
         if self.variant is not None and self.variant not in available_variants(cpu_has_bf16()):
             raise UserError(f"--variant {self.variant}: this CPU has no bf16 instructions (AVX512-BF16 or AMX)")
-        if isinstance(self.chunk_size, str):
-            try:
-                self.chunk_size = parse_chunk_size(self.chunk_size)
-            except ValueError as e:
-                raise UserError(f"--chunk-size: {e}") from None
-        for name in ("max_texts", "repeats"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-        if min(self.workers, self.threads, self.batch_size) < 1 or self.max_batch_delay < 0:
-            raise UserError("--workers, --threads and --batch-size must be >= 1, --max-batch-delay >= 0")
+        if self.chunk_size != "auto":
+            check_int("--chunk-size", self.chunk_size, 1, optional=True, also="'auto'")
+        check_int("--max-texts", self.max_texts, 1, optional=True)
+        for name in ("repeats", "workers", "threads", "batch_size"):
+            check_int(f"--{name.replace('_', '-')}", getattr(self, name), 1)
+        check_int("--max-batch-delay", self.max_batch_delay, 0)
 
 
 def available_variants(has_bf16: bool) -> tuple[str, ...]:
@@ -127,7 +117,7 @@ def ensure_exports(run: Path, cache: Path, variants: tuple[str, ...]) -> dict[st
     from training.export import main as export_main
 
     # Re-exported when the weights or the exporter change.
-    sources = [run / "model" / "model.safetensors", ROOT / "training" / "export.py"]
+    sources = [RunDir(run).weights_file, ROOT / "training" / "export.py"]
     stamp = hashlib.sha256(b"".join(p.read_bytes() for p in sources if p.is_file())).hexdigest()
     out = {}
     for variant in variants:
@@ -169,8 +159,8 @@ def parse_ours(bodies: list[bytes], labels: list[str]) -> tuple[np.ndarray, np.n
 def main(config: ServeBenchConfig) -> dict:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     run, out = Path(config.run), Path(config.out)
-    meta = json.loads((run / "run.json").read_text())
-    labels, max_length = meta["labels"], int(meta["max_length"])
+    meta = RunDir(run).read_run()
+    labels, max_length, model_dir = meta["labels"], int(meta["max_length"]), RunDir(run).model_dir
     texts, gold = load_test(Path(config.data), labels, config.max_texts)
     results = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "loadavg_start": os.getloadavg(),
                "machine": machine(), "run": str(run), "texts": len(texts), "config": asdict(config)}
@@ -183,9 +173,9 @@ def main(config: ServeBenchConfig) -> dict:
 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(run / "model")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokens = np.array([len(ids) for ids in tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]])
-    flop_model = FlopModel.of(AutoModelForSequenceClassification.from_pretrained(run / "model"))
+    flop_model = FlopModel.of(AutoModelForSequenceClassification.from_pretrained(model_dir))
     flops = np.array([flop_model.per_text(int(t)) for t in tokens])
     results["flops"] = {**flop_model.describe(), "mean_tokens": round(float(tokens.mean()), 2),
                         "mean_gflop_per_text": round(float(flops.mean()) / 1e9, 4)}
@@ -209,7 +199,7 @@ def main(config: ServeBenchConfig) -> dict:
     # In-process rows run in interleaved rounds (A, C-fp32, ..., then again): on a shared host a slow
     # minute then costs every row a pass, instead of skewing the ratio between two rows.
     inprocess = []  # (key, label, variant, batch, classify)
-    classify = pipeline_classifier(run / "model", labels)
+    classify = pipeline_classifier(model_dir, labels)
     inprocess += [(f"A-b{batch}", "HF pipeline, eager fp32", "fp32", batch, classify) for batch in (1, 32)]
     bundles = ensure_exports(run, Path(config.exports) if config.exports else run / "serve-bench", variants)
     chunking = HandlerConfig(chunk_size=config.chunk_size)  # what the handler would run, per variant
@@ -231,7 +221,7 @@ def main(config: ServeBenchConfig) -> dict:
     log.info("serving %s in D", chosen)
     with torchserve() as srv:
         if not config.skip_stock:
-            srv.client.register("stock", archive_stock(run / "model", srv.store, "stock", max_length), batch_size=1,
+            srv.client.register("stock", archive_stock(model_dir, srv.store, "stock", max_length), batch_size=1,
                                 max_batch_delay=5, response_timeout=300)
             stock_bodies = [t.encode() for t in texts]
             add("B-c32", "stock TorchServe example: pad to max_length, 1 text/forward", "fp32", "TorchServe",
@@ -387,4 +377,4 @@ def write(results: dict, out: Path, stem: str) -> None:
 
 
 if __name__ == "__main__":
-    run_main(main, ServeBenchConfig)
+    sys.exit(cli.run(main, ServeBenchConfig, prog="python -m bench.serve_bench"))

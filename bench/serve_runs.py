@@ -6,7 +6,6 @@ one text per request from a closed-loop load generator (bench/loadgen.py) and ti
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -27,11 +26,11 @@ from handlers.batching import forward_by_length
 from handlers.tokenization import encode
 from tsclient import server
 from tsclient.archive import ARCHIVER, ArchiveConfig, build_archive
+from tsclient.keys import bearer
 from tsclient.rest import TorchServeClient
 
 STOCK_HANDLER = Path(__file__).parent / "stock_handler.py"
 NOOP_HANDLER = Path(__file__).parent / "noop_handler.py"
-PORTS = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
 
 
 @dataclass
@@ -95,48 +94,39 @@ def bundle_classifier(bundle_dir: Path, max_length: int, chunk_size: int | None)
 
 @dataclass
 class Server:
-    cfg: server.ServerConfig
-    endpoints: server.Endpoints
+    running: server.Running
     client: TorchServeClient
-    store: Path
+
+    @property
+    def endpoints(self) -> server.Endpoints:
+        return self.running.endpoints
+
+    @property
+    def store(self) -> Path:
+        return self.running.store
 
     @property
     def key(self) -> str:
-        return json.loads(self.endpoints.key_file.read_text())["inference"]["key"]
+        return self.running.key("inference")
 
     def group_cpu_s(self) -> dict[str, float]:
         """CPU seconds used so far by the server's processes: the JVM frontend and the Python workers."""
-        pgid = server.running_pid(self.cfg)
         out = {"frontend": 0.0, "workers": 0.0}
-        for proc in psutil.process_iter(["pid", "cmdline"]):
-            try:
-                if pgid is None or os.getpgid(proc.info["pid"]) != pgid:
+        for role, procs in server.processes(server.running_pid(self.running.cfg)).items():
+            for proc in procs:
+                try:
+                    t = proc.cpu_times()
+                except psutil.Error:
                     continue
-                cmd = " ".join(proc.info["cmdline"] or [])
-                t = proc.cpu_times()
-                kind = "workers" if "model_service_worker" in cmd else "frontend"
-                out[kind] += t.user + t.system
-            except (psutil.Error, OSError):
-                continue
+                out["workers" if role == "workers" else "frontend"] += t.user + t.system
         return out
 
 
 @contextmanager
 def torchserve() -> Iterator[Server]:
-    """A TorchServe on free loopback ports with a temporary state dir and model store, token auth on;
-    always stopped (process group killed if needed) and its files removed."""
-    base = Path(tempfile.mkdtemp(prefix="serve-bench-"))
-    store = base / "store"
-    store.mkdir()
-    cfg = server.ServerConfig(state_dir=base / "state", model_store=store,
-                              ports=dict(zip(PORTS, server.free_ports(len(PORTS)))))
-    cfg.state_dir.mkdir()
-    try:
-        ep = server.start(cfg)
-        yield Server(cfg, ep, TorchServeClient(ep.inference_url, ep.management_url, ep.key_file, timeout=300), store)
-    finally:
-        server.stop(cfg)
-        shutil.rmtree(base, ignore_errors=True)
+    """A temporary TorchServe (server.temporary_server) with a patient client: in-process rows run first."""
+    with server.temporary_server(prefix="serve-bench-") as running:
+        yield Server(running, running.client(timeout=300))
 
 
 def archive_ours(bundle_dir: Path, store: Path, name: str, batch_size: int, max_batch_delay: int, workers: int,
@@ -182,7 +172,7 @@ def measure_server(srv: Server, name: str, bodies: list[bytes], content_type: st
     """Send every body once at `concurrency`; every answer must be HTTP 200. `parse` turns the answer
     bodies into (label index per text, scores or None)."""
     host, port = srv.endpoints.inference_url.split("//", 1)[1].rsplit(":", 1)
-    headers = {"Authorization": f"Bearer {srv.key}", "Content-Type": content_type}
+    headers = {**bearer(srv.key), "Content-Type": content_type}
     path = f"/predictions/{name}"
     if warmup:
         run_load(host, int(port), path, bodies[:warmup], headers, concurrency)

@@ -12,16 +12,15 @@ the cores to the server. Writes bench/results/soak.json and soak.md; the server 
 """
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import logging
 import os
 import random
 import resource
-import shutil
 import signal
 import statistics
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -31,42 +30,50 @@ from typing import Optional
 
 import psutil
 
+from bench.loadgen import Connection, LoadError, post
+from cli import UserError, check_int, option, run
 from tsclient import server
-from tsclient.rest import TorchServeClient, retryable
+from tsclient.keys import bearer
+from tsclient.rest import Backoff, TorchServeClient, retryable
 
 logger = logging.getLogger("bench.soak")
 RESULTS = Path(__file__).parent / "results"
 NAME = "soak"
 V1_LABELS, V2_LABELS = ("negative", "positive"), ("negative", "neutral", "positive")
-RETRIES, BACKOFF_S = 4, 0.25  # TorchServeClient's defaults
 REQUEST_TIMEOUT_S = 60.0
 
 
 @dataclass
 class SoakConfig:
-    duration_s: float = 60.0
-    concurrency: int = 32
-    kill_at_s: float = 20.0
-    switch_at_s: float = 40.0
-    back_at_s: Optional[float] = 50.0  # None: stay on v2
-    invalid_fraction: float = 0.1
-    warmup_s: float = 5.0  # same load before the measured run; RSS "before" is taken after it
-    workers: int = 2
-    bundle: Optional[Path] = None  # None: a tiny random model built on the spot
-    out_dir: Path = RESULTS
-    seed: int = 0
+    """Soak: a steady mixed load on two workers while a worker is killed and the default version switches."""
+
+    duration_s: float = option("seconds of measured load", 60.0, flag="duration")
+    concurrency: int = option("keep-alive connections sending back to back", 32)
+    kill_at_s: float = option("second at which one v1 worker gets SIGKILL", 20.0, flag="kill_at")
+    switch_at_s: float = option("second at which v2 becomes the default", 40.0, flag="switch_at")
+    back_at_s: Optional[float] = option("second at which v1 is the default again; negative: stay on v2", 50.0,
+                                        flag="back_at")
+    invalid_fraction: float = option("share of invalid requests", 0.1)
+    warmup_s: float = option("seconds of the same load first, unmeasured (RSS 'before' is taken after it)", 5.0,
+                             flag="warmup")
+    workers: int = option("workers per version", 2)
+    bundle: Optional[Path] = option("an export bundle to serve (default: a tiny random model built on the spot)", None)
+    out_dir: Path = option("where soak.json and soak.md go", RESULTS)
+    seed: int = option("seed of the request mix", 0)
 
     def __post_init__(self):
         self.out_dir = Path(self.out_dir)
+        if self.back_at_s is not None and self.back_at_s < 0:
+            self.back_at_s = None
         if self.bundle is not None and not Path(self.bundle).is_dir():
-            raise ValueError(f"--bundle {self.bundle}: not a directory (an export bundle, see `make export`)")
-        if self.concurrency < 1 or self.workers < 1 or self.warmup_s < 0:
-            raise ValueError("concurrency and workers must be >= 1, warmup >= 0")
-        if not 0 <= self.invalid_fraction <= 1:
-            raise ValueError("invalid fraction must be within 0..1")
+            raise UserError(f"--bundle {self.bundle}: not a directory (an export bundle, see `make export`)")
+        check_int("--concurrency", self.concurrency, 1)
+        check_int("--workers", self.workers, 1)
+        if self.warmup_s < 0 or not 0 <= self.invalid_fraction <= 1:
+            raise UserError("--warmup must be >= 0 and --invalid-fraction within 0..1")
         times = [self.kill_at_s, self.switch_at_s] + ([self.back_at_s] if self.back_at_s is not None else [])
         if not (0 < times[0] and times == sorted(times) and times[-1] < self.duration_s):
-            raise ValueError("need 0 < kill_at < switch_at [< back_at] < duration")
+            raise UserError("need 0 < --kill-at < --switch-at [< --back-at] < --duration")
 
 
 # ---- the request mix ---------------------------------------------------------------------------------------
@@ -119,51 +126,9 @@ def check(kind: Kind, status: Optional[int], body: bytes) -> bool:
         return False
 
 
-# ---- a minimal HTTP/1.1 keep-alive client -----------------------------------------------------------------
-class ConnectionLost(Exception):
-    pass
-
-
-class Connection:
-    def __init__(self, host: str, port: int):
-        self.host, self.port, self.reader, self.writer = host, port, None, None
-
-    async def exchange(self, raw: bytes) -> tuple[int, bytes]:
-        try:
-            if self.writer is None:
-                self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
-            self.writer.write(raw)
-            await self.writer.drain()
-            head = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
-            status = int(head[0].split(" ", 2)[1])
-            headers = {k.strip().lower(): v.strip() for k, v in (h.split(":", 1) for h in head[1:] if ":" in h)}
-            body = await self._body(headers)
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError, IndexError) as e:
-            self.close()
-            raise ConnectionLost(f"{type(e).__name__}: {e}") from None
-        if headers.get("connection", "").lower() == "close":
-            self.close()
-        return status, body
-
-    async def _body(self, headers: dict) -> bytes:
-        if headers.get("transfer-encoding", "").lower() != "chunked":
-            return await self.reader.readexactly(int(headers.get("content-length", "0")))
-        chunks = []
-        while size := int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16):
-            chunks.append(await self.reader.readexactly(size + 2))
-        await self.reader.readuntil(b"\r\n")
-        return b"".join(c[:-2] for c in chunks)
-
-    def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
-        self.reader = self.writer = None
-
-
 def http_request(kind: Kind, host: str, key: str) -> bytes:
     path = f"/predictions/{NAME}" + (f"/{kind.version}" if kind.version else "")
-    return (f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\n"
-            f"Content-Type: {kind.content_type}\r\nContent-Length: {len(kind.body)}\r\n\r\n").encode() + kind.body
+    return post(path, host, {**bearer(key), "Content-Type": kind.content_type}, kind.body)
 
 
 # ---- the run -------------------------------------------------------------------------------------------------
@@ -179,20 +144,21 @@ class Tally:
 async def client(conn: Connection, raw: dict, rng: random.Random, cfg: SoakConfig, tally: Tally, stop_at: float):
     while time.perf_counter() < stop_at:
         kind = rng.choice(INVALID) if rng.random() < cfg.invalid_fraction else rng.choice(VALID)
-        t0, attempt = time.perf_counter(), 0
+        t0, attempt, delays = time.perf_counter(), 0, Backoff().delays()  # TorchServeClient's schedule
         while True:
             try:
                 status, body = await asyncio.wait_for(conn.exchange(raw[kind.name]), REQUEST_TIMEOUT_S)
                 cause = str(status) if retryable(status, body) else None
-            except ConnectionLost as e:
+            except LoadError as e:
                 status, body, cause = None, str(e).encode(), "connection"
             except asyncio.TimeoutError:  # like the client: a request that hung is not sent again
                 conn.close()
                 status, body, cause = None, b"timed out", None
-            if cause is None or attempt >= RETRIES:
+            delay = next(delays, None) if cause is not None else None
+            if delay is None:
                 break
             tally.retries[cause] += 1
-            await asyncio.sleep(BACKOFF_S * 2 ** attempt)
+            await asyncio.sleep(delay)
             attempt += 1
         correct = check(kind, status, body)
         now = time.perf_counter()
@@ -203,25 +169,9 @@ async def client(conn: Connection, raw: dict, rng: random.Random, cfg: SoakConfi
             tally.wrong.append({"kind": kind.name, "status": status, "body": body[:200].decode("utf-8", "replace")})
 
 
-def group_processes(cfg: server.ServerConfig) -> dict[str, list[psutil.Process]]:
-    group, found = server.running_pid(cfg), {"java": [], "workers": []}
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            cmdline = " ".join(proc.info["cmdline"] or [])
-            if os.getpgid(proc.pid) != group:
-                continue
-            if "org.pytorch.serve.ModelServer" in cmdline:
-                found["java"].append(proc)
-            elif "model_service_worker" in cmdline:
-                found["workers"].append(proc)
-        except (psutil.Error, OSError):
-            continue
-    return found
-
-
 def rss_mb(cfg: server.ServerConfig) -> dict[str, float]:
-    procs, out = group_processes(cfg), {}
-    for part, items in procs.items():
+    procs, out = server.processes(server.running_pid(cfg)), {}
+    for part, items in (("java", procs["frontend"]), ("workers", procs["workers"])):
         total = 0
         for proc in items:
             try:
@@ -335,7 +285,7 @@ def markdown(r: dict) -> str:
     by_kind = ", ".join(f"{k}: {v}" for k, v in sorted(r["invalid"]["by_kind"].items()))
     lines = [f"# Soak: {c['duration_s']:.0f} s, concurrency {c['concurrency']}, {c['workers']} workers per version, "
              f"{c['invalid_fraction']:.0%} invalid", "",
-             f"Model: {c['bundle'] or 'tiny random RoBERTa (tests/bundles.py)'}; host: {r['host']['cpus']} CPUs. "
+             f"Model: {c['bundle'] or 'tiny random RoBERTa (training/tiny.py)'}; host: {r['host']['cpus']} CPUs. "
              f"Events: " + "; ".join(f"{e['t_s']} s {e['event']}" for e in r["events"]) + ".", "",
              "| metric | value | target |", "|---|---|---|"] + [f"| {a} | {b} | {t} |" for a, b, t in rows]
     lines += ["", "Requests per 10 s: " + ", ".join(f"{k}: {v}" for k, v in r["requests_per_10s"].items()),
@@ -345,37 +295,28 @@ def markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_store(cfg: SoakConfig, base: Path) -> Path:
+def build_store(cfg: SoakConfig, store: Path, work: Path) -> None:
     from tsclient.archive import ArchiveConfig, build_archive
 
-    store = base / "store"
     for version, labels in (("1.0", V1_LABELS), ("2.0", V2_LABELS)):
         if cfg.bundle is not None:
             bundle = Path(cfg.bundle)
         else:
-            from tests.bundles import make_tiny_bundle
+            from training.tiny import make_tiny_bundle
 
-            bundle = make_tiny_bundle(base / f"bundle-{version}", labels=labels)
+            bundle = make_tiny_bundle(work / f"bundle-{version}", labels=labels)
         build_archive(ArchiveConfig(bundle=bundle, name=NAME, version=version, store=store, batch_size=16,
                                     max_batch_delay=5, min_workers=cfg.workers, max_workers=cfg.workers))
-    return store
 
 
 def main(cfg: SoakConfig) -> dict:
-    base = Path(tempfile.mkdtemp(prefix="soak-"))
-    names = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
-    scfg = None
-    try:
-        store = build_store(cfg, base)
-        scfg = server.ServerConfig(state_dir=base / "state", model_store=store,
-                                   ports=dict(zip(names, server.free_ports(len(names)))))
-        (base / "state").mkdir()
-        ep = server.start(scfg)
-        rest = TorchServeClient(ep.inference_url, ep.management_url, ep.key_file)
+    with tempfile.TemporaryDirectory(prefix="soak-") as work, server.temporary_server(prefix="soak-") as running:
+        build_store(cfg, running.store, Path(work))
+        ep, rest, scfg = running.endpoints, running.client(), running.cfg
         for version in ("1.0", "2.0"):
             rest.register(NAME, f"{NAME}-{version}.mar", initial_workers=cfg.workers, batch_size=16, max_batch_delay=5)
         rest.set_default(NAME, "1.0")
-        key = json.loads(ep.key_file.read_text())["inference"]["key"]
+        key = running.key("inference")
         logger.info("warm-up %.0fs", cfg.warmup_s)
         asyncio.run(load(cfg, ep, key, cfg.warmup_s))
         before_pids, rss = worker_pids(rest), {"before": rss_mb(scfg)}
@@ -389,42 +330,12 @@ def main(cfg: SoakConfig) -> dict:
         restarts = sum(len(set(after_pids.get(v, [])) - set(p)) for v, p in before_pids.items())
         cpu_s = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
         result = summarize(cfg, tally, log, rss, restarts, cpu_s)
-    finally:
-        if scfg is not None:
-            server.stop(scfg)
-        shutil.rmtree(base, ignore_errors=True)
     cfg.out_dir.mkdir(parents=True, exist_ok=True)
     (cfg.out_dir / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
     (cfg.out_dir / "soak.md").write_text(markdown(result))
     return result
 
 
-def parse_args(argv=None) -> SoakConfig:
-    p = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    d = SoakConfig()
-    p.add_argument("--duration", type=float, default=d.duration_s, help="seconds of measured load")
-    p.add_argument("--concurrency", type=int, default=d.concurrency, help="keep-alive connections sending back to back")
-    p.add_argument("--kill-at", type=float, default=d.kill_at_s, help="second at which one v1 worker gets SIGKILL")
-    p.add_argument("--switch-at", type=float, default=d.switch_at_s, help="second at which v2 becomes the default")
-    p.add_argument("--back-at", type=float, default=d.back_at_s, help="second at which v1 is the default again; "
-                                                                       "negative: stay on v2")
-    p.add_argument("--invalid-fraction", type=float, default=d.invalid_fraction, help="share of invalid requests")
-    p.add_argument("--warmup", type=float, default=d.warmup_s, help="seconds of unmeasured load first")
-    p.add_argument("--workers", type=int, default=d.workers, help="workers per version")
-    p.add_argument("--bundle", type=Path, help="an export bundle to serve (default: a tiny random model)")
-    p.add_argument("--out-dir", type=Path, default=d.out_dir, help="where soak.json and soak.md go")
-    a = p.parse_args(argv)
-    return SoakConfig(duration_s=a.duration, concurrency=a.concurrency, kill_at_s=a.kill_at, switch_at_s=a.switch_at,
-                      back_at_s=None if a.back_at is not None and a.back_at < 0 else a.back_at,
-                      invalid_fraction=a.invalid_fraction, warmup_s=a.warmup, workers=a.workers, bundle=a.bundle,
-                      out_dir=a.out_dir)
-
-
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        config = parse_args()
-    except ValueError as e:
-        raise SystemExit(f"error: {e}")
-    print(markdown(main(config)), end="")
+    sys.exit(run(main, SoakConfig, prog="python -m bench.soak", show=lambda result: markdown(result).rstrip()))

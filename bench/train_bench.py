@@ -9,24 +9,28 @@ third of its classes cut to 10% of their rows, trained with and without --class-
 """
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
+import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, Optional
 
 import numpy as np
 import pandas as pd
 import torch
 
 from bench import plain_recipe
+from cli import UserError, check_choices, check_int, option, run
 from training.data import load_splits
 from training.report import label_rows
 from training.train import TrainConfig, resolve_model
 from training.train import main as train_main
 
 RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
 DATASETS = {"rt-polarity": "label", "banking77": "category"}
 # The plain recipe's settings are the issue's reference run (2 epochs, batch 32, lr 5e-5). Ours keeps the
 # product defaults: up to 3 epochs, early stopping on validation macro-F1, the best epoch restored.
@@ -114,7 +118,7 @@ def compare_class_weights(results: dict, data_root: Path, runs: Path, max_train_
 PARTS = {"recipes": compare_recipes, "class-weights": compare_class_weights}
 
 
-def main(data_root: Path, runs: Path, max_train_samples: int | None = None, parts=tuple(PARTS)) -> dict:
+def run_parts(data_root: Path, runs: Path, max_train_samples: int | None = None, parts=tuple(PARTS)) -> dict:
     """Run the named parts; a part run alone replaces its entry in an existing results file."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     suffix = "" if max_train_samples is None else "-smoke"
@@ -134,18 +138,33 @@ def main(data_root: Path, runs: Path, max_train_samples: int | None = None, part
     return results
 
 
+@dataclass
+class TrainBenchConfig:
+    """Training benchmark: our recipe against the plain tutorial one on rt-polarity and banking77, and class
+    weights on a banking77 copy with a third of its classes cut to a tenth of their rows."""
+
+    data_root: Path = option("folder holding rt-polarity/ and banking77/", ROOT.parent / "shared" / "data")
+    runs: Path = option("where the benchmark's run directories go", Path("runs/bench"))
+    max_train_samples: Optional[int] = option("smoke-test the benchmark on a subset", None)
+    threads: Optional[int] = option("torch threads for both recipes (1 keeps the comparison fair on a shared "
+                                    "machine; default: every core)", None)
+    part: Literal["recipes", "class-weights", "all"] = option(
+        "recipes: plain vs ours on both sets; class-weights: none vs balanced", "all")
+
+    def __post_init__(self):
+        check_choices(self)
+        check_int("--max-train-samples", self.max_train_samples, 2, optional=True)
+        check_int("--threads", self.threads, 1, optional=True)
+        if not (Path(self.data_root) / "rt-polarity" / "train.csv").exists():
+            raise UserError(f"benchmark data not found under {self.data_root}; pass --data-root")
+
+
+def main(config: TrainBenchConfig) -> dict:
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    parts = tuple(PARTS) if config.part == "all" else (config.part,)
+    return run_parts(Path(config.data_root), Path(config.runs), config.max_train_samples, parts)
+
+
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-root", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data")
-    parser.add_argument("--runs", type=Path, default=Path("runs/bench"))
-    parser.add_argument("--max-train-samples", type=int, default=None, help="smoke-test the benchmark on a subset")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads for both recipes (1 keeps the comparison fair on a shared machine)")
-    parser.add_argument("--part", choices=[*PARTS, "all"], default="all",
-                        help="recipes: plain vs ours on both sets; class-weights: none vs balanced (default all)")
-    args = parser.parse_args()
-    if not (args.data_root / "rt-polarity" / "train.csv").exists():
-        parser.exit(2, f"error: benchmark data not found under {args.data_root}; pass --data-root\n")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    main(args.data_root, args.runs, args.max_train_samples, tuple(PARTS) if args.part == "all" else (args.part,))
+    sys.exit(run(main, TrainBenchConfig, prog="python -m bench.train_bench"))

@@ -10,7 +10,8 @@ calls main and maps the project's errors to exit codes in one place:
 both reported as one `error: ...` line, never a traceback.
 
 Field metadata, set through `option()`: `help`; `flag` (the option's name when it differs from the
-field's); `parse` (a converter for values argparse cannot type, e.g. "auto|none|N"). A field whose type is
+field's); `parse` (a converter for values argparse cannot type, e.g. "auto|none|N"); `positional` (an
+argument rather than an option, e.g. the run directory of `training.summary`). A field whose type is
 itself a dataclass becomes an argument group of that dataclass's options (e.g. the archive's handler
 options, or the server a tsclient verb talks to).
 """
@@ -43,9 +44,11 @@ check_int = functools.partial(_check_int, error=UserError)
 
 
 def option(help: str, default: Any = dataclasses.MISSING, *, flag: Optional[str] = None,
-           parse: Optional[Callable[[str], Any]] = None, default_factory: Any = dataclasses.MISSING) -> Any:
-    """A dataclass field that documents itself on the command line."""
-    metadata = {"help": help, **({"flag": flag} if flag else {}), **({"parse": parse} if parse else {})}
+           parse: Optional[Callable[[str], Any]] = None, positional: bool = False,
+           default_factory: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field that documents itself on the command line (`positional`: an argument, not an option)."""
+    metadata = {"help": help, **({"flag": flag} if flag else {}), **({"parse": parse} if parse else {}),
+                **({"positional": True} if positional else {})}
     return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
 
 
@@ -104,10 +107,17 @@ def _add_fields(parser, cls, prefix: str = "") -> None:
             kwargs["type"] = scalar
             if choices:
                 kwargs["choices"] = choices
+        if "choices" not in kwargs and kwargs.get("action") is None:
+            kwargs["metavar"] = f.metadata.get("flag", f.name).upper()
         if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             kwargs.update(required=True, default=argparse.SUPPRESS)  # no misleading "(default: None)"
         else:
             kwargs["default"] = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if f.metadata.get("positional"):
+            kwargs.pop("required", None)
+            kwargs["metavar"] = kwargs.pop("dest").upper()
+            parser.add_argument(prefix + f.name, **kwargs)
+            continue
         parser.add_argument(flag_of(f), **kwargs)
 
 
@@ -123,9 +133,16 @@ def _build(cls, values: Mapping[str, Any], prefix: str = ""):
     return cls(**kwargs)
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Defaults shown, except a None default: its help says what None means."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
 def _parser(cls, prog: Optional[str], description: Optional[str]) -> argparse.ArgumentParser:
     return argparse.ArgumentParser(prog=prog, description=description or (cls.__doc__ or "").strip(),
-                                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                   formatter_class=_HelpFormatter)
 
 
 def parse_config(spec, argv=None, prog: Optional[str] = None, description: Optional[str] = None):
@@ -137,7 +154,7 @@ def parse_config(spec, argv=None, prog: Optional[str] = None, description: Optio
         for verb, cls in spec.items():
             doc = (cls.__doc__ or verb).strip()
             _add_fields(verbs.add_parser(verb, help=doc.splitlines()[0], description=doc,
-                                         formatter_class=argparse.ArgumentDefaultsHelpFormatter), cls)
+                                         formatter_class=_HelpFormatter), cls)
     else:
         parser = _parser(spec, prog, description)
         _add_fields(parser, spec)

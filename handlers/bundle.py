@@ -12,12 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 MODEL_FILE = "model.pt"
 CONFIG_FILE = "config.json"
 INDEX_TO_NAME_FILE = "index_to_name.json"
 CARD_FILE = "model_card.json"
+TOKENIZER_CONFIG = "tokenizer_config.json"
+# Any one of these holds the vocabulary, depending on the tokenizer family.
+VOCAB_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
 
 
 class BundleError(Exception):
@@ -82,7 +86,40 @@ def read_card(bundle_dir: Path) -> dict:
     return card
 
 
-def verify_model(bundle_dir: Path, card: dict) -> Path:
+def _read_meta(bundle_dir: Path) -> tuple[list[str], dict]:
+    """Labels and model card, checked against each other. Raises BundleError."""
+    labels = read_labels(bundle_dir)
+    card = read_card(bundle_dir)
+    if card["labels"] != labels:
+        raise BundleError(f"{Path(bundle_dir) / CARD_FILE}: labels {card['labels'][:5]} disagree with {CONFIG_FILE}")
+    return labels, card
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What serving needs from a checked bundle; `raw` is the whole model_card.json."""
+
+    labels: list
+    max_length: int
+    variant: str  # fp32, bf16 or int8
+    base_model: str
+    model_path: Path
+    raw: dict
+
+
+def check(bundle_dir: Path) -> ModelCard:
+    """Every check serving relies on, in one place: labels agree across config.json, index_to_name.json and
+    the card; model.pt is the file the card was written for; a tokenizer was saved. Raises BundleError.
+    The archiver runs it before building (a broken bundle never becomes a .mar) and the handler at load."""
+    bundle_dir = Path(bundle_dir)
+    labels, card = _read_meta(bundle_dir)
+    model_path = _verify_model(bundle_dir, card)
+    _require_tokenizer_files(bundle_dir)
+    return ModelCard(labels=labels, max_length=int(card["max_length"]), variant=card.get("variant", "fp32"),
+                     base_model=card.get("base_model", "model"), model_path=model_path, raw=card)
+
+
+def _verify_model(bundle_dir: Path, card: dict) -> Path:
     """Refuse a model.pt whose bytes are not the ones the card was written for."""
     model_path = Path(bundle_dir) / MODEL_FILE
     if not model_path.exists():
@@ -96,13 +133,12 @@ def verify_model(bundle_dir: Path, card: dict) -> Path:
     return model_path
 
 
-def load_bundle_meta(bundle_dir: Path) -> tuple[list[str], dict]:
-    """Labels and model card, checked against each other. Raises BundleError."""
-    labels = read_labels(bundle_dir)
-    card = read_card(bundle_dir)
-    if card["labels"] != labels:
-        raise BundleError(f"{Path(bundle_dir) / CARD_FILE}: labels {card['labels'][:5]} disagree with {CONFIG_FILE}")
-    return labels, card
+def _require_tokenizer_files(bundle_dir: Path) -> None:
+    """Fail with a clear message instead of letting AutoTokenizer guess or reach for the network."""
+    if not (bundle_dir / TOKENIZER_CONFIG).is_file():
+        raise BundleError(f"{bundle_dir / TOKENIZER_CONFIG}: missing; the bundle has no saved tokenizer")
+    if not any((bundle_dir / name).is_file() for name in VOCAB_FILES):
+        raise BundleError(f"{bundle_dir}: no tokenizer vocabulary (expected one of {', '.join(VOCAB_FILES)})")
 
 
 def write_metadata(bundle_dir: Path, labels: list[str], card: dict) -> None:

@@ -5,6 +5,7 @@ parsing and response shapes live in handlers/parsing.py. Request text is never l
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -15,11 +16,12 @@ from transformers import AutoTokenizer
 from ts.handler_utils.timer import timed
 from ts.torch_handler.base_handler import BaseHandler
 
+from handlers import bundle
 from handlers.batching import forward_by_length
-from handlers.bundle import BundleError, load_bundle_meta, verify_model
-from handlers.config import (HandlerConfig, choose_device, cpu_has_bf16, cpu_only_warning, require_tokenizer_files,
-                             slow_bf16_warning, workers_from_model_yaml)
-from handlers.parsing import error_body, parse_request, prediction
+from handlers.bundle import BundleError
+from handlers.config import HandlerConfig, workers_from_model_yaml
+from handlers.device import choose_device, cpu_has_bf16, cpu_only_warning, slow_bf16_warning
+from handlers.parsing import OneLineDecodeWarnings, error_body, parse_request, prediction
 from handlers.tokenization import encode
 from handlers.torchscript import follow_input_device
 
@@ -32,27 +34,32 @@ class TextClassifierHandler(BaseHandler):
         start = time.perf_counter()
         props, yaml_config = context.system_properties, context.model_yaml_config or {}
         model_dir = Path(props["model_dir"])
-        self.config = HandlerConfig.from_model_yaml(yaml_config)
-        self.labels, card = load_bundle_meta(model_dir)
-        model_path = verify_model(model_dir, card)
-        require_tokenizer_files(model_dir)
-        self.max_length = self.config.resolve_max_length(int(card["max_length"]))
+        card = bundle.check(model_dir)
+        self.labels, config = card.labels, HandlerConfig.from_model_yaml(yaml_config)
+        self.config = dataclasses.replace(config, default_top_k=config.resolve_default_top_k(len(card.labels)))
+        self.max_length = self.config.resolve_max_length(card.max_length)
         threads = self.config.thread_count(workers_from_model_yaml(yaml_config))
-        variant, gpu_id, cuda = card.get("variant", "fp32"), props.get("gpu_id"), torch.cuda.is_available()
-        self.device = torch.device(choose_device(cuda, gpu_id, variant))
-        self.chunk_size = self.config.resolve_chunk_size(variant, str(self.device))
-        warnings = (cpu_only_warning(variant, gpu_id, cuda), slow_bf16_warning(variant, str(self.device), cpu_has_bf16()))
-        for warning in warnings:
-            if warning:
-                logger.warning(warning)
+        self.device = self._device(card.variant, props.get("gpu_id"))
+        self.chunk_size = self.config.resolve_chunk_size(card.variant, str(self.device))
+        logging.getLogger().addFilter(OneLineDecodeWarnings())
         torch.set_num_threads(threads)
-        self.model = follow_input_device(torch.jit.load(str(model_path), map_location=self.device)).eval()
+        self.model = follow_input_device(torch.jit.load(str(card.model_path), map_location=self.device)).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         self._warm_up(model_dir)
         self.manifest, self.initialized = context.manifest, True
         logger.info("loaded %s (%s): device=%s threads=%d labels=%d max_length=%d chunk_size=%s in %.2fs",
-                    card.get("base_model", "model"), variant, self.device, threads, len(self.labels), self.max_length,
+                    card.base_model, card.variant, self.device, threads, len(self.labels), self.max_length,
                     self.chunk_size, time.perf_counter() - start)
+
+    @staticmethod
+    def _device(variant: str, gpu_id) -> torch.device:
+        """The GPU TorchServe assigned, if the variant can use it; says why a worker is slower than expected."""
+        cuda = torch.cuda.is_available()
+        device = choose_device(cuda, gpu_id, variant)
+        for warning in (cpu_only_warning(variant, gpu_id, cuda), slow_bf16_warning(variant, device, cpu_has_bf16())):
+            if warning:
+                logger.warning(warning)
+        return torch.device(device)
 
     def _warm_up(self, model_dir: Path) -> None:
         """One forward pass: pays the first-call cost now and proves the labels match the model's outputs."""

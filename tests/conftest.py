@@ -29,13 +29,13 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_roberta_dir(tmp_path_factory) -> Path:
-    from tests.tiny import tiny_roberta
+    from training.tiny import tiny_roberta
 
     return tiny_roberta(tmp_path_factory.mktemp("tiny-roberta"))
 
 
 @pytest.fixture(scope="session")
 def tiny_distilbert_dir(tmp_path_factory) -> Path:
-    from tests.tiny import tiny_distilbert
+    from training.tiny import tiny_distilbert
 
     return tiny_distilbert(tmp_path_factory.mktemp("tiny-distilbert"))

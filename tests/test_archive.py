@@ -12,9 +12,10 @@ import zipfile
 import pytest
 import yaml
 
+from cli import UserError
 from handlers.bundle import BundleError
 from handlers.config import HandlerConfigError
-from tests.bundles import make_tiny_bundle
+from training.tiny import make_tiny_bundle
 from tsclient import archive
 from tsclient.archive import ArchiveConfig, ArchiveError, ArchiverFailed, build_archive, cli
 
@@ -99,8 +100,8 @@ def test_failed_archiver_leaves_nothing(bundle, store, monkeypatch, script, matc
 @pytest.mark.parametrize("changes, error, match", [
     ({"name": "my model"}, ArchiveError, "name 'my model' must start with a letter or digit"),
     ({"version": "../1"}, ArchiveError, "version '../1'"),
-    ({"batch_size": 0}, ArchiveError, "batch_size must be an integer >= 1"),
-    ({"min_workers": 2, "max_workers": 1}, ArchiveError, "max_workers must be an integer >= 2"),
+    ({"batch_size": 0}, UserError, "--batch-size must be an integer >= 1"),
+    ({"min_workers": 2, "max_workers": 1}, UserError, "--max-workers must be an integer >= 2"),
     ({"bundle": "/nonexistent/export"}, ArchiveError, "bundle directory not found"),
     ({"handler": {"thread": 2}}, HandlerConfigError, r"unknown handler option\(s\) \['thread'\]"),
     ({"handler": {"max_length": 65}}, HandlerConfigError, "exceeds the bundle's max_length=64"),
@@ -117,7 +118,7 @@ def test_cli(bundle, store, capsys):
         assert yaml.safe_load(z.read("model-config.yaml"))["handler"] == {"threads": 2, "chunk_size": 8, "profile": True}
     assert cli([*args, "--version", "0.2", "--chunk-size", "auto"]) == 0
     with zipfile.ZipFile(store / "cli-0.2.mar") as z:
-        assert yaml.safe_load(z.read("model-config.yaml"))["handler"] == {"chunk_size": "auto"}
+        assert yaml.safe_load(z.read("model-config.yaml"))["handler"] == {}  # auto is the handler's default
     assert cli([*args, "--version", "0.3", "--chunk-size", "none"]) == 0
     with zipfile.ZipFile(store / "cli-0.3.mar") as z:
         assert yaml.safe_load(z.read("model-config.yaml"))["handler"] == {"chunk_size": None}
@@ -128,7 +129,9 @@ def test_cli(bundle, store, capsys):
     assert cli(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "already exists" in err and err.count("\n") == 1
-    assert cli([*args, "--force", "--threads", "0"]) == 2
+    with pytest.raises(SystemExit) as info:
+        cli([*args, "--force", "--threads", "0"])
+    assert info.value.code == 2
     assert capsys.readouterr().err == "error: handler option 'threads' must be an integer >= 1 or null, got 0\n"
 
 
@@ -171,5 +174,5 @@ def test_archive_loads_like_a_torchserve_worker(bundle, store, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     [(s0, one), (s1, too_many), (s2, bad_json)] = json.loads(result.stdout.strip().splitlines()[-1])
     assert s0 == 200 and len(one["scores"]) == 2  # default_top_k from the archive's model-config.yaml
-    assert (s1, too_many) == (413, {"error": "'texts' has 3 entries; at most 2 per request"})
+    assert (s1, too_many) == (413, {"error": "'texts' has 3 entries; at most 2 per request", "type": "too_many_texts"})
     assert s2 == 400 and bad_json["error"].startswith("body is not valid JSON")

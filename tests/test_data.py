@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import Counter
 from importlib import metadata
@@ -9,7 +10,7 @@ from importlib import metadata
 import pandas as pd
 import pytest
 
-from training.data import DataError, Splits, label_ids, load_splits
+from training.data import DataError, Splits, fingerprint, label_ids, load_splits
 
 WORDS = ["good", "bad", "fine", "awful", "great", "meh", "superb", "poor"]
 
@@ -134,7 +135,7 @@ def test_too_few_rows_to_carve(tmp_path):
     assert "two.csv" in message and "2 rows for 2 classes" in message and "test" in message
 
 
-def test_max_train_samples_takes_a_stratified_subset(tmp_path):
+def test_max_train_samples_takes_a_stratified_subset(tmp_path, caplog):
     train = pd.concat([rows(["a"], 60), rows(["b"], 30, offset=5000), rows(["c"], 1, offset=9000)], ignore_index=True)
     d = folder(tmp_path, train=train, test=rows(["a", "b", "c"], 2, offset=100), val=rows(["a", "b", "c"], 2, offset=200))
     s = load_splits(str(d), max_train_samples=31)
@@ -142,8 +143,49 @@ def test_max_train_samples_takes_a_stratified_subset(tmp_path):
     assert s.train["label"].value_counts().to_dict() == {"a": 20, "b": 10, "c": 1}
     assert s.train.equals(load_splits(str(d), max_train_samples=31).train)
     assert len(load_splits(str(d), max_train_samples=1000).train) == 91
-    # Never fewer rows than classes: every label keeps one.
-    assert sorted(load_splits(str(d), max_train_samples=1).train["label"]) == ["a", "b", "c"]
+    # Never fewer rows than classes: every label keeps one, and the log says so.
+    caplog.set_level(logging.INFO, logger="training.data")
+    assert sorted(load_splits(str(d), max_train_samples=2).train["label"]) == ["a", "b", "c"]
+    assert "--max-train-samples 2 is fewer than the 3 labels: train keeps one row of each label, 3 rows" in caplog.text
+
+
+def test_max_train_samples_cuts_a_carved_validation_split_in_proportion(tmp_path, caplog):
+    d = folder(tmp_path, validation=False, train=rows(["a", "b"], 500), test=rows(["a", "b"], 3, offset=9000))
+    full = load_splits(str(d))
+    assert (len(full.train), len(full.validation)) == (900, 100)
+    caplog.set_level(logging.INFO, logger="training.data")
+    s = load_splits(str(d), max_train_samples=90)
+    assert len(s.train) == 90 and len(s.validation) == 10  # the file's 9:1 ratio
+    assert s.validation["label"].value_counts().to_dict() == {"a": 5, "b": 5}
+    assert set(s.validation["text"]) < set(full.validation["text"])
+    assert s.test.equals(full.test)  # the yardstick does not move
+    assert "train 90 of 900 rows, carved validation cut in the same ratio to 10 of 100 rows" in caplog.text
+    # Never below one row per label, even when the ratio rounds to nothing.
+    assert sorted(load_splits(str(d), max_train_samples=2).validation["label"]) == ["a", "b"]
+
+
+def test_max_train_samples_keeps_a_validation_file_whole(tmp_path, caplog):
+    d = folder(tmp_path, train=rows(["a", "b"], 50), test=rows(["a", "b"], 3, offset=100),
+               val=rows(["a", "b"], 20, offset=200))
+    caplog.set_level(logging.INFO, logger="training.data")
+    s = load_splits(str(d), max_train_samples=10)
+    assert (len(s.train), len(s.validation)) == (10, 40)
+    assert "the validation file is kept whole (40 rows)" in caplog.text
+
+
+def test_max_eval_samples_applies_before_the_fingerprint(tmp_path):
+    d = folder(tmp_path, validation=False, train=rows(["a", "b"], 100), test=rows(["a", "b"], 20, offset=5000))
+    full, capped = load_splits(str(d)), load_splits(str(d), max_eval_samples=7)
+    assert (len(capped.validation), len(capped.test)) == (7, 7)
+    assert capped.train.equals(full.train)
+    assert set(capped.test["text"]) < set(full.test["text"])
+    # The fingerprint describes the rows the run is scored on, not the rows before the cap.
+    assert capped.fingerprint == fingerprint(capped.labels, capped.train, capped.validation, capped.test)
+    assert capped.fingerprint != full.fingerprint
+    assert "test sample of 7 rows" in capped.source
+    # Like the carved test split, the test sample ignores the training seed.
+    assert load_splits(str(d), max_eval_samples=7, seed=99).test.equals(capped.test)
+    assert load_splits(str(d), max_eval_samples=1000).fingerprint == full.fingerprint
 
 
 # --------------------------------------------------------------------------------------- labels
@@ -280,7 +322,8 @@ def test_two_files_for_one_split(tmp_path):
 
 def test_bad_fractions():
     assert "between 0 and 1" in error("builtin:tweets", validation_fraction=1.5)
-    assert "--max-train-samples" in error("builtin:tweets", max_train_samples=0)
+    assert "--max-train-samples must be at least 2, got 1" in error("builtin:tweets", max_train_samples=1)
+    assert "--max-eval-samples must be at least 1, got 0" in error("builtin:tweets", max_eval_samples=0)
 
 
 # --------------------------------------------------------------------------------------- Hugging Face hub

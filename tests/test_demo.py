@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import pandas as pd
 
+from training.rundir import RunDir
 from tsclient.demo import EXAMPLES, held_out_examples
 
 
 def test_one_short_linkless_text_per_label(tmp_path):
-    (tmp_path / "data").mkdir()
-    pd.DataFrame({"text": ["see http://x.co great", "x" * 200, "awful flight", "fine day", "lovely crew", "bad"],
-                  "label": ["pos", "pos", "neg", "neu", "pos", "neg"]}).to_parquet(tmp_path / "data" / "test.parquet")
+    RunDir(tmp_path).write_test(pd.DataFrame({
+        "text": ["see http://x.co great", "x" * 200, "awful flight", "fine day", "lovely crew", "bad"],
+        "label": ["pos", "pos", "neg", "neu", "pos", "neg"]}))
     assert held_out_examples(tmp_path) == [("awful flight", "neg"), ("fine day", "neu"), ("lovely crew", "pos")]
 
 

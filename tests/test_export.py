@@ -3,8 +3,13 @@ the eager model, int8/bf16 variants, label round trip, and every refusal (which 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +19,7 @@ from handlers.tokenization import encode
 from tests.test_train import INT_LABELS, STRING_LABELS, one_torch_thread, shared_run
 from training import export
 from cli import UserError
+from training.rundir import RunDirError
 from training.export import (ExportConfig, ExportError, check_parity, load_run, main, make_variant, parity_cases,
                              trace, trace_example)
 
@@ -71,8 +77,9 @@ def test_fp32_bundle_files_and_card(fp32_bundle, roberta_run):
     out, results = fp32_bundle
     for name in (bundle.MODEL_FILE, bundle.CONFIG_FILE, bundle.INDEX_TO_NAME_FILE, bundle.CARD_FILE, "tokenizer.json"):
         assert (out / name).is_file(), name
-    labels, card = bundle.load_bundle_meta(out)
-    assert labels == STRING_LABELS
+    checked = bundle.check(out)
+    labels, card = checked.labels, checked.raw
+    assert labels == STRING_LABELS and checked.variant == "fp32" and checked.max_length == 32
     assert card["labels"] == STRING_LABELS
     assert card["model_sha256"] == bundle.sha256_file(out / bundle.MODEL_FILE)
     assert card["max_length"] == 32 and card["variant"] == "fp32"
@@ -110,7 +117,6 @@ def test_integer_labels_round_trip_into_bundle(distilbert_run, tmp_path):
 
 # ---------------------------------------------------------------------------------------------- variants
 
-@pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")
 @pytest.mark.parametrize("variant, options, graph_marker", [
     ("int8", {"quantize": "int8"}, "quantized::linear_dynamic"),
     ("bf16", {"dtype": "bf16"}, "BFloat16"),
@@ -123,7 +129,7 @@ def test_variant_bundle_loads_and_predicts(roberta_run, tmp_path, variant, optio
                                 **options))
     assert not (out / "stale.txt").exists()
     assert set(results) == {"fp32", variant, "accuracy_drop_points"}
-    _, card = bundle.load_bundle_meta(out)
+    card = bundle.check(out).raw
     assert card["variant"] == variant
     assert card["export"][variant]["parity"]["tolerance"] == export.DEFAULT_TOLERANCE[variant]
     from transformers import AutoTokenizer
@@ -261,7 +267,7 @@ def test_failed_write_leaves_no_bundle_and_keeps_the_old_one(fp32_bundle, tmp_pa
     def broken_read_back(_):
         raise OSError("disk full")
 
-    monkeypatch.setattr(export.bundle, "load_bundle_meta", broken_read_back)
+    monkeypatch.setattr(export.bundle, "check", broken_read_back)
     with pytest.raises(OSError, match="disk full"):
         export.write_bundle(tmp_path / "new", *parts, force=False)
     assert not (tmp_path / "new").exists() and leftovers(tmp_path) == []
@@ -285,7 +291,7 @@ def test_existing_output_refused_without_force(roberta_run, tmp_path):
 
 def test_not_a_run_directory(tmp_path):
     (tmp_path / "notes.txt").write_text("not a run")
-    with pytest.raises(ExportError, match=r"run\.json: missing; is .* a finished training run"):
+    with pytest.raises(RunDirError, match=r"run\.json: missing; is .* a finished training run"):
         main(ExportConfig(run_dir=str(tmp_path), output_dir=str(tmp_path / "out")))
     assert not (tmp_path / "out").exists()
 
@@ -296,7 +302,7 @@ def test_labels_disagreeing_with_run_json_refused(roberta_run, tmp_path):
     meta = json.loads((copy / "run.json").read_text())
     meta["labels"] = list(reversed(meta["labels"]))
     (copy / "run.json").write_text(json.dumps(meta))
-    with pytest.raises(ExportError, match="id2label disagrees with run.json"):
+    with pytest.raises(RunDirError, match="id2label disagrees with run.json"):
         main(ExportConfig(run_dir=str(copy), output_dir=str(tmp_path / "out")))
     assert not (tmp_path / "out").exists()
 
@@ -317,3 +323,38 @@ def test_config_validation(overrides, fragment):
 def test_export_error_is_a_user_error():
     # run_main turns UserErrors into one line + exit 2; ExportError must be one of them.
     assert issubclass(ExportError, UserError)
+
+
+# ---------------------------------------------------------------------------------------------- output noise
+
+# Library lines an export used to print (see export.TRACE_WARNINGS and QUANTIZE_WARNINGS for causes).
+NOISE = ("`loss_type=None` was set in the config", "is_gradient_checkpointing", "torch.ao.quantization is deprecated",
+         "torch.quantize_per_tensor")
+
+
+def test_int8_export_prints_no_library_noise(roberta_run, tmp_path):
+    # A fresh interpreter: the lines are printed once per process, so an earlier export in this session
+    # would hide them. PYTHONWARNINGS=default shows each warning wherever it is raised.
+    env = dict(os.environ, PYTHONWARNINGS="default", OMP_NUM_THREADS="1")
+    out = tmp_path / "int8"
+    done = subprocess.run([sys.executable, "-m", "training.export", "--run-dir", str(roberta_run), "--output-dir",
+                           str(out), "--quantize", "int8", "--max-accuracy-drop", "100"],
+                          cwd=Path(export.__file__).resolve().parents[1], env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "bundle written to" in done.stderr  # the output was captured: our own log lines are there
+    assert [line for line in done.stderr.splitlines() if any(n in line for n in NOISE)] == []
+
+
+class Warns(torch.nn.Module):
+    def forward(self, input_ids, attention_mask):
+        warnings.warn("a warning of ours", FutureWarning)
+        return input_ids * attention_mask
+
+
+def test_tracing_keeps_other_warnings():
+    ids = torch.ones(2, 3, dtype=torch.long)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export.trace(Warns(), {"input_ids": ids, "attention_mask": ids})
+    assert "a warning of ours" in [str(w.message) for w in caught]

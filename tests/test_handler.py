@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from handlers.bundle import BundleError, read_json, write_metadata
-from handlers.config import (HandlerConfig, HandlerConfigError, choose_device, cpu_only_warning, parse_chunk_size,
-                             slow_bf16_warning)
+from handlers.config import HandlerConfig, HandlerConfigError, parse_chunk_size
+from handlers.device import choose_device, cpu_only_warning, slow_bf16_warning
 from handlers.tokenization import encode
-from tests.bundles import make_tiny_bundle
+from training.tiny import make_tiny_bundle
 
 LABELS = ("negative", "neutral", "positive")
 
@@ -161,7 +161,7 @@ def test_parse_chunk_size_from_a_command_line():
 
 
 def test_handler_runs_the_resolved_chunk_size(bundle):
-    assert make_handler(bundle).chunk_size == 4  # tests.bundles writes an fp32 model
+    assert make_handler(bundle).chunk_size == 4  # training.tiny writes an fp32 model
     assert make_handler(bundle, {"chunk_size": None}).chunk_size is None
 
 
@@ -207,7 +207,7 @@ def test_batch_with_one_malformed_request(handler, direct):
             body({"text": "how do I top up"})]
     results = run(handler, rows)
     assert [status for status, _, _ in results] == [200, 400, 200, 200]
-    assert results[1][2] == {"error": "'texts' must be a list of strings, got a number"}
+    assert results[1][2] == {"error": "'texts' must be a list of strings, got a number", "type": "invalid_request"}
     # The valid texts of the batch were padded together: compare with the same batch run directly.
     expected = direct(["the film was a delight", "refund", "card", "top up", "how do I top up"])
     got = [results[0][2], *results[2][2], results[3][2]]
@@ -227,7 +227,8 @@ def test_one_tokenizer_call_and_forward_per_batch(handler, monkeypatch):
 
 def test_only_invalid_requests(handler):
     results = run(handler, [body(""), body({"texts": []})])
-    assert [(s, o) for s, _, o in results] == [(400, {"error": "body is empty"}), (400, {"error": "'texts' is empty"})]
+    assert [(s, o) for s, _, o in results] == [(400, {"error": "body is empty", "type": "invalid_text"}),
+                                               (400, {"error": "'texts' is empty", "type": "invalid_request"})]
 
 
 @pytest.mark.parametrize("top_k, expected", [(1, 1), (2, 2), (3, 3), (10, 3)])
@@ -243,6 +244,7 @@ def test_top_k(handler, direct, top_k, expected):
 def test_invalid_top_k(handler, top_k):
     [(status, _, out)] = run(handler, [body({"text": "hello", "top_k": top_k})])
     assert status == 400 and out["error"].startswith("'top_k' must be an integer >= 1, got ")
+    assert out["type"] == "invalid_top_k"
 
 
 def test_null_top_k_means_default(handler):
@@ -261,7 +263,7 @@ def test_limits(bundle):
     results = run(handler, [body({"texts": ["a", "b", "c"]}), body({"instances": ["a", "b", "c"]}),
                             body({"texts": ["a", "b"]})])
     assert [s for s, _, _ in results] == [413, 413, 200]
-    assert results[0][2] == {"error": "'texts' has 3 entries; at most 2 per request"}
+    assert results[0][2] == {"error": "'texts' has 3 entries; at most 2 per request", "type": "too_many_texts"}
 
 
 def test_default_limit_is_64(handler):
@@ -269,39 +271,75 @@ def test_default_limit_is_64(handler):
     assert (status, ok, len(out)) == (413, 200, 64)
 
 
-@pytest.mark.parametrize("raw, message", [
-    (b"\xff\xfe caf\xe9", "body is not valid UTF-8 (byte 0)"),
-    (b'{"text": "unterminated', "body is not valid JSON: Unterminated string"),
-    (b'[1, 2', "body is not valid JSON: Expecting"),
+@pytest.mark.parametrize("raw, message, kind", [
+    (b"\xff\xfe caf\xe9", "body is not valid UTF-8 (byte 0)", "invalid_encoding"),
+    (b'{"text": "unterminated', "body is not valid JSON: Unterminated string", "invalid_json"),
+    (b'[1, 2', "body is not valid JSON: Expecting", "invalid_json"),
 ])
-def test_undecodable_bytes(handler, raw, message):
+def test_undecodable_bytes(handler, raw, message, kind):
     [(status, _, out)] = run(handler, [body(raw)])
-    assert status == 400 and out["error"].startswith(message)
+    assert status == 400 and out["error"].startswith(message) and out["type"] == kind
 
 
-@pytest.mark.parametrize("value, message", [
-    ("   \n", "body is empty"),
-    ({"text": " "}, "text is empty"),
-    ({"text": 3}, "text must be a string, got a number"),
-    ({"texts": ["ok", None]}, "texts[1] must be a string, got null"),
-    ({"texts": "one string"}, "'texts' must be a list of strings, got a string"),
-    ({"instances": [{"txt": "x"}]}, "instances[0] must be a string or an object with only 'text'"),
-    ({"instances": ["ok", ""]}, "instances[1] is empty"),
-    ({}, "JSON body needs exactly one of 'text', 'texts' or 'instances'"),
-    ({"text": "a", "texts": ["b"]}, "JSON body needs exactly one of 'text', 'texts' or 'instances', got ['text', 'texts']"),
-    ({"text": "a", "topk": 1}, "unknown field(s) ['topk']; allowed: ['text', 'texts', 'instances', 'top_k']"),
-    (["a", "b"], "JSON body must be an object with 'text', 'texts' or 'instances', got a list"),
-    (42, "JSON body must be an object with 'text', 'texts' or 'instances', got a number"),
-    (None, "JSON body must be an object with 'text', 'texts' or 'instances', got null"),
+@pytest.mark.parametrize("value, message, kind", [
+    ("   \n", "body is empty", "invalid_text"),
+    ({"text": " "}, "text is empty", "invalid_text"),
+    ({"text": 3}, "text must be a string, got a number", "invalid_text"),
+    ({"texts": ["ok", None]}, "texts[1] must be a string, got null", "invalid_text"),
+    ({"texts": "one string"}, "'texts' must be a list of strings, got a string", "invalid_request"),
+    ({"instances": [{"txt": "x"}]}, "instances[0] must be a string or an object with only 'text'", "invalid_request"),
+    ({"instances": ["ok", ""]}, "instances[1] is empty", "invalid_text"),
+    ({}, "JSON body needs exactly one of 'text', 'texts' or 'instances'", "invalid_request"),
+    ({"text": "a", "texts": ["b"]}, "JSON body needs exactly one of 'text', 'texts' or 'instances', got ['text', 'texts']",
+     "invalid_request"),
+    ({"text": "a", "topk": 1}, "unknown field(s) ['topk']; allowed: ['text', 'texts', 'instances', 'top_k']",
+     "invalid_request"),
+    (["a", "b"], "JSON body must be an object with 'text', 'texts' or 'instances', got a list", "invalid_request"),
+    (42, "JSON body must be an object with 'text', 'texts' or 'instances', got a number", "invalid_request"),
+    (None, "JSON body must be an object with 'text', 'texts' or 'instances', got null", "invalid_request"),
 ])
-def test_bad_requests(handler, value, message):
+def test_bad_requests(handler, value, message, kind):
     [(status, _, out)] = run(handler, [body(value)])
-    assert (status, out) == (400, {"error": message})
+    assert (status, out) == (400, {"error": message, "type": kind})
+
+
+def test_every_error_type_maps_to_one_status():
+    from handlers.parsing import PHRASES, ErrorType
+
+    assert {t.code: t.status for t in ErrorType} == {
+        "no_body": 400, "invalid_encoding": 400, "invalid_json": 400, "invalid_request": 400, "invalid_text": 400,
+        "invalid_top_k": 400, "too_many_texts": 413}
+    assert all(t.status in PHRASES for t in ErrorType)
+
+
+def test_many_label_models_answer_the_best_ten_scores_by_default(tmp_path):
+    labels = [f"intent_{i:02d}" for i in range(12)]
+    handler = make_handler(make_tiny_bundle(tmp_path / "many", labels=labels))
+    [(_, _, default), (_, _, asked)] = run(handler, [body("hello"), body({"text": "hello", "top_k": 12})])
+    assert len(default["scores"]) == 10 and len(asked["scores"]) == 12
+    assert HandlerConfig().resolve_default_top_k(10) is None and HandlerConfig(default_top_k=3).resolve_default_top_k(77) == 3
+
+
+def test_torchserve_decode_warnings_keep_one_line():
+    from handlers.parsing import OneLineDecodeWarnings
+
+    try:
+        raise ValueError("Expecting value")
+    except ValueError:
+        import sys
+
+        exc_info = sys.exc_info()
+    ours = logging.LogRecord("root", logging.WARNING, "otf_message_handler.py", 1,
+                             "Failed json decoding of input data. Forwarding encoded payload", None, exc_info)
+    other = logging.LogRecord("root", logging.WARNING, "x.py", 1, "something else", None, exc_info)
+    assert OneLineDecodeWarnings().filter(ours) and OneLineDecodeWarnings().filter(other)
+    assert ours.exc_info is None and other.exc_info is exc_info
 
 
 def test_row_without_body(handler):
     [(status, _, out)] = run(handler, [{"other": "x"}])
     assert status == 400 and out["error"].startswith("request has no body; send Content-Type: application/json")
+    assert out["type"] == "no_body"
 
 
 def test_one_megabyte_text_is_cut_and_answered(handler, direct, monkeypatch):

@@ -8,7 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from training.report import headline, label_rows, top_confusions, write_report
+from training import report as report_module
+from training.report import (MAX_PLOTTED_LABELS, headline, label_rows, most_confused, plot_confusion, shorten,
+                             top_confusions, write_report)
+from training.summary import summary
 
 LABELS = ["cat", "dog", "fox"]
 # Truth and prediction per row; confidences of the predicted class (the rest split evenly).
@@ -118,17 +121,87 @@ def png_size(path) -> tuple[int, int]:
     return struct.unpack(">II", data[16:24])
 
 
-def test_png_for_77_labels_scales_with_the_label_count(tmp_path):
+def confused_77(rng, confused: list[int], n: int = 2000):
+    """Predictions for 77 labels: mostly right, except that `confused` labels swap among each other."""
+    y_true = rng.integers(0, 77, n)
+    y_pred = y_true.copy()
+    for i in np.flatnonzero(np.isin(y_true, confused)):
+        if rng.random() < 0.5:
+            y_pred[i] = rng.choice(confused)
+    probs = np.full((n, 77), 0.1 / 76)
+    probs[np.arange(n), y_pred] = 0.9
+    return y_true, probs
+
+
+def test_png_for_77_labels_shows_the_most_confused_and_stays_small(tmp_path, monkeypatch):
     rng = np.random.default_rng(0)
     labels = [f"intent_{i:02d}" for i in range(77)]
-    y_true = rng.integers(0, 77, 300)
-    probs = rng.dirichlet(np.ones(77), 300)
-    metrics = write_report(tmp_path / "many", labels, [f"text {i}" for i in range(300)], y_true, probs)
-    assert pd.read_csv(tmp_path / "many" / "confusion_matrix.csv", index_col=0).shape == (77, 77)
+    confused = list(range(40, 40 + MAX_PLOTTED_LABELS))
+    y_true, probs = confused_77(rng, confused)
+    plotted = []
+    real_plot = report_module.plot_confusion
+    monkeypatch.setattr(report_module, "plot_confusion", lambda *a: plotted.extend(real_plot(*a)))
+    metrics = write_report(tmp_path / "many", labels, [f"text {i}" for i in range(len(y_true))], y_true, probs)
+    assert pd.read_csv(tmp_path / "many" / "confusion_matrix.csv", index_col=0).shape == (77, 77)  # the CSV keeps all
     assert set(labels) <= set(metrics["per_class"])
-    many = png_size(tmp_path / "many" / "confusion_matrix.png")
-    right = probabilities([(0, 0, 0.9), (1, 1, 0.9), (2, 2, 0.9)], 3)
-    write_report(tmp_path / "few", LABELS, ["a", "b", "c"], [0, 1, 2], right)
-    few = png_size(tmp_path / "few" / "confusion_matrix.png")
-    # The figure grows with the label count, so 77 tick labels get room (about 30 px per row here).
-    assert many[0] > 2 * few[0] and many[0] / 77 >= 25
+    assert plotted == [labels[i] for i in confused]
+    # 25 rows of tick labels at a readable size, not 2811 px of 77 illegible ones.
+    width, height = png_size(tmp_path / "many" / "confusion_matrix.png")
+    assert width == height and 900 <= width <= 1400
+
+
+def test_png_for_few_labels_shows_them_all(tmp_path):
+    cm = np.array([[5, 1, 0], [0, 4, 2], [1, 0, 6]])
+    assert plot_confusion(cm, LABELS, tmp_path / "cm.png") == LABELS
+    assert png_size(tmp_path / "cm.png")[0] < 900
+
+
+def test_most_confused_counts_mistakes_made_and_received():
+    cm = np.array([[9, 0, 0, 0], [0, 9, 0, 4], [0, 0, 9, 0], [1, 0, 2, 9]])
+    # mistakes per label, made + received: 0 -> 1, 1 -> 4, 2 -> 2, 3 -> 7
+    assert most_confused(cm, 2) == [1, 3]  # in label order
+    assert most_confused(cm, 3) == [1, 2, 3]
+    assert most_confused(np.diag([3, 4, 5]), 2) == [0, 1]  # no mistakes: ties go to the earlier labels
+
+
+def test_long_label_names_are_cut_with_an_ellipsis():
+    assert shorten("short") == "short"
+    assert shorten("x" * 40) == "x" * 40
+    assert shorten("x" * 41) == "x" * 39 + "…" and len(shorten("y" * 100)) == 40
+
+
+# ---------------------------------------------------------------------------------------------- summary
+
+def summary_of(tmp_path, labels: list[str]) -> list[str]:
+    from training.rundir import RunDir
+
+    rng = np.random.default_rng(1)
+    y_true = np.arange(60) % len(labels)
+    probs = rng.dirichlet(np.ones(len(labels)), 60)
+    run = RunDir(tmp_path / "run")
+    test = write_report(run.report_dir, labels, [f"t{i}" for i in range(60)], y_true, probs)
+    run.write_metrics({"test": test, "validation": {"accuracy": 0.5},
+                       "train": {"examples": 100, "steps": 4, "seconds": 3.0, "samples_per_second": 33.3}})
+    return summary(run.path).splitlines()
+
+
+@pytest.mark.parametrize("labels", [
+    ["neg", "pos"],
+    # 32 and 48 characters: past the old fixed 24-character column, and past the 40-character cap.
+    ["card_payment_wrong_exchange_rate", "balance_not_updated_after_cheque_or_cash_deposit", "age_limit"],
+])
+def test_summary_columns_line_up_for_any_label_length(tmp_path, labels):
+    lines = summary_of(tmp_path, labels)
+    start = next(i for i, line in enumerate(lines) if line.startswith("label "))
+    rows = lines[start: start + 1 + len(labels)]
+    width = max(len("label"), *(len(shorten(name)) for name in labels))
+    assert len({len(row) for row in rows}) == 1  # the numeric columns end at the same place on every line
+    assert all(row[width] == " " for row in rows) and rows[0][width:].startswith(" precision")
+    assert [row[:width].rstrip() for row in rows[1:]] == [shorten(name) for name in labels]
+
+
+def test_summary_of_an_unfinished_run_names_the_file(tmp_path):
+    from training.rundir import RunDirError
+
+    with pytest.raises(RunDirError, match=r"metrics\.json: missing; is .* a finished training run"):
+        summary(tmp_path)

@@ -16,10 +16,11 @@ import pandas as pd
 import pytest
 import numpy as np
 
-from tests.tiny import CORPUS
+from training.tiny import CORPUS
 from cli import UserError
-from training.data import load_splits
-from training.train import (TrainConfig, balanced_weights, last_checkpoint, main, make_trainer_class,
+from training.data import DataError, fingerprint, load_splits
+from training.rundir import RunDir
+from training.train import (TrainConfig, balanced_weights, eager_probs, last_checkpoint, main, make_trainer_class,
                             samples_per_second)
 
 # Insertion order pos, neg, mid: the run's labels must still come out sorted.
@@ -177,6 +178,21 @@ def test_test_split_saved_for_export(roberta_run):
     assert saved["label"].tolist() == source["label"].astype(str).tolist()
 
 
+def test_fingerprint_describes_the_saved_test_split(tmp_path, tiny_roberta_dir):
+    # --max-eval-samples used to sample test after the fingerprint was taken: run.json then described
+    # a test split that was not the one saved (and scored).
+    data = write_string_data(tmp_path / "data")
+    main(roberta_config(tmp_path / "run", data, tiny_roberta_dir, max_steps=1, max_eval_samples=5,
+                        class_weights="none", early_stopping_patience=0))
+    run = RunDir(tmp_path / "run")
+    meta, saved = run.read_run(), run.read_test()
+    assert len(saved) == 5 and meta["data"]["rows"]["test"] == 5 and run.read_metrics()["test"]["samples"] == 5
+    splits = load_splits(str(data), seed=meta["config"]["seed"], max_train_samples=30, max_eval_samples=5)
+    assert saved.equals(splits.test)
+    assert meta["data"]["fingerprint"] == fingerprint(splits.labels, splits.train, splits.validation, saved)
+    assert meta["data"]["fingerprint"] != load_splits(str(data), max_train_samples=30).fingerprint
+
+
 def test_integer_labels_keep_numeric_order(distilbert_run):
     run = distilbert_run / "run"
     assert read_json(run / "model" / "config.json")["id2label"] == {"0": "1", "1": "2", "2": "10"}
@@ -299,6 +315,7 @@ def test_real_rt_polarity_slice(shared_data, tiny_roberta_dir, tmp_path):
     ({"evals_per_epoch": 0}, "--evals-per-epoch"),
     ({"epochs": 0, "max_steps": -1}, "--epochs"),
     ({"max_train_samples": 1}, "--max-train-samples"),
+    ({"max_eval_samples": 0}, "--max-eval-samples"),
     ({"warmup_fraction": 1.0}, "--warmup-fraction"),
     ({"validation_fraction": 0.0}, "--validation-fraction"),
     ({"validation_fraction": 1.0}, "--validation-fraction"),
@@ -313,6 +330,16 @@ def test_config_validation(overrides, flag):
     assert flag in str(info.value) and "\n" not in str(info.value)
 
 
+def test_sample_limits_follow_the_data_rule():
+    # One rule for train's options and for load_splits' other callers (the benchmark): same message.
+    with pytest.raises(UserError) as from_config:
+        TrainConfig(output_dir="unused", max_train_samples=1)
+    with pytest.raises(DataError) as from_data:
+        load_splits("builtin:tweets", max_train_samples=1)
+    assert str(from_config.value) == str(from_data.value) == "--max-train-samples must be at least 2, got 1"
+    assert TrainConfig(output_dir="unused", max_train_samples=2, max_eval_samples=1).max_train_samples == 2
+
+
 def test_config_accepts_max_steps_without_epochs():
     assert TrainConfig(output_dir="unused", epochs=0, max_steps=3).max_steps == 3
 
@@ -323,14 +350,12 @@ def test_predict_probs_keeps_row_order(roberta_run):
     # Trainer.predict with length-grouped sampling permutes rows; ours must not (regression test).
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from training.train import predict_probs
-
     model_dir = roberta_run / "run" / "model"
     tokenizer, model = AutoTokenizer.from_pretrained(model_dir), AutoModelForSequenceClassification.from_pretrained(model_dir)
     texts = ["a", "the film was a delight from start to finish and then some more", "my card", "terrible service",
              "how do I top up my account with a bank transfer today please", "ok"]
-    batched = predict_probs(model, tokenizer, texts, max_length=64, batch_size=4)
-    one_by_one = np.concatenate([predict_probs(model, tokenizer, [t], max_length=64, batch_size=1) for t in texts])
+    batched = eager_probs(model, tokenizer, texts, max_length=64, batch_size=4)
+    one_by_one = np.concatenate([eager_probs(model, tokenizer, [t], max_length=64, batch_size=1) for t in texts])
     np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
 
 
@@ -338,13 +363,11 @@ def test_reported_accuracy_matches_the_saved_model(roberta_run):
     import pandas as pd
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from training.train import predict_probs
-
     run = roberta_run / "run"
     tokenizer = AutoTokenizer.from_pretrained(run / "model")
     model = AutoModelForSequenceClassification.from_pretrained(run / "model")
     test = pd.read_parquet(run / "data" / "test.parquet")
     labels = read_json(run / "run.json")["labels"]
-    predicted = predict_probs(model, tokenizer, test["text"].tolist(), 64, 8).argmax(axis=1)
+    predicted = eager_probs(model, tokenizer, test["text"].tolist(), 64, 8).argmax(axis=1)
     accuracy = float(np.mean([labels[p] == y for p, y in zip(predicted, test["label"])]))
     assert read_json(run / "metrics.json")["test"]["accuracy"] == pytest.approx(accuracy)

@@ -9,8 +9,8 @@ The bundle is written to a temporary folder and renamed into place, so a failed 
 """
 from __future__ import annotations
 
+import contextlib
 import copy
-import json
 import logging
 import shutil
 import tempfile
@@ -26,10 +26,13 @@ import pandas as pd
 import torch
 
 from handlers import bundle
-from handlers.config import cpu_has_bf16, slow_bf16_warning
+from handlers.device import cpu_has_bf16, slow_bf16_warning
 from handlers.tokenization import encode
 from handlers.torchscript import follow_input_device
 from cli import UserError, check_choices, option, run
+from training.data import at_most
+from training.report import headline, predict_probs
+from training.rundir import RunDir
 
 log = logging.getLogger("training.export")
 PARITY_BATCHES = (1, 3, 8, 17, 32)
@@ -40,8 +43,7 @@ DEFAULT_TOLERANCE = {"fp32": 1e-4, "int8": 1e-3, "bf16": 5e-2}
 
 
 class ExportError(UserError):
-    """Export refused: parity or accuracy check failed, or the run directory is unusable."""
-
+    """Export refused: parity or accuracy check failed (an unusable run directory raises RunDirError)."""
 
 
 @dataclass
@@ -91,30 +93,65 @@ class LogitsOnly(torch.nn.Module):
 
 
 def load_run(run_dir: Path):
-    """Eager fp32 model, tokenizer, labels, run metadata and the test split of a run directory."""
+    """Eager fp32 model, tokenizer, labels, run metadata and the test split of a finished run directory.
+    Raises RunDirError (a UserError) naming a missing or inconsistent file."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    for needed in ("run.json", "model/config.json", "data/test.parquet"):
-        if not (run_dir / needed).exists():
-            raise ExportError(f"{run_dir / needed}: missing; is {run_dir} a finished training run?")
-    run = json.loads((run_dir / "run.json").read_text())
-    model_dir = run_dir / "model"
-    try:
-        labels = bundle.labels_from_config(json.loads((model_dir / "config.json").read_text()), str(model_dir / "config.json"))
-    except bundle.BundleError as e:
-        raise ExportError(str(e)) from None
-    if labels != run["labels"]:
-        raise ExportError(f"{model_dir / 'config.json'}: id2label disagrees with run.json labels")
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    test = pd.read_parquet(run_dir / "data" / "test.parquet")
-    return model, tokenizer, labels, run, test
+    rd = RunDir(run_dir)
+    rd.check_finished()
+    labels = rd.read_labels()
+    model = AutoModelForSequenceClassification.from_pretrained(rd.model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(rd.model_dir)
+    return model, tokenizer, labels, rd.read_run(), rd.read_test()
+
+
+# Library warnings our export cannot avoid, silenced by exact message and category around the one call
+# that raises them, so every other warning (ours included) still shows.
+#  - torch.jit builds a module's type by reading every attribute in dir() of each submodule; on a
+#    transformers model that reads the deprecated `is_gradient_checkpointing` property and the lazy
+#    `loss_function` of the base model (which has no loss and logs a default it will never use).
+#  - dynamic int8 is torch.ao's quantize_dynamic, deprecated in favour of torchao, which produces no
+#    TorchScript: the serving handler runs quantized::linear_dynamic ops only this API emits, and it
+#    creates its int8 weights with the (equally deprecated) quantized tensor functions.
+TRACE_WARNINGS = ((FutureWarning, r"`is_gradient_checkpointing` is deprecated"),)
+TRACE_LOG_LINES = (("transformers.modeling_utils", "`loss_type=None` was set in the config but it is unrecognized"),)
+QUANTIZE_WARNINGS = (
+    (DeprecationWarning, r"torch\.ao\.quantization is deprecated"),
+    (UserWarning, r"torch\.quantize_per_tensor, torch\.quantize_per_channel and other quantized tensor creation "
+                  r"functions .* are deprecated"),
+)
+
+
+class _DropLogLine(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+@contextlib.contextmanager
+def known_library_noise(warning_filters=(), log_lines=()):
+    """Ignore exactly these (category, message regex) warnings and (logger, message prefix) log lines."""
+    drops = [(logging.getLogger(name), _DropLogLine(prefix)) for name, prefix in log_lines]
+    with warnings.catch_warnings():
+        for category, message in warning_filters:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        for logger, drop in drops:
+            logger.addFilter(drop)
+        try:
+            yield
+        finally:
+            for logger, drop in drops:
+                logger.removeFilter(drop)
 
 
 def make_variant(model, variant: str) -> torch.nn.Module:
     model = copy.deepcopy(model)
     if variant == "int8":
-        model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+        with known_library_noise(QUANTIZE_WARNINGS):
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     elif variant == "bf16":
         model = model.to(torch.bfloat16)
     return LogitsOnly(model).eval()
@@ -122,7 +159,7 @@ def make_variant(model, variant: str) -> torch.nn.Module:
 
 def trace(module: torch.nn.Module, example: dict) -> torch.jit.ScriptModule:
     # TracerWarnings flag Python branches on tensor values; the parity grid is what proves the trace.
-    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+    with torch.inference_mode(False), torch.no_grad(), known_library_noise(TRACE_WARNINGS, TRACE_LOG_LINES):
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(module, (example["input_ids"], example["attention_mask"]), check_trace=False)
         return follow_input_device(torch.jit.freeze(traced.eval()))
@@ -190,18 +227,10 @@ def check_parity(reference, traced, cases: list[dict], tolerance: float) -> dict
 
 
 def evaluate(module, tokenizer, test: pd.DataFrame, labels: list[str], max_length: int, batch_size: int = 64) -> dict:
-    """Accuracy and macro-F1 of a traced module on the test split (length-sorted batches)."""
-    from training.report import headline
-
+    """Accuracy, macro-F1 and throughput of a traced module on the test split."""
     texts = test["text"].tolist()
-    order = np.argsort([len(t) for t in texts])
-    preds = np.empty(len(texts), dtype=np.int64)
     started = time.perf_counter()
-    with torch.inference_mode():
-        for i in range(0, len(order), batch_size):
-            idx = order[i: i + batch_size]
-            enc = encode(tokenizer, [texts[j] for j in idx], max_length)
-            preds[idx] = module(enc["input_ids"], enc["attention_mask"]).argmax(-1).numpy()
+    preds = predict_probs(module, tokenizer, texts, max_length, batch_size).argmax(axis=1)
     seconds = time.perf_counter() - started
     index = {name: i for i, name in enumerate(labels)}
     metrics = headline([index[str(y)] for y in test["label"]], preds)
@@ -212,8 +241,7 @@ def evaluate(module, tokenizer, test: pd.DataFrame, labels: list[str], max_lengt
 def build_card(config: ExportConfig, run: dict, run_dir: Path, results: dict) -> dict:
     import importlib.metadata as md
 
-    metrics_file = run_dir / "metrics.json"
-    train_metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    train_metrics = RunDir(run_dir).read_metrics()
     return {
         "base_model": run["base_model"], "max_length": run["max_length"], "variant": config.variant,
         "quantize": config.quantize, "dtype": config.dtype, "inputs": ["input_ids", "attention_mask"],
@@ -233,7 +261,7 @@ def write_bundle(out: Path, traced, tokenizer, model_config, labels: list[str], 
         tokenizer.save_pretrained(tmp)
         model_config.save_pretrained(tmp)
         bundle.write_metadata(tmp, labels, card)
-        bundle.load_bundle_meta(tmp)  # read back what serving will read
+        bundle.check(tmp)  # read back what serving will read: the same checks as the archiver and the handler
         if out.exists() and force:
             shutil.rmtree(out)
         tmp.rename(out)
@@ -252,7 +280,7 @@ def main(config: ExportConfig) -> dict:
         log.warning("%s (this export's checks will be slow too)", warning)
     model, tokenizer, labels, run, test = load_run(run_dir)
     if config.max_eval_samples:
-        test = test.sample(n=min(config.max_eval_samples, len(test)), random_state=0)
+        test = at_most(test, config.max_eval_samples, seed=0)
     max_length, texts = run["max_length"], test["text"].tolist()
     example = trace_example(tokenizer, texts, max_length)
     cases = parity_cases(tokenizer, texts, max_length)

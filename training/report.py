@@ -1,14 +1,52 @@
 """Evaluation report on a labelled split: headline metrics, per-class results, confusion matrix
-(CSV + PNG that stays readable at 77 classes), the most confused pairs, and the most confident
-mistakes. Pure functions of (labels, true ids, probabilities) so export can reuse the metrics."""
+(CSV in full; a PNG that stays readable at 77 classes), the most confused pairs, and the most
+confident mistakes. Pure functions of (labels, true ids, probabilities) so export can reuse the
+metrics, plus `predict_probs`, the one loop that turns a model and texts into those probabilities
+for training and export alike."""
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+
+
+# Above this many labels the PNG shows only the most confused ones: 77 rows of tick labels and cells
+# cannot be read at any figure size that fits a screen. The CSV always holds the full matrix.
+MAX_PLOTTED_LABELS = 25
+# Label names longer than this are cut with an ellipsis in the PNG and the printed summary.
+MAX_LABEL_WIDTH = 40
+
+
+def predict_probs(forward: Callable, tokenizer, texts: list[str], max_length: int, batch_size: int,
+                  device="cpu") -> np.ndarray:
+    """Class probabilities [len(texts), labels] in the order of `texts`; `forward(input_ids, attention_mask)`
+    returns logits (an eager model wrapped in a lambda, or a traced module).
+
+    Not `Trainer.predict`: with length-grouped sampling, transformers 5 also permutes evaluation
+    batches, so its predictions do not line up with the input rows. Batches here are length-sorted
+    for speed and written back to their rows, tokenized by the same function serving uses.
+    """
+    import torch
+
+    from handlers.tokenization import encode
+
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    probs = None
+    with torch.inference_mode():
+        for i in range(0, len(order), batch_size):
+            idx = order[i: i + batch_size]
+            enc = encode(tokenizer, [texts[j] for j in idx], max_length)
+            logits = forward(enc["input_ids"].to(device), enc["attention_mask"].to(device)).float()
+            if probs is None:
+                probs = np.zeros((len(texts), logits.shape[-1]), dtype=np.float32)
+            probs[idx] = torch.softmax(logits, dim=-1).cpu().numpy()
+    if probs is None:
+        raise ValueError("predict_probs needs at least one text")
+    return probs
 
 
 def headline(y_true, y_pred) -> dict:
@@ -17,6 +55,11 @@ def headline(y_true, y_pred) -> dict:
         "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
         "samples": int(len(y_true)),
     }
+
+
+def shorten(name: str, width: int = MAX_LABEL_WIDTH) -> str:
+    """`name` cut to `width` characters, the last one an ellipsis when something was cut."""
+    return name if len(name) <= width else name[: width - 1] + "…"
 
 
 def label_rows(per_class: dict) -> dict:
@@ -33,33 +76,55 @@ def top_confusions(cm: np.ndarray, labels: list[str], k: int = 10) -> list[dict]
     return [{"true": labels[t], "predicted": labels[p], "count": int(off[t, p])} for t, p in pairs if off[t, p] > 0]
 
 
-def plot_confusion(cm: np.ndarray, labels: list[str], path: Path) -> None:
+def most_confused(cm: np.ndarray, k: int) -> list[int]:
+    """Indices of the `k` labels with the most mistakes, made or received (off-diagonal row + column
+    sums), in label order; ties go to the earlier label."""
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    mistakes = off.sum(axis=0) + off.sum(axis=1)
+    return sorted(np.argsort(-mistakes, kind="stable")[:k].tolist())
+
+
+def plot_confusion(cm: np.ndarray, labels: list[str], path: Path) -> list[str]:
+    """Write the PNG; return the labels it shows (all of them, or the MAX_PLOTTED_LABELS most confused),
+    as printed on its axes."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.colors import PowerNorm
 
-    # Row-normalised so rare classes are as visible as frequent ones; annotate only when it stays legible.
+    # Row-normalised over all labels, so rare classes are as visible as frequent ones and a cell means
+    # "share of this class's texts" even when only some columns are shown.
     norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    n = len(labels)
-    size = min(4 + 0.28 * n, 30)
-    fig, ax = plt.subplots(figsize=(size, size))
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    font = max(4, 11 - n // 10)
-    ax.set_xticks(range(n), labels, rotation=90, fontsize=font)
-    ax.set_yticks(range(n), labels, fontsize=font)
+    shown = list(range(len(labels)))
+    title = "confusion matrix (row-normalised)"
+    if len(labels) > MAX_PLOTTED_LABELS:
+        shown = most_confused(cm, MAX_PLOTTED_LABELS)
+        title = (f"the {len(shown)} most confused of {len(labels)} labels (row-normalised)\n"
+                 f"full matrix: confusion_matrix.csv")
+    norm = norm[np.ix_(shown, shown)]
+    names = [shorten(labels[i]) for i in shown]
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(4 + 0.32 * n, 4 + 0.32 * n))
+    # A square-root colour scale: mistakes of a few percent show as colour next to a dark diagonal.
+    im = ax.imshow(norm, cmap="Blues", norm=PowerNorm(0.5, vmin=0, vmax=1))
+    font = 10 if n <= 10 else 8
+    ax.set_xticks(range(n), names, rotation=90, fontsize=font)
+    ax.set_yticks(range(n), names, fontsize=font)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    if n <= 20:
-        for i in range(n):
-            for j in range(n):
-                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=8,
-                        color="white" if norm[i, j] > 0.5 else "black")
+    for i in range(n):
+        for j in range(n):
+            if norm[i, j] >= 0.005 or n <= 10:  # blank zeros keep a large matrix's mistakes easy to spot
+                ax.text(j, i, f"{norm[i, j]:.2f}", ha="center", va="center", fontsize=8 if n <= 10 else 6,
+                        color="white" if norm[i, j] > 0.3 else "black")
     fig.colorbar(im, fraction=0.046, pad=0.04)
-    ax.set_title("confusion matrix (row-normalised)")
+    ax.set_title(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+    return names
 
 
 def write_report(out_dir: Path, labels: list[str], texts: list[str], y_true, probs: np.ndarray) -> dict:

@@ -1,33 +1,51 @@
 """Print a run's evaluation headline: `python -m training.summary runs/NAME`."""
 from __future__ import annotations
 
-import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-from training.report import label_rows
+from cli import option, run
+from training.report import label_rows, shorten
+from training.rundir import RunDir
+
+SHOWN_LABELS = 20
 
 
 def summary(run_dir: Path) -> str:
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    run = RunDir(run_dir)
+    metrics = run.read_metrics()
     test, train = metrics["test"], metrics["train"]
-    lines = [f"test: accuracy {100 * test['accuracy']:.1f}%, macro-F1 {100 * test['macro_f1']:.1f} on {test['samples']} texts "
-             f"(validation accuracy {100 * metrics['validation']['accuracy']:.1f}%)",
+    per_class = label_rows(test["per_class"])
+    shown = list(per_class.items())[:SHOWN_LABELS]
+    # The label column fits the longest shown name, up to a cap past which names are cut.
+    width = max([len("label")] + [len(shorten(name)) for name, _ in shown])
+    lines = [f"test: accuracy {100 * test['accuracy']:.1f}%, macro-F1 {100 * test['macro_f1']:.1f} "
+             f"on {test['samples']} texts (validation accuracy {100 * metrics['validation']['accuracy']:.1f}%)",
              f"training: {train['examples']} examples, {train['steps']} steps, {train['seconds']:.0f} s, "
              + (f"{train['samples_per_second']:.1f} samples/s" if train.get("samples_per_second") else "resumed"),
-             f"{'label':<24} {'precision':>9} {'recall':>7} {'F1':>6} {'support':>8}"]
-    per_class = label_rows(test["per_class"])
-    for name, row in list(per_class.items())[:20]:
-        lines.append(f"{name:<24} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['f1-score']:>6.3f} {int(row['support']):>8}")
-    if len(per_class) > 20:
-        lines.append(f"... {len(per_class) - 20} more labels in {run_dir / 'report' / 'report.json'}")
+             f"{'label':<{width}} {'precision':>9} {'recall':>7} {'F1':>6} {'support':>8}"]
+    for name, row in shown:
+        lines.append(f"{shorten(name):<{width}} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['f1-score']:>6.3f} "
+                     f"{int(row['support']):>8}")
+    if len(per_class) > SHOWN_LABELS:
+        lines.append(f"... {len(per_class) - SHOWN_LABELS} more labels in {run.report_dir / 'report.json'}")
     for pair in test.get("top_confusions", [])[:3]:
         lines.append(f"most confused: {pair['true']} -> {pair['predicted']} ({pair['count']}x)")
-    lines.append(f"report: {run_dir / 'report'} (confusion_matrix.png, misclassified.csv)")
+    lines.append(f"report: {run.report_dir} (confusion_matrix.png, misclassified.csv)")
     return "\n".join(lines)
 
 
+@dataclass
+class SummaryConfig:
+    """Print a finished training run's evaluation headline."""
+
+    run_dir: Path = option("a finished training run (training.train's --output-dir)", positional=True)
+
+
+def main(config: SummaryConfig) -> str:
+    return summary(Path(config.run_dir))
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or not (Path(sys.argv[1]) / "metrics.json").exists():
-        sys.exit("usage: python -m training.summary RUN_DIR  (a finished training run with metrics.json)")
-    print(summary(Path(sys.argv[1])))
+    sys.exit(run(main, SummaryConfig, prog="python -m training.summary", show=str))

@@ -2,17 +2,11 @@
 
     python -m training.train --data builtin:tweets --output-dir runs/demo --max-train-samples 2000
 
-Run directory layout (read by training.export):
-    model/          Hugging Face model + tokenizer; config.json id2label holds the label names
-    run.json        config, labels, class weights, data source and fingerprint, versions
-    metrics.json    validation + test headline metrics, per-class results, training throughput
-    report/         confusion_matrix.{csv,png}, misclassified.csv, report.json (test split)
-    data/test.parquet  the normalised test split, so export can evaluate variants without the source
-    checkpoints/    Trainer checkpoints (resumed from automatically)
+The run directory's layout (model, run.json, metrics.json, report, the test split, checkpoints) is
+described and named in training/rundir.py; training.export, training.summary and the demo read it.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -25,7 +19,8 @@ from typing import Literal
 import numpy as np
 
 from cli import UserError, check_choices, option, run
-from training.data import DataError, Splits, label_ids, load_splits
+from training.data import Splits, check_sample_limits, label_ids, load_splits
+from training.rundir import RunDir
 
 log = logging.getLogger("training.train")
 EMBEDDED_MODEL = "embedded"
@@ -44,7 +39,8 @@ class TrainConfig:
     label_column: str = option("column holding the label (string or integer)", "label")
     epochs: float = option("training epochs (upper bound with early stopping)", 3.0)
     max_steps: int = option("stop after this many optimizer steps (-1: use --epochs)", -1)
-    max_train_samples: int | None = option("stratified subset of train, for quick runs", None)
+    max_train_samples: int | None = option(
+        "stratified subset of train, for quick runs (a carved validation split shrinks in proportion)", None)
     max_eval_samples: int | None = option(
         "evaluate on at most this many validation and test texts (seeded sample), for quick runs", None)
     max_length: int = option("truncate texts to this many tokens (also used in serving)", 128)
@@ -77,10 +73,7 @@ class TrainConfig:
             raise UserError("set --epochs > 0 or --max-steps > 0")
         if self.early_stopping_patience < 0:
             raise UserError(f"--early-stopping-patience must be >= 0 (0 disables), got {self.early_stopping_patience}")
-        if self.max_eval_samples is not None and self.max_eval_samples < 1:
-            raise UserError(f"--max-eval-samples must be at least 1, got {self.max_eval_samples}")
-        if self.max_train_samples is not None and self.max_train_samples < 2:
-            raise UserError(f"--max-train-samples must be at least 2, got {self.max_train_samples}")
+        check_sample_limits(self.max_train_samples, self.max_eval_samples)
         if not 0 <= self.warmup_fraction < 1:
             raise UserError(f"--warmup-fraction must be in [0, 1), got {self.warmup_fraction}")
         if not 0 < self.validation_fraction < 1:
@@ -214,14 +207,14 @@ def build_trainer(config: TrainConfig, splits: Splits, model_path: str, weights)
     import torch
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, TrainingArguments
 
-    out = Path(config.output_dir)
+    run_dir = RunDir(config.output_dir)
     labels = splits.labels
     tokenizer, model = load_pretrained(model_path, labels)
     train_ds = to_dataset(tokenizer, splits.train, labels, config.max_length)
     val_ds = to_dataset(tokenizer, splits.validation, labels, config.max_length)
     plan = schedule(config, len(train_ds))
     args = TrainingArguments(
-        output_dir=str(out / "checkpoints"), max_steps=plan["total_steps"],
+        output_dir=str(run_dir.checkpoints_dir), max_steps=plan["total_steps"],
         per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.eval_batch_size,
         gradient_accumulation_steps=config.grad_accum, learning_rate=config.learning_rate,
         weight_decay=config.weight_decay, warmup_steps=plan["warmup_steps"], lr_scheduler_type="linear",
@@ -242,7 +235,7 @@ def build_trainer(config: TrainConfig, splits: Splits, model_path: str, weights)
 def last_checkpoint(out: Path) -> str | None:
     from transformers.trainer_utils import get_last_checkpoint
 
-    ckpt_dir = out / "checkpoints"
+    ckpt_dir = RunDir(out).checkpoints_dir
     return get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
 
 
@@ -250,30 +243,6 @@ def library_versions() -> dict:
     import importlib.metadata as md
 
     return {pkg: md.version(pkg) for pkg in ("torch", "transformers", "tokenizers", "accelerate")}
-
-
-def predict_probs(model, tokenizer, texts: list[str], max_length: int, batch_size: int) -> np.ndarray:
-    """Class probabilities in the order of `texts`.
-
-    Not `Trainer.predict`: with length-grouped sampling, transformers 5 also permutes evaluation
-    batches, so its predictions do not line up with the input rows. Batches here are length-sorted
-    for speed and written back to their rows, tokenized by the same function serving uses.
-    """
-    import torch
-
-    from handlers.tokenization import encode
-
-    model.eval()
-    device = next(model.parameters()).device
-    order = np.argsort([len(t) for t in texts], kind="stable")
-    probs = np.zeros((len(texts), model.config.num_labels), dtype=np.float32)
-    with torch.inference_mode():
-        for i in range(0, len(order), batch_size):
-            idx = order[i: i + batch_size]
-            enc = encode(tokenizer, [texts[j] for j in idx], max_length)
-            logits = model(**{k: v.to(device) for k, v in enc.items()}).logits
-            probs[idx] = torch.softmax(logits.float(), dim=-1).cpu().numpy()
-    return probs
 
 
 def samples_per_second(epochs_done: float, n_train: int, seconds: float, resumed) -> float | None:
@@ -287,37 +256,44 @@ def samples_per_second(epochs_done: float, n_train: int, seconds: float, resumed
     return round(epochs_done * n_train / seconds, 2)
 
 
+def eager_probs(model, tokenizer, texts: list[str], max_length: int, batch_size: int) -> np.ndarray:
+    """Class probabilities of a Hugging Face model in the order of `texts` (report.predict_probs' loop)."""
+    from training.report import predict_probs
+
+    model.eval()
+    device = next(model.parameters()).device
+    return predict_probs(lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits, tokenizer, texts,
+                         max_length, batch_size, device=device)
+
+
 def main(config: TrainConfig) -> dict:
     """Train, evaluate on the test split, write the run directory; return metrics."""
     import torch
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    out = Path(config.output_dir)
+    run_dir = RunDir(config.output_dir)
     model_path = resolve_model(config.model)  # before the data: a missing hub fails in seconds
     splits = load_splits(config.data, config.text_column, config.label_column, seed=config.seed,
-                         validation_fraction=config.validation_fraction, max_train_samples=config.max_train_samples)
-    if config.max_eval_samples:
-        for split in ("validation", "test"):
-            frame = getattr(splits, split)
-            setattr(splits, split, frame.sample(n=min(config.max_eval_samples, len(frame)), random_state=config.seed))
+                         validation_fraction=config.validation_fraction, max_train_samples=config.max_train_samples,
+                         max_eval_samples=config.max_eval_samples)
     log.info("data %s: %d train / %d validation / %d test, %d labels", splits.source, len(splits.train),
              len(splits.validation), len(splits.test), len(splits.labels))
     train_ids = label_ids(splits.train, splits.labels)
     weights = balanced_weights(train_ids, len(splits.labels)) if config.class_weights == "balanced" else None
     trainer, tokenizer, plan = build_trainer(config, splits, model_path, weights)
-    resume_from = last_checkpoint(out) if config.resume else None
+    resume_from = last_checkpoint(run_dir.path) if config.resume else None
     if resume_from:
         log.info("resuming from %s", resume_from)
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.perf_counter() - started
 
-    trainer.save_model(str(out / "model"))  # best checkpoint (load_best_model_at_end) + tokenizer
+    trainer.save_model(str(run_dir.model_dir))  # best checkpoint (load_best_model_at_end) + tokenizer
     from training.report import headline, write_report
 
-    val_probs, test_probs = (predict_probs(trainer.model, tokenizer, frame["text"].tolist(), config.max_length,
-                                           config.eval_batch_size) for frame in (splits.validation, splits.test))
-    test_metrics = write_report(out / "report", splits.labels, splits.test["text"].tolist(),
+    val_probs, test_probs = (eager_probs(trainer.model, tokenizer, frame["text"].tolist(), config.max_length,
+                                         config.eval_batch_size) for frame in (splits.validation, splits.test))
+    test_metrics = write_report(run_dir.report_dir, splits.labels, splits.test["text"].tolist(),
                                 label_ids(splits.test, splits.labels), test_probs)
     metrics = {
         "test": test_metrics,
@@ -326,21 +302,19 @@ def main(config: TrainConfig) -> dict:
                   "samples_per_second": samples_per_second(trainer.state.epoch, len(splits.train), train_seconds, resume_from),
                   "examples": len(splits.train), "loss": round(result.training_loss, 4)},
     }
-    (out / "data").mkdir(parents=True, exist_ok=True)
-    splits.test.to_parquet(out / "data" / "test.parquet", index=False)
-    run = {
+    run_dir.write_test(splits.test)
+    run_dir.write_run({
         "config": asdict(config), "base_model": config.model, "model_path": model_path, "labels": splits.labels,
         "max_length": config.max_length, "class_weights": weights, "plan": plan,
         "data": {"source": splits.source, "fingerprint": splits.fingerprint, "validation_carved": splits.validation_carved,
                  "rows": {"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test)}},
         "precision": precision_flags(config.precision), "device": "cuda" if torch.cuda.is_available() else "cpu",
         "versions": library_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    (out / "run.json").write_text(json.dumps(run, indent=2) + "\n")
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    })
+    run_dir.write_metrics(metrics)  # last: its presence marks a finished run
     t = metrics["test"]
     log.info("test: accuracy %.4f, macro-F1 %.4f on %d texts; report in %s", t["accuracy"], t["macro_f1"],
-             t["samples"], out / "report")
+             t["samples"], run_dir.report_dir)
     return metrics
 
 

@@ -9,7 +9,7 @@ a failed build leaves nothing behind.
 """
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import logging
 import os
 import re
@@ -17,14 +17,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass, field
+import zipfile
+from dataclasses import dataclass
+from typing import Optional
 from pathlib import Path
 
 import yaml
 
 import handlers
-from handlers.bundle import MODEL_FILE, BundleError, load_bundle_meta, verify_model
-from handlers.config import HandlerConfig, HandlerConfigError, parse_chunk_size, require_tokenizer_files
+from cli import Failure, UserError, check_int, option, run
+from handlers import bundle
+from handlers.config import HandlerConfig
 
 logger = logging.getLogger(__name__)
 
@@ -40,44 +43,49 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 RESERVED = {"handlers", HANDLER_FILE, "model-config.yaml", "MAR-INF"}
 
 
-class ArchiveError(Exception):
-    """A user mistake: bad option, bad bundle, existing archive. Reported as one line, exit code 2."""
+class ArchiveError(UserError):
+    """A user mistake: bad option, bad bundle, existing archive."""
 
 
-class ArchiverFailed(Exception):
+class ArchiverFailed(Failure):
     """torch-model-archiver itself failed; the message carries its full output."""
-
-
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ArchiveError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
 @dataclass
 class ArchiveConfig:
-    bundle: Path
-    name: str
-    version: str
-    store: Path = Path("model-archive/store")
-    batch_size: int = 32
-    max_batch_delay: int = 1  # ms; a longer delay adds to every lone request and did not raise throughput
-    min_workers: int = 1
-    max_workers: int = 1
-    response_timeout: int = 120  # s
-    handler: dict = field(default_factory=dict)  # the `handler:` section, see handlers/config.py
-    force: bool = False
-    template: Path = TEMPLATE
+    """Build a versioned TorchServe archive (<store>/<name>-<version>.mar) from an export bundle.
+
+    The archive is the one source of its deployment shape: batch size, batch delay, workers and the
+    handler options below go into its model-config.yaml, and `make register`/`make scale` read them there.
+    Each worker runs CPU cores / max-workers threads (unless --threads), so the archive refuses to be run
+    with more workers than --max-workers."""
+
+    bundle: Path = option("export bundle dir (make export writes runs/<run>/export)")
+    name: str = option("model name clients use in URLs")
+    version: str = option("model version, e.g. 1.0; the archive is <name>-<version>.mar")
+    store: Path = option("TorchServe model store dir", Path("model-archive/store"))
+    batch_size: int = option("requests TorchServe batches into one handler call", 32)
+    # A longer delay adds to every lone request and did not raise throughput (bench/README.md).
+    max_batch_delay: int = option("ms TorchServe waits to fill a batch", 1)
+    min_workers: int = option("workers started at registration", 1)
+    max_workers: int = option("most workers this archive may run; CPU threads are split between them", 1)
+    response_timeout: int = option("s before a stuck worker is restarted", 120)
+    handler: HandlerConfig = option("the handler: section", default_factory=HandlerConfig)
+    force: bool = option("replace an existing archive of this name and version", False)
+    template: Path = option("model-config.yaml template", TEMPLATE)
 
     def __post_init__(self):
         self.bundle, self.store, self.template = Path(self.bundle), Path(self.store), Path(self.template)
+        if isinstance(self.handler, dict):  # a handler: section as written in YAML, checked like one
+            self.handler = HandlerConfig.from_model_yaml({"handler": self.handler})
         for what, value in (("name", self.name), ("version", self.version)):
             if not isinstance(value, str) or not NAME_PATTERN.match(value):
                 raise ArchiveError(f"{what} {value!r} must start with a letter or digit and use only A-Z a-z 0-9 _ . -")
-        _check_int("batch_size", self.batch_size, 1)
-        _check_int("max_batch_delay", self.max_batch_delay, 0)
-        _check_int("min_workers", self.min_workers, 1)
-        _check_int("max_workers", self.max_workers, self.min_workers)
-        _check_int("response_timeout", self.response_timeout, 1)
+        check_int("--batch-size", self.batch_size, 1)
+        check_int("--max-batch-delay", self.max_batch_delay, 0)
+        check_int("--min-workers", self.min_workers, 1)
+        check_int("--max-workers", self.max_workers, self.min_workers)
+        check_int("--response-timeout", self.response_timeout, 1)
         if not self.template.is_file():
             raise ArchiveError(f"{self.template}: model-config.yaml template not found")
         self._check_bundle()
@@ -86,10 +94,8 @@ class ArchiveConfig:
         """Everything the handler checks at load time, checked now: a broken bundle never becomes a .mar."""
         if not self.bundle.is_dir():
             raise ArchiveError(f"{self.bundle}: bundle directory not found (run `make export` first)")
-        _, card = load_bundle_meta(self.bundle)
-        verify_model(self.bundle, card)
-        require_tokenizer_files(self.bundle)
-        HandlerConfig.from_model_yaml({"handler": self.handler}).resolve_max_length(int(card["max_length"]))
+        card = bundle.check(self.bundle)
+        self.handler.resolve_max_length(card.max_length)
         clashes = sorted(RESERVED & {p.name for p in self.bundle.iterdir()})
         if clashes:
             raise ArchiveError(f"{self.bundle}: contains {clashes}, names the archive reserves for itself")
@@ -104,9 +110,12 @@ def model_config(config: ArchiveConfig) -> dict:
     import torch
 
     doc = yaml.safe_load(config.template.read_text()) or {}
+    # Only the handler options that differ from the handler's defaults, as the user gave them.
+    defaults = HandlerConfig()
+    handler = {f.name: getattr(config.handler, f.name) for f in dataclasses.fields(HandlerConfig)
+               if getattr(config.handler, f.name) != getattr(defaults, f.name)}
     doc.update(minWorkers=config.min_workers, maxWorkers=config.max_workers, batchSize=config.batch_size,
-               maxBatchDelay=config.max_batch_delay, responseTimeout=config.response_timeout,
-               handler=dict(config.handler))
+               maxBatchDelay=config.max_batch_delay, responseTimeout=config.response_timeout, handler=handler)
     if torch.cuda.is_available():
         doc["deviceType"] = "gpu"
     return doc
@@ -117,7 +126,7 @@ def _stage(config: ArchiveConfig, root: Path) -> tuple[Path, Path]:
     extra = root / "extra"
     extra.mkdir()
     for item in config.bundle.iterdir():
-        if item.name == MODEL_FILE or item.name.startswith("."):
+        if item.name == bundle.MODEL_FILE or item.name.startswith("."):
             continue  # model.pt goes in as --serialized-file
         (shutil.copytree if item.is_dir() else shutil.copy2)(item, extra / item.name)
     (extra / "handlers").mkdir()
@@ -130,7 +139,7 @@ def _stage(config: ArchiveConfig, root: Path) -> tuple[Path, Path]:
 
 def _run_archiver(config: ArchiveConfig, extra: Path, config_file: Path, out_dir: Path, tmp: Path) -> Path:
     cmd = [*ARCHIVER, "--model-name", config.name, "--version", config.version,
-           "--serialized-file", str(config.bundle / MODEL_FILE), "--handler", str(extra / "handlers" / HANDLER_FILE),
+           "--serialized-file", str(config.bundle / bundle.MODEL_FILE), "--handler", str(extra / "handlers" / HANDLER_FILE),
            "--extra-files", str(extra), "--config-file", str(config_file), "--export-path", str(out_dir)]
     # The archiver stages in $TMPDIR/<model name> and deletes it first: a private TMPDIR keeps two
     # concurrent builds of one model name from destroying each other's files.
@@ -169,67 +178,47 @@ def build_archive(config: ArchiveConfig) -> Path:
     return target
 
 
-USER_ERRORS = (ArchiveError, BundleError, HandlerConfigError)
+def archive_problem(path: Path) -> Optional[str]:
+    """Why `path` is not a readable model archive, or None. TorchServe only says "Failed to save model"."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            corrupt, names = z.testzip(), set(z.namelist())
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        return f"{path.name} is not a readable zip archive ({e}): truncated or corrupt; rebuild it with `make archive`"
+    if corrupt is not None:
+        return f"{path.name}: {corrupt} is corrupt (CRC mismatch); rebuild it with `make archive`"
+    if "MAR-INF/MANIFEST.json" not in names:
+        return f"{path.name} has no MAR-INF/MANIFEST.json: not built by torch-model-archiver (`make archive`)"
+    return None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The deployment shape an archive declares in its model-config.yaml."""
+
+    min_workers: int
+    max_workers: int
+    batch_size: int
+    max_batch_delay: int
+    response_timeout: int
+
+
+def read_plan(path: Path) -> Plan:
+    """The plan of a built archive (see archive_problem for a readable archive first)."""
+    with zipfile.ZipFile(path) as z:
+        doc = yaml.safe_load(z.read("model-config.yaml")) if "model-config.yaml" in z.namelist() else {}
+    doc = doc or {}
+    return Plan(min_workers=int(doc.get("minWorkers", 1)), max_workers=int(doc.get("maxWorkers", 1)),
+                batch_size=int(doc.get("batchSize", 1)), max_batch_delay=int(doc.get("maxBatchDelay", 100)),
+                response_timeout=int(doc.get("responseTimeout", 120)))
 
 
 def main(config: ArchiveConfig) -> Path:
     return build_archive(config)
 
 
-def _chunk_size(text: str):
-    try:
-        return parse_chunk_size(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(str(e)) from None
-
-
-def parse_args(argv=None) -> ArchiveConfig:
-    p = argparse.ArgumentParser(prog="python -m tsclient.archive", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--bundle", required=True, type=Path, help="export bundle dir (make export writes runs/<run>/export)")
-    p.add_argument("--name", required=True, help="model name clients use in URLs")
-    p.add_argument("--version", required=True, help="model version, e.g. 1.0; the archive is <name>-<version>.mar")
-    p.add_argument("--store", type=Path, default=Path("model-archive/store"), help="TorchServe model store dir")
-    p.add_argument("--batch-size", type=int, default=ArchiveConfig.batch_size,
-                   help="requests TorchServe batches into one forward pass")
-    p.add_argument("--max-batch-delay", type=int, default=ArchiveConfig.max_batch_delay,
-                   help="ms TorchServe waits to fill a batch")
-    p.add_argument("--min-workers", type=int, default=1, help="workers started at registration")
-    p.add_argument("--max-workers", type=int, default=1, help="most workers; CPU threads are split between them")
-    p.add_argument("--response-timeout", type=int, default=120, help="s before a stuck worker is restarted")
-    h = p.add_argument_group("handler options (model-config.yaml `handler:`; omitted ones use the handler's default)")
-    h.add_argument("--max-texts-per-request", type=int, help="larger requests get HTTP 413 (default 64)")
-    h.add_argument("--default-top-k", type=int, help="labels in `scores` when a request gives no top_k (default all)")
-    h.add_argument("--threads", type=int, help="torch threads per worker (default CPU cores // max workers)")
-    h.add_argument("--max-length", type=int, help="token limit, at most the bundle's (default the bundle's)")
-    h.add_argument("--max-text-chars", type=int, help="texts are cut to this many characters (default 100000)")
-    h.add_argument("--chunk-size", type=_chunk_size, default=argparse.SUPPRESS,
-                   help="a batch is sorted by length and run in chunks of at most this many texts, each padded to "
-                   "its own longest (default auto: 4 for fp32 and int8, 16 for bf16, one pass on a GPU; none: one pass)")
-    h.add_argument("--profile", action="store_true", help="emit TorchServe's per-stage handler timing metrics")
-    p.add_argument("--force", action="store_true", help="replace an existing archive of this name and version")
-    a = p.parse_args(argv)
-    options = {k: getattr(a, k) for k in ("max_texts_per_request", "default_top_k", "threads", "max_length",
-                                          "max_text_chars") if getattr(a, k) is not None}
-    if hasattr(a, "chunk_size"):  # given, possibly as "none" (None: one pass), which must reach the YAML
-        options["chunk_size"] = a.chunk_size
-    if a.profile:
-        options["profile"] = True
-    return ArchiveConfig(bundle=a.bundle, name=a.name, version=a.version, store=a.store, batch_size=a.batch_size,
-                         max_batch_delay=a.max_batch_delay, min_workers=a.min_workers, max_workers=a.max_workers,
-                         response_timeout=a.response_timeout, handler=options, force=a.force)
-
-
 def cli(argv=None) -> int:
-    try:
-        main(parse_args(argv))
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except ArchiverFailed as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return run(main, ArchiveConfig, argv, prog="python -m tsclient.archive")
 
 
 if __name__ == "__main__":

@@ -2,13 +2,18 @@
 sends) and through the Python client, then how to query and stop the server yourself."""
 from __future__ import annotations
 
-import argparse
 import json
 import shlex
+import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import requests
 
+from cli import option, run
+from training.rundir import RunDir
+from tsclient.keys import bearer
 from tsclient.ops import Target
 
 EXAMPLES = [
@@ -24,18 +29,26 @@ def held_out_examples(run_dir: Path | None, per_label: int = 1, max_chars: int =
     The first short rows without links, in the split's (seeded) order, so every demo shows the same ones.
     Without a run or its saved split, a few handwritten texts with no true label.
     """
-    path = run_dir / "data" / "test.parquet" if run_dir is not None else None
-    if path is None or not path.is_file():
+    run = RunDir(run_dir) if run_dir is not None else None
+    if run is None or not run.test_file.is_file():
         return [(text, None) for text in EXAMPLES]
-    import pandas as pd
-
-    test = pd.read_parquet(path)
+    test = run.read_test()
     plain = test[(test["text"].str.len() <= max_chars) & ~test["text"].str.contains("http", regex=False)]
     return [(row.text, row.label) for _, group in plain.groupby("label", sort=True)
             for row in group.head(per_label).itertuples()]
 
 
-def main(name: str, version: str, run_dir: Path | None = None) -> None:
+@dataclass
+class DemoConfig:
+    """Live predictions from a registered model, as `make demo` shows them."""
+
+    name: str = option("model name")
+    version: str = option("model version")
+    run_dir: Optional[Path] = option("the training run whose held-out test texts to send", None)
+
+
+def main(config: DemoConfig) -> None:
+    name, version, run_dir = config.name, config.version, config.run_dir
     target = Target()
     ep = target.endpoints()
     client = target.client()
@@ -46,7 +59,7 @@ def main(name: str, version: str, run_dir: Path | None = None) -> None:
     source = "held-out test texts (true label in brackets)" if examples[0][1] is not None else "example texts"
     print(f"\n== REST: POST {url} (token from {ep.key_file.name}), {source}")
     for text, truth in examples:
-        r = requests.post(url, json={"text": text}, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+        r = requests.post(url, json={"text": text}, headers=bearer(key), timeout=60)
         r.raise_for_status()
         answer = r.json()
         print(f"  {answer['label']:>9} {answer['score']:.3f}  {f'[{truth}] ' if truth is not None else ''}{text}")
@@ -59,7 +72,7 @@ def main(name: str, version: str, run_dir: Path | None = None) -> None:
     print(f"""
 TorchServe is still running with {name} v{version} (token authorization on, loopback only).
 Query it yourself:
-  KEY=$(python3 -c 'import json; print(json.load(open("key_file.json"))["inference"]["key"])')
+  KEY=$(.venv/bin/python -m tsclient.keys)
   curl -s -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \\
        -d {body} {url}
   make predict NAME={name} TEXT='What a wonderful day!'
@@ -68,9 +81,4 @@ Stop it with: make stop""")
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--name", required=True)
-    parser.add_argument("--version", required=True)
-    parser.add_argument("--run-dir", type=Path, help="training run whose held-out test texts to send")
-    args = parser.parse_args()
-    main(args.name, args.version, args.run_dir)
+    sys.exit(run(main, DemoConfig, prog="python -m tsclient.demo"))

@@ -7,10 +7,13 @@ imports package-relative. The client does not generate them behind your back: wi
 raises StubsMissing, which says to run `make grpc-stubs`; the generated code then always matches
 the installed TorchServe and grpcio.
 
-Predictions are retried like over REST (tsclient.rest): a bounded number of times with exponential
-backoff when the server could not answer them (UNAVAILABLE, or "Worker died." for a request in flight
-on a worker that crashed or was killed). TorchServe's inference service reports an unknown model or
-version as INTERNAL; the client raises NOT_FOUND, as the management service does.
+Predictions are retried like over REST (tsclient.rest, same Backoff): a bounded number of times with
+exponential backoff when the server could not answer them (UNAVAILABLE, or "Worker died." for a request
+in flight on a worker that crashed or was killed). TorchServe's inference service reports an unknown
+model or version as INTERNAL; the client raises NOT_FOUND, as the management service does. Errors are
+the REST client's: an UNAVAILABLE that grpc raised itself because it reached no server (after the
+retries, for a prediction; at once otherwise) is ServerUnreachable, while TorchServe's own UNAVAILABLE
+(its 503: no worker, queue full) stays a TorchServeError with TorchServe's message.
 
 Authentication: TorchServe's gRPC interceptor reads the `authorization` metadata entry, expects
 `Bearer <key>` (the inference key on the inference service, the management key on the management
@@ -25,13 +28,12 @@ import re
 import shutil
 import sys
 import tempfile
-import time
 import zipfile
 from pathlib import Path
 from typing import Any, Sequence
 
-from tsclient.keys import KeyFileError, KeyStore
-from tsclient.rest import TokenRefused, TorchServeError
+from tsclient.keys import KeyStore, bearer
+from tsclient.rest import Backoff, ServerUnreachable, TokenRefused, TorchServeError, pause
 
 PROTO_DIR = Path(__file__).resolve().parent / "_proto"
 PROTOS = ("inference.proto", "management.proto")
@@ -93,10 +95,13 @@ def _split_exception(details: str) -> tuple[str, str | None]:
 
 
 NOT_FOUND_KINDS = ("ModelNotFoundException", "ModelVersionNotFoundException")
+# How grpc's own UNAVAILABLE details read when no server answered: TorchServe also sends UNAVAILABLE
+# (for its 503), and only the words tell the two apart.
+NO_CONNECTION = ("failed to connect to all addresses", "Connection refused", "Connection reset", "Socket closed")
 
 
 def _retryable(error: TorchServeError) -> bool:
-    return error.status == "UNAVAILABLE" or "Worker died" in error.message
+    return isinstance(error, ServerUnreachable) or error.status == "UNAVAILABLE" or "Worker died" in error.message
 
 
 class TorchServeGrpcClient:
@@ -105,12 +110,11 @@ class TorchServeGrpcClient:
         """`*_target` are host:port; `management_url` (REST) is only used to refresh an expired key."""
         import grpc
 
-        if retries < 0 or backoff_s < 0:
-            raise ValueError("retries and backoff_s must be >= 0")
-        self._grpc, self.retries, self.backoff_s = grpc, retries, backoff_s
+        self._grpc, self.backoff = grpc, Backoff(retries, backoff_s)
         self.inf_pb2, inf_grpc, self.mgmt_pb2, mgmt_grpc = load_stubs()
         self.key_file, self.timeout = Path(key_file), timeout
         self.keys = KeyStore(self.key_file, management_url)
+        self.targets = {"inference": inference_target, "management": management_target}
         self._channels = [grpc.insecure_channel(inference_target), grpc.insecure_channel(management_target)]
         self.inference = inf_grpc.InferenceAPIsServiceStub(self._channels[0])
         self.management = mgmt_grpc.ManagementAPIsServiceStub(self._channels[1])
@@ -127,16 +131,13 @@ class TorchServeGrpcClient:
 
     # ---- plumbing ---------------------------------------------------------------------------
     def _key(self, api: str) -> str | None:
-        try:
-            return self.keys.key(api)  # refreshed first if expired (when management_url is known)
-        except KeyFileError:
-            return None
+        return self.keys.current(api)  # refreshed first if expired (when management_url is known)
 
     def _call(self, api: str, method, request):
         """Call with the key as `authorization: Bearer` metadata; recover a refused key once."""
         grpc, key = self._grpc, self._key(api)
         for attempt in (0, 1):
-            metadata = [("authorization", f"Bearer {key}")] if key else []
+            metadata = [(name.lower(), value) for name, value in bearer(key).items()]
             try:
                 return method(request, metadata=metadata, timeout=self.timeout)
             except grpc.RpcError as e:
@@ -147,8 +148,13 @@ class TorchServeGrpcClient:
                         key = fresh
                         continue
                     raise TokenRefused(code.name, details, self.key_file, kind=None) from None
-                message, kind = _split_exception(details)
-                raise TorchServeError("NOT_FOUND" if kind in NOT_FOUND_KINDS else code.name, message, kind) from None
+                raise self._error(api, code, details) from None
+
+    def _error(self, api: str, code, details: str) -> TorchServeError:
+        if code == self._grpc.StatusCode.UNAVAILABLE and any(words in details for words in NO_CONNECTION):
+            return ServerUnreachable(self.targets[api], "gRPC UNAVAILABLE")
+        message, kind = _split_exception(details)
+        return TorchServeError("NOT_FOUND" if kind in NOT_FOUND_KINDS else code.name, message, kind)
 
     @staticmethod
     def _decode(payload: bytes | str) -> Any:
@@ -171,9 +177,11 @@ class TorchServeGrpcClient:
 
     def predict_raw(self, name: str, data: bytes, version: str | None = None) -> Any:
         """Send `data` as input["data"]. TorchServe's unary gRPC drops the per-request status the handler
-        sets (a 400 arrives as OK), so the handler's {"error": ...} body is raised as INVALID_ARGUMENT."""
+        sets (a 400 arrives as OK), so the handler's {"error", "type"} body is raised as INVALID_ARGUMENT, with
+        the type as the error's kind."""
         request = self.inf_pb2.PredictionsRequest(model_name=name, model_version=version or "", input={"data": data})
-        for attempt in range(self.retries + 1):
+        delays = self.backoff.delays()
+        while True:
             try:
                 reply = self._call("inference", self.inference.Predictions, request)
                 break
@@ -182,12 +190,11 @@ class TorchServeGrpcClient:
                     raise TorchServeError(e.status, f"{e.message}: TorchServe resets the stream of a request above "
                                           f"its max_request_size (config.properties); this one was {len(data)} bytes",
                                           "RequestTooLarge") from None
-                if attempt == self.retries or not _retryable(e):
+                if not (_retryable(e) and pause(delays)):
                     raise
-                time.sleep(self.backoff_s * 2 ** attempt)
         answer = self._decode(reply.prediction)
-        if isinstance(answer, dict) and set(answer) == {"error"}:
-            raise TorchServeError("INVALID_ARGUMENT", str(answer["error"]), "handler error")
+        if isinstance(answer, dict) and set(answer) == {"error", "type"}:  # handlers/parsing.py error_body
+            raise TorchServeError("INVALID_ARGUMENT", str(answer["error"]), str(answer["type"]))
         return answer
 
     def ping(self) -> Any:

@@ -15,17 +15,28 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Literal
 
 import requests
+
+from cli import Failure, option, run
 
 APIS = ("management", "inference")
 
 
-class KeyFileError(Exception):
-    """key_file.json is missing or unreadable; the message names the file and what to do."""
+class KeyFileError(Failure):
+    """key_file.json is missing or unreadable, or a key could not be refreshed; the message names the
+    file and what to do."""
+
+
+def bearer(key: str | None) -> dict[str, str]:
+    """The Authorization header for `key`; none without a key (a server without token auth accepts
+    that, one with it says so)."""
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 def parse_expiry(text: str | None) -> datetime | None:
@@ -93,8 +104,15 @@ class KeyStore:
             return self.refresh(api)
         return keys.key(api)
 
+    def current(self, api: str) -> str | None:
+        """Like key(), but None when key_file.json cannot be read: the clients then send no token."""
+        try:
+            return self.key(api)
+        except KeyFileError:
+            return None
+
     def headers(self, api: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key(api)}"}
+        return bearer(self.key(api))
 
     def refresh(self, api: str) -> str:
         """Ask TorchServe for a new `api` key (authorised by the API key) and return it from the re-read file."""
@@ -102,8 +120,16 @@ class KeyStore:
         if not self.management_url:
             raise KeyFileError(f"cannot refresh the {api} key: no management URL given")
         api_key = read_keys(self.key_file).api
-        r = requests.get(f"{self.management_url}/token", params={"type": api}, timeout=self.timeout,
-                         headers={"Authorization": f"Bearer {api_key}"})
+        try:
+            r = requests.get(f"{self.management_url}/token", params={"type": api}, timeout=self.timeout,
+                             headers=bearer(api_key))
+        except requests.ConnectionError as e:  # ConnectTimeout included: the server never answered
+            from tsclient.rest import ServerUnreachable  # imported here: tsclient.rest imports this module
+
+            raise ServerUnreachable(self.management_url, "ConnectionError") from e
+        except requests.Timeout:
+            raise KeyFileError(f"token refresh for the {api} key got no answer from {self.management_url} "
+                               f"within {self.timeout:g}s") from None
         if r.status_code != 200:
             raise KeyFileError(f"token refresh for the {api} key refused (HTTP {r.status_code}): the API key in "
                                f"{self.key_file} is not the running server's; restart it with `make serve`")
@@ -121,3 +147,20 @@ class KeyStore:
         except KeyFileError:
             pass
         return None
+
+
+@dataclass
+class PrintKeyConfig:
+    """Print one API key of the server's key_file.json, for curl: KEY=$(.venv/bin/python -m tsclient.keys)"""
+
+    api: Literal["inference", "management"] = option("which key", "inference")
+    key_file: Path = option("the server's key file (make serve writes it into the repository root)",
+                            Path("key_file.json"))
+
+
+def print_key(config: PrintKeyConfig) -> str:
+    return read_keys(config.key_file).key(config.api)
+
+
+if __name__ == "__main__":
+    sys.exit(run(print_key, PrintKeyConfig, prog="python -m tsclient.keys", show=str))

@@ -8,49 +8,44 @@
 Every verb reads the server's addresses from config.properties (or the derived config a test server
 wrote into its state dir) and its keys from <state-dir>/key_file.json. Results are printed as JSON;
 a refusal prints TorchServe's own message on one line and exits 1 (2 for a mistake in the arguments).
+
+The deployment shape comes from the archive (tsclient.archive): `register` and `scale` read its batch size,
+batch delay and workers from its model-config.yaml, and refuse more workers than it plans (maxWorkers),
+because each worker's threads were sized for that many.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
 import time
-import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import requests
-
+from cli import UserError, check_int, option, run
 from tsclient import server
-from tsclient.keys import KeyFileError
+from tsclient.archive import Plan, archive_problem, read_plan
 from tsclient.rest import TorchServeClient, TorchServeError
-from tsclient.server import ServerConfig, ServerError
-
-VERBS = ("serve", "stop", "register", "scale", "set-default", "unregister", "models", "predict", "health")
 
 
-class OpsError(Exception):
-    """A mistake in what was asked (missing archive, bad number); one line, exit code 2."""
+class OpsError(UserError):
+    """A mistake in what was asked (missing archive, bad number, more workers than planned)."""
 
 
-def _positive(name: str, value: int, minimum: int = 1) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise OpsError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def _nonempty(name: str, value: Optional[str]) -> None:
+def _nonempty(name: str, value: Optional[str], optional: bool = False) -> None:
+    if value is None and optional:
+        return
     if not isinstance(value, str) or not value.strip() or "/" in value:
         raise OpsError(f"{name} must be a non-empty string without '/', got {value!r}")
 
 
 @dataclass
 class Target:
-    """Which server: its base config and its state dir (working directory, key_file.json, logs/)."""
+    """the server (default: the one `make serve` starts from this repository)"""
 
-    config: Path = server.DEFAULT_CONFIG
-    state_dir: Path = server.ROOT
+    config: Path = option("TorchServe config.properties", server.DEFAULT_CONFIG)
+    state_dir: Path = option("the server's working dir, where key_file.json and logs/ live", server.ROOT)
 
     def __post_init__(self):
         self.config, self.state_dir = Path(self.config), Path(self.state_dir).resolve()
@@ -72,17 +67,23 @@ class Target:
         return TorchServeClient(ep.inference_url, ep.management_url, ep.key_file)
 
 
+def _target() -> Any:
+    return option("", default_factory=Target)
+
+
 @dataclass
 class ServeConfig:
-    target: Target = field(default_factory=Target)
-    start_timeout_s: float = 120.0
-    # Replaces the config's load_models: comma-separated archives of the model store, loaded at start
-    # (the first version listed of each model is its default). None: the config's own value.
-    load_models: Optional[str] = None
+    """start TorchServe and wait until it is healthy"""
+
+    start_timeout_s: float = option("seconds to wait for /ping and for the workers of models loaded at start", 120.0,
+                                    flag="timeout")
+    load_models: Optional[str] = option("archives of the model store to load at start, comma-separated (replaces "
+                                        "the config's load_models; see config.locked.properties)", None)
+    target: Target = _target()
 
     def __post_init__(self):
         if self.start_timeout_s <= 0:
-            raise OpsError("start timeout must be positive")
+            raise OpsError("--timeout must be positive")
         if self.load_models is not None:
             archives = [a.strip() for a in self.load_models.split(",") if a.strip()]
             bad = [a for a in archives if "/" in a or not a.endswith(".mar")]
@@ -94,24 +95,25 @@ class ServeConfig:
 
 @dataclass
 class StopConfig:
-    target: Target = field(default_factory=Target)
+    """stop TorchServe and clean its stale state"""
+
+    target: Target = _target()
 
 
 @dataclass
 class RegisterConfig:
-    name: str
-    version: str
-    workers: int = 1
-    batch_size: int = 32
-    max_batch_delay: int = 1  # ms; a longer delay adds to every lone request and did not raise throughput
-    target: Target = field(default_factory=Target)
+    """register <store>/<name>-<version>.mar as its archive plans it; returns once its workers are up"""
+
+    name: str = option("model name clients use in URLs")
+    version: str = option("archive version, e.g. 1.0")
+    workers: Optional[int] = option("workers to start (default: the archive's minWorkers; at most its maxWorkers)",
+                                    None)
+    target: Target = _target()
 
     def __post_init__(self):
         _nonempty("name", self.name)
         _nonempty("version", self.version)
-        _positive("workers", self.workers)
-        _positive("batch size", self.batch_size)
-        _positive("max batch delay", self.max_batch_delay, 0)
+        check_int("--workers", self.workers, 1, optional=True)
 
     @property
     def archive(self) -> str:
@@ -120,23 +122,26 @@ class RegisterConfig:
 
 @dataclass
 class ScaleConfig:
-    name: str
-    workers: int
-    version: Optional[str] = None  # None: the default version
-    target: Target = field(default_factory=Target)
+    """set a version's workers (min = max = --workers, at most the archive's maxWorkers), synchronously"""
+
+    name: str = option("model name")
+    workers: int = option("worker count; 0 stops all (requests then get 503)")
+    version: Optional[str] = option("version to scale (default: the default version)", None)
+    target: Target = _target()
 
     def __post_init__(self):
         _nonempty("name", self.name)
-        if self.version is not None:
-            _nonempty("version", self.version)
-        _positive("workers", self.workers, 0)
+        _nonempty("version", self.version, optional=True)
+        check_int("--workers", self.workers, 0)
 
 
 @dataclass
 class SetDefaultConfig:
-    name: str
-    version: str
-    target: Target = field(default_factory=Target)
+    """make VERSION the one unversioned requests reach (roll forward or back)"""
+
+    name: str = option("model name")
+    version: str = option("model version")
+    target: Target = _target()
 
     def __post_init__(self):
         _nonempty("name", self.name)
@@ -145,50 +150,50 @@ class SetDefaultConfig:
 
 @dataclass
 class UnregisterConfig(SetDefaultConfig):
-    pass
+    """remove one version once nothing is queued for it (its workers stop)"""
 
 
 @dataclass
 class ModelsConfig:
-    name: Optional[str] = None  # None: list every model; else describe it
-    version: Optional[str] = None  # with name: one version ("all" for every one); None: the default
-    target: Target = field(default_factory=Target)
+    """every model with all its versions, or with --name every version of one model in full"""
+
+    name: Optional[str] = option("describe this model (default: list every model)", None)
+    version: Optional[str] = option("with --name: one version, or 'all'", "all")
+    target: Target = _target()
 
     def __post_init__(self):
-        if self.name is not None:
-            _nonempty("name", self.name)
-        if self.version is not None:
-            if self.name is None:
-                raise OpsError("a version needs a model name")
-            _nonempty("version", self.version)
+        _nonempty("name", self.name, optional=True)
+        _nonempty("version", self.version, optional=True)
 
 
 @dataclass
 class PredictConfig:
-    name: str
-    text: str
-    version: Optional[str] = None  # None: the default version
-    top_k: Optional[int] = None
-    target: Target = field(default_factory=Target)
+    """classify one text over REST and print the JSON answer"""
+
+    name: str = option("model name")
+    text: str = option("the text to classify")
+    version: Optional[str] = option("version to call (default: the default version)", None)
+    top_k: Optional[int] = option("labels to return in scores (default: the archive's default-top-k)", None)
+    target: Target = _target()
 
     def __post_init__(self):
         _nonempty("name", self.name)
-        if self.version is not None:
-            _nonempty("version", self.version)
+        _nonempty("version", self.version, optional=True)
         if not isinstance(self.text, str) or not self.text.strip():
             raise OpsError("text must not be empty")
-        if self.top_k is not None:
-            _positive("top_k", self.top_k)
+        check_int("--top-k", self.top_k, 1, optional=True)
 
 
 @dataclass
 class HealthConfig:
-    target: Target = field(default_factory=Target)
+    """TorchServe's /ping (with the inference key: with token authorization on, /ping needs it too)"""
+
+    target: Target = _target()
 
 
 def _serve(c: ServeConfig) -> Any:
     properties = {"load_models": c.load_models} if c.load_models else {}
-    cfg = ServerConfig(config=c.target.config, state_dir=c.target.state_dir, start_timeout_s=c.start_timeout_s,
+    cfg = server.ServerConfig(config=c.target.config, state_dir=c.target.state_dir, start_timeout_s=c.start_timeout_s,
                        properties=properties)
     ep = server.start(cfg)
     return {"status": "TorchServe is running", "inference": ep.inference_url, "management": ep.management_url,
@@ -197,37 +202,45 @@ def _serve(c: ServeConfig) -> Any:
 
 
 def _stop(c: StopConfig) -> Any:
-    was_running = server.stop(ServerConfig(config=c.target.config, state_dir=c.target.state_dir))
+    was_running = server.stop(server.ServerConfig(config=c.target.config, state_dir=c.target.state_dir))
     return {"status": "TorchServe stopped" if was_running else "TorchServe was not running (stale state cleaned)"}
 
 
 def _register(c: RegisterConfig) -> Any:
     store = c.target.model_store()
-    if not (store / c.archive).is_file():
+    path = store / c.archive
+    if not path.is_file():
         found = sorted(p.name for p in store.glob("*.mar")) if store.is_dir() else []
-        raise OpsError(f"{store / c.archive} not found (archives in the store: {', '.join(found) or 'none'}); "
+        raise OpsError(f"{path} not found (archives in the store: {', '.join(found) or 'none'}); "
                        "build it with `make archive`")
-    log_start = server.log_size(c.target.state_dir)
+    plan = _plan(path)
+    workers = plan.min_workers if c.workers is None else c.workers
+    _check_planned(workers, plan, c.archive)
+    client, log_start = c.target.client(), server.log_size(c.target.state_dir)
     try:
         # A bare file name: resolved inside the model store, so the config's allowed_urls never blocks it.
-        return c.target.client().register(c.name, c.archive, initial_workers=c.workers, batch_size=c.batch_size,
-                                          max_batch_delay=c.max_batch_delay, synchronous=True)
+        answer = client.register(c.name, c.archive, initial_workers=workers, batch_size=plan.batch_size,
+                                 max_batch_delay=plan.max_batch_delay, response_timeout=plan.response_timeout,
+                                 synchronous=True)
     except TorchServeError as e:
-        raise _explained(e, c, store / c.archive, log_start) from None
+        raise _explained(e, c, path, log_start) from None
+    if workers != plan.min_workers:  # TorchServe starts the archive's minWorkers whatever initial_workers says
+        _scale(ScaleConfig(c.name, workers, c.version, target=c.target))
+    return answer
 
 
-def archive_problem(path: Path) -> Optional[str]:
-    """Why `path` is not a readable model archive, or None. TorchServe only says "Failed to save model"."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            corrupt, names = z.testzip(), set(z.namelist())
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
-        return f"{path.name} is not a readable zip archive ({e}): truncated or corrupt; rebuild it with `make archive`"
-    if corrupt is not None:
-        return f"{path.name}: {corrupt} is corrupt (CRC mismatch); rebuild it with `make archive`"
-    if "MAR-INF/MANIFEST.json" not in names:
-        return f"{path.name} has no MAR-INF/MANIFEST.json: not built by torch-model-archiver (`make archive`)"
-    return None
+def _plan(archive: Path) -> Plan:
+    problem = archive_problem(archive)
+    if problem:
+        raise OpsError(problem)
+    return read_plan(archive)
+
+
+def _check_planned(workers: int, plan: Plan, archive: str) -> None:
+    if workers > plan.max_workers:
+        raise OpsError(f"{archive} plans at most {plan.max_workers} worker(s), each with its share of the CPU "
+                       f"cores as threads; {workers} would oversubscribe them. Rebuild it with "
+                       f"`make archive ... ARGS=\"--max-workers {workers}\"` (a new version, or --force)")
 
 
 def _explained(e: TorchServeError, c: RegisterConfig, archive: Path, log_start: int) -> TorchServeError:
@@ -243,6 +256,9 @@ def _explained(e: TorchServeError, c: RegisterConfig, archive: Path, log_start: 
 
 def _scale(c: ScaleConfig, ready_timeout_s: float = 120.0) -> Any:
     client = c.target.client()
+    archive = _archive_of(client, c)
+    if archive is not None:
+        _check_planned(c.workers, _plan(archive), archive.name)
     answer = client.scale(c.name, c.version, min_workers=c.workers, max_workers=c.workers, synchronous=True)
     # A synchronous scale-up can answer a moment before its last worker reports READY (seen once in the
     # live tests); callers that go on to send traffic expect every worker they asked for to be serving.
@@ -253,6 +269,13 @@ def _scale(c: ScaleConfig, ready_timeout_s: float = 120.0) -> Any:
                            "see logs/model_log.log")
         time.sleep(0.1)
     return answer
+
+
+def _archive_of(client, c: ScaleConfig) -> Optional[Path]:
+    """The store's archive of the version being scaled; None if it was registered from elsewhere (a URL)."""
+    (described,) = client.describe(c.name, c.version)
+    path = c.target.model_store() / str(described.get("modelUrl", ""))
+    return path if path.is_file() else None
 
 
 def _ready_workers(client, name: str, version: Optional[str]) -> int:
@@ -295,7 +318,20 @@ def _drain(client: TorchServeClient, name: str, version: str) -> None:
 
 def _models(c: ModelsConfig) -> Any:
     client = c.target.client()
-    return client.list_models() if c.name is None else client.describe(c.name, c.version)
+    if c.name is not None:
+        return client.describe(c.name, c.version)
+    return [_summary(client, m["modelName"]) for m in client.list_models()]
+
+
+def _summary(client: TorchServeClient, name: str) -> dict:
+    """One model with every version: TorchServe's own list names only the default version's archive."""
+    (default,) = client.describe(name)
+    versions = [{"version": d["modelVersion"], "archive": d.get("modelUrl"), "batchSize": d.get("batchSize"),
+                 "maxBatchDelay": d.get("maxBatchDelay"),
+                 "workers": sum(w.get("status") == "READY" for w in d.get("workers", [])),
+                 "minWorkers": d.get("minWorkers"), "maxWorkers": d.get("maxWorkers")}
+                for d in client.describe(name, "all")]
+    return {"modelName": name, "defaultVersion": default["modelVersion"], "versions": versions}
 
 
 def _predict(c: PredictConfig) -> Any:
@@ -311,88 +347,26 @@ ACTIONS = {ServeConfig: _serve, StopConfig: _stop, RegisterConfig: _register, Sc
            PredictConfig: _predict, HealthConfig: _health}
 
 
+VERBS = {"serve": ServeConfig, "stop": StopConfig, "register": RegisterConfig, "scale": ScaleConfig,
+         "set-default": SetDefaultConfig, "unregister": UnregisterConfig, "models": ModelsConfig,
+         "predict": PredictConfig, "health": HealthConfig}
+LOCKED_HINT = ("the server runs in locked mode (model API off: config.locked.properties), so models cannot be "
+               "registered, scaled or unregistered; `make stop serve` starts it in managed mode")
+
+
 def main(config) -> Any:
     """Run one verb; returns TorchServe's parsed answer. Raises OpsError, TorchServeError, ServerError."""
-    return ACTIONS[type(config)](config)
-
-
-def parse_args(argv=None):
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, default=server.DEFAULT_CONFIG, help="TorchServe config.properties (default: the repo's)")
-    common.add_argument("--state-dir", type=Path, default=server.ROOT,
-                        help="the server's working dir, where key_file.json and logs/ live (default: the repo root)")
-    p = argparse.ArgumentParser(prog="python -m tsclient.ops", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="verb", required=True, metavar="VERB")
-    kw = dict(parents=[common])
-
-    s = sub.add_parser("serve", help="start TorchServe and wait until it is healthy", **kw)
-    s.add_argument("--timeout", type=float, default=120.0,
-                   help="seconds to wait for /ping and for the workers of models loaded at start (default: 120)")
-    s.add_argument("--load-models", help="archives of the model store to load at start, comma-separated "
-                                          "(replaces the config's load_models; see config.locked.properties)")
-    sub.add_parser("stop", help="stop TorchServe and clean its stale state", **kw)
-    s = sub.add_parser("register", help="register <store>/<name>-<version>.mar with workers started", **kw)
-    s.add_argument("--name", required=True, help="model name clients use in URLs")
-    s.add_argument("--version", required=True, help="archive version, e.g. 1.0")
-    s.add_argument("--workers", type=int, default=1, help="workers started before the call returns (default: 1)")
-    s.add_argument("--batch-size", type=int, default=RegisterConfig.batch_size,
-                   help=f"requests batched into one handler call (default: {RegisterConfig.batch_size})")
-    s.add_argument("--max-batch-delay", type=int, default=RegisterConfig.max_batch_delay,
-                   help=f"ms to wait for a batch to fill (default: {RegisterConfig.max_batch_delay})")
-    s = sub.add_parser("scale", help="set a version's workers (min = max = --workers), synchronously", **kw)
-    s.add_argument("--name", required=True, help="model name")
-    s.add_argument("--version", help="version to scale (default: the default version)")
-    s.add_argument("--workers", type=int, required=True, help="worker count; 0 stops all (requests then get 503)")
-    for verb, what in (("set-default", "make VERSION the one unversioned requests reach"),
-                       ("unregister", "remove one version (its workers stop)")):
-        s = sub.add_parser(verb, help=what, **kw)
-        s.add_argument("--name", required=True, help="model name")
-        s.add_argument("--version", required=True, help="model version")
-    s = sub.add_parser("models", help="list models, or describe one with --name", **kw)
-    s.add_argument("--name", help="describe this model (default: list all)")
-    s.add_argument("--version", help="with --name: this version, or 'all' (default: the default version)")
-    s = sub.add_parser("predict", help="classify one text over REST and print the JSON answer", **kw)
-    s.add_argument("--name", required=True, help="model name")
-    s.add_argument("--text", required=True, help="the text to classify")
-    s.add_argument("--version", help="version to call (default: the default version)")
-    s.add_argument("--top-k", type=int, help="labels to return in scores (default: all)")
-    sub.add_parser("health", help="TorchServe's /ping", **kw)
-
-    a = p.parse_args(argv)
-    target = Target(config=a.config, state_dir=a.state_dir)
-    if a.verb == "serve":
-        return ServeConfig(target, start_timeout_s=a.timeout, load_models=a.load_models)
-    if a.verb == "stop":
-        return StopConfig(target)
-    if a.verb == "register":
-        return RegisterConfig(a.name, a.version, a.workers, a.batch_size, a.max_batch_delay, target)
-    if a.verb == "scale":
-        return ScaleConfig(a.name, a.workers, a.version, target)
-    if a.verb in ("set-default", "unregister"):
-        return (SetDefaultConfig if a.verb == "set-default" else UnregisterConfig)(a.name, a.version, target)
-    if a.verb == "models":
-        return ModelsConfig(a.name, a.version, target)
-    if a.verb == "predict":
-        return PredictConfig(a.name, a.text, a.version, a.top_k, target)
-    return HealthConfig(target)
+    try:
+        return ACTIONS[type(config)](config)
+    except TorchServeError as e:
+        if e.status == 405 and e.kind == "MethodNotAllowedException":
+            raise TorchServeError(e.status, f"{e.message.rstrip('.')}: {LOCKED_HINT}", e.kind) from None
+        raise
 
 
 def cli(argv=None) -> int:
-    try:
-        config = parse_args(argv)
-        result = main(config)
-    except OpsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (TorchServeError, ServerError, KeyFileError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except requests.ConnectionError:
-        print(f"error: cannot reach TorchServe at {config.target.endpoints().inference_url} / "
-              f"{config.target.endpoints().management_url}: is it running? (`make serve`)", file=sys.stderr)
-        return 1
-    print(json.dumps(result, indent=2, ensure_ascii=False))
-    return 0
+    return run(main, VERBS, argv, prog="python -m tsclient.ops", description=__doc__.split("\n\n")[0],
+               show=lambda result: json.dumps(result, indent=2, ensure_ascii=False))
 
 
 if __name__ == "__main__":

@@ -8,23 +8,29 @@ with exponential backoff a bounded number of times when the server could not ans
 full, no worker yet), "Worker died." (0.12 answers 507 to every request in flight on a worker that
 crashed or was killed, which TorchServe then restarts, and 500 to those in flight on the workers of a
 version being unregistered; sent again, an unversioned request reaches the default version) and
-connection errors (server restarting). Management calls are never retried.
+connection errors (server restarting). Management calls are never retried, nor is a request that
+timed out (it may still be running). A server that cannot be reached (after the retries a prediction
+is allowed; at once for anything else) is reported as ServerUnreachable, one line like every error here:
+they are all cli.Failure, so an entry point prints `error: ...` and exits 1.
 """
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 from urllib.parse import quote
 
 import requests
 
-from tsclient.keys import KeyFileError, KeyStore
+from cli import Failure
+from tsclient.keys import KeyStore, bearer
 
 
-class TorchServeError(Exception):
-    """A call TorchServe (or the handler) refused; str() is one line with status and message."""
+class TorchServeError(Failure):
+    """A call TorchServe (or the handler) refused; str() is one line with status and message. `status` is
+    the HTTP status, the gRPC code's name, or "timeout" / "unreachable" for a call that got no answer."""
 
     def __init__(self, status: int | str, message: str, kind: str | None = None):
         self.status, self.message, self.kind = status, message, kind
@@ -45,6 +51,43 @@ class TokenRefused(TorchServeError):
 
     def __str__(self) -> str:
         return self.args[0]
+
+
+class ServerUnreachable(TorchServeError):
+    """No connection to TorchServe at `url` could be made; `cause` says how the client saw it."""
+
+    def __init__(self, url: str, cause: str):
+        super().__init__("unreachable", f"cannot reach TorchServe at {url}", cause)
+        self.url = url
+        self.args = (f"cannot reach TorchServe at {url} ({cause}): is it running? (start it with `make serve`)",)
+
+    def __str__(self) -> str:
+        return self.args[0]
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """How an idempotent call is retried (by this client and the gRPC one): at most `retries` more
+    attempts, the first after `backoff_s` seconds, each later one after twice the wait before it."""
+
+    retries: int = 4
+    backoff_s: float = 0.25
+
+    def __post_init__(self):
+        if self.retries < 0 or self.backoff_s < 0:
+            raise ValueError("retries and backoff_s must be >= 0")
+
+    def delays(self) -> Iterator[float]:
+        return (self.backoff_s * 2 ** i for i in range(self.retries))
+
+
+def pause(delays: Iterator[float]) -> bool:
+    """Sleep the next of `delays` and return True; False, at once, when the retries are spent."""
+    delay = next(delays, None)
+    if delay is None:
+        return False
+    time.sleep(delay)
+    return True
 
 
 def retryable(status: int, body: bytes | str = b"") -> bool:
@@ -87,39 +130,27 @@ def _path(*parts: str | None) -> str:
 class TorchServeClient:
     def __init__(self, inference_url: str, management_url: str, key_file: Path, timeout: float = 60.0,
                  retries: int = 4, backoff_s: float = 0.25, session: requests.Session | None = None):
-        if retries < 0 or backoff_s < 0 or timeout <= 0:
-            raise ValueError("retries and backoff_s must be >= 0, timeout > 0")
+        if timeout <= 0:
+            raise ValueError("timeout must be > 0")
         self.inference_url, self.management_url = inference_url.rstrip("/"), management_url.rstrip("/")
         self.key_file = Path(key_file)
         self.keys = KeyStore(self.key_file, self.management_url)
-        self.timeout, self.retries, self.backoff_s = timeout, retries, backoff_s
+        self.timeout, self.backoff = timeout, Backoff(retries, backoff_s)
         self.session = session or requests.Session()
 
     # ---- plumbing -------------------------------------------------------------------------
     def _key(self, api: str) -> str | None:
-        try:
-            return self.keys.key(api)
-        except KeyFileError:
-            return None  # send no token: a server without token auth accepts it; one with it says so
+        return self.keys.current(api)
 
     def request(self, api: str, method: str, url: str, retry: bool = False, headers: dict | None = None,
                 **kwargs) -> requests.Response:
         """Send with `api`'s key; if `retry` (idempotent calls only), retry what `retryable` allows and
         connection errors with backoff; recover a refused key once; raise TorchServeError."""
-        key, recovered, attempt = self._key(api), False, 0
+        key, recovered = self._key(api), False
+        delays = self.backoff.delays() if retry else iter(())
         while True:
-            sent = dict(headers or {}, **({"Authorization": f"Bearer {key}"} if key else {}))
-            try:
-                r = self.session.request(method, url, headers=sent, timeout=self.timeout, **kwargs)
-            except requests.ConnectionError:  # not Timeout: a request that hung must not be sent again
-                if not retry or attempt >= self.retries:
-                    raise
-                time.sleep(self.backoff_s * 2 ** attempt)
-                attempt += 1
-                continue
-            if retry and attempt < self.retries and retryable(r.status_code, r.content):
-                time.sleep(self.backoff_s * 2 ** attempt)
-                attempt += 1
+            r = self._send(api, method, url, dict(headers or {}, **bearer(key)), delays, **kwargs)
+            if r is None or (retryable(r.status_code, r.content) and pause(delays)):
                 continue
             if _is_invalid_key(r) and not recovered:
                 recovered, new_key = True, self.keys.recover(api, key)
@@ -129,6 +160,20 @@ class TorchServeClient:
             if r.ok:
                 return r
             raise error_from_response(r, self.key_file)
+
+    def _send(self, api: str, method: str, url: str, headers: dict, delays: Iterator[float],
+              **kwargs) -> requests.Response | None:
+        """One attempt: the answer, or None when a connection error is retried (after its pause)."""
+        try:
+            return self.session.request(method, url, headers=headers, timeout=self.timeout, **kwargs)
+        except requests.ConnectionError as e:  # ConnectTimeout included: the request never reached the server
+            if pause(delays):
+                return None
+            base = self.inference_url if api == "inference" else self.management_url
+            raise ServerUnreachable(base, "ConnectionError") from e
+        except requests.Timeout:  # a request that hung may still be running: never sent again
+            raise TorchServeError("timeout", f"no answer within {self.timeout:g}s to {method} {url}; "
+                                             "not sent again") from None
 
     @staticmethod
     def _json(r: requests.Response) -> Any:

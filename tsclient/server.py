@@ -23,7 +23,6 @@ raises that worker's own error (from logs/model_log.log) instead of leaving Torc
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -31,12 +30,17 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import psutil
 import requests
+
+from tsclient.keys import KeyStore, bearer, read_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "config.properties"
@@ -46,8 +50,8 @@ KEY_FILE = "key_file.json"
 PID_FILE = "logs/torchserve.pid"
 OUT_FILE = "logs/torchserve.out"
 DERIVED_CONFIG = "logs/ts-config.properties"
-# Processes of ours: the launcher (python -m ts.model_server), the JVM, the Python workers.
-OUR_CMDLINE_MARKERS = ("ts.model_server", "org.pytorch.serve.ModelServer", "model_service_worker")
+# Processes of ours, by role: the launcher (python -m ts.model_server), the JVM, the Python workers.
+ROLES = {"launcher": "ts.model_server", "frontend": "org.pytorch.serve.ModelServer", "workers": "model_service_worker"}
 PORT_KEYS = {  # override name -> (property, whether the property holds a URL or a bare port)
     "inference": ("inference_address", "url"),
     "management": ("management_address", "url"),
@@ -55,6 +59,7 @@ PORT_KEYS = {  # override name -> (property, whether the property holds a URL or
     "grpc_inference": ("grpc_inference_port", "port"),
     "grpc_management": ("grpc_management_port", "port"),
 }
+PORT_NAMES = tuple(PORT_KEYS)
 _LAUNCHED: dict[int, subprocess.Popen] = {}  # launchers started by this process, reaped in stop()
 DEFAULT_PORTS = {"inference": 8080, "management": 8081, "metrics": 8082, "grpc_inference": 7070, "grpc_management": 7071}
 
@@ -195,16 +200,27 @@ def _environment(cfg: ServerConfig) -> dict[str, str]:
     return env
 
 
-def _group_alive(pgid: int) -> bool:
-    """True while any process of ours is left in the group."""
+def processes(pgid: int | None) -> dict[str, list[psutil.Process]]:
+    """The processes of ours in process group `pgid`, by role (ROLES); the one scan of the process table."""
+    found: dict[str, list[psutil.Process]] = {role: [] for role in ROLES}
+    if pgid is None:
+        return found
     for proc in psutil.process_iter(["pid", "cmdline"]):
         try:
-            if os.getpgid(proc.info["pid"]) == pgid and any(
-                    m in " ".join(proc.info["cmdline"] or []) for m in OUR_CMDLINE_MARKERS):
-                return True
+            if os.getpgid(proc.info["pid"]) != pgid:
+                continue
+            cmdline = " ".join(proc.info["cmdline"] or [])
+            role = next((role for role, marker in ROLES.items() if marker in cmdline), None)
+            if role is not None:
+                found[role].append(proc)
         except (ProcessLookupError, psutil.Error, OSError):
             continue
-    return False
+    return found
+
+
+def _group_alive(pgid: int) -> bool:
+    """True while any process of ours is left in the group."""
+    return any(processes(pgid).values())
 
 
 TS_PID_FILE = "logs/tmp/.model_server.pid"  # TorchServe's own, moved here by TMPDIR; holds the JVM's pid
@@ -274,13 +290,15 @@ def startup_archives(props: dict[str, str]) -> list[str]:
     return [e.split("=", 1)[-1].strip() for e in entries]
 
 
+def auth_headers(endpoints: Endpoints, api: str) -> dict[str, str]:
+    """The Authorization header for `api`, or none while there is no key file (token authorization off, or
+    keys not written yet: then the server refuses, and callers retry)."""
+    return bearer(KeyStore(endpoints.key_file).current(api))
+
+
 def _models_ready(endpoints: Endpoints) -> bool:
     """Every registered version has at least minWorkers workers READY (with the management key)."""
-    try:
-        key = json.loads(endpoints.key_file.read_text())["management"]["key"]
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
-        key = None  # token authorization off (or keys not written yet: then the server refuses, and we retry)
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    headers = auth_headers(endpoints, "management")
     try:
         models = requests.get(f"{endpoints.management_url}/models", params={"limit": 1000}, headers=headers,
                               timeout=5).json()["models"]
@@ -318,6 +336,11 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
+def free_port_overrides() -> dict[str, int]:
+    """A free loopback port for every listener (ServerConfig.ports), for a server next to others."""
+    return dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES))))
+
+
 def running_pid(cfg: ServerConfig) -> int | None:
     """Process group of the server of this state dir if it is still alive, else None."""
     pid = _read_pid(cfg)
@@ -327,12 +350,7 @@ def running_pid(cfg: ServerConfig) -> int | None:
 def _healthy(endpoints: Endpoints) -> bool:
     # With token authorization on, even /ping needs the inference key (0.12 answers 400 without it).
     try:
-        key = json.loads(endpoints.key_file.read_text())["inference"]["key"]
-    except (FileNotFoundError, ValueError, KeyError, TypeError):
-        key = None
-    try:
-        r = requests.get(f"{endpoints.inference_url}/ping", timeout=2,
-                         headers={"Authorization": f"Bearer {key}"} if key else {})
+        r = requests.get(f"{endpoints.inference_url}/ping", timeout=2, headers=auth_headers(endpoints, "inference"))
         return r.status_code == 200 and r.json().get("status") == "Healthy"
     except (requests.RequestException, ValueError):
         return False
@@ -433,3 +451,45 @@ def stop(cfg: ServerConfig) -> bool:
         _reap(pgid)
     _clear_state(cfg)
     return was_running
+
+
+@dataclass
+class Running:
+    """A started server: its config, where it answers, and its model store."""
+
+    cfg: ServerConfig
+    endpoints: Endpoints
+    store: Path
+
+    @property
+    def state_dir(self) -> Path:
+        return self.cfg.state_dir
+
+    def client(self, **options):
+        """A REST client for this server (options: TorchServeClient's timeout, retries, backoff_s)."""
+        from tsclient.rest import TorchServeClient
+
+        ep = self.endpoints
+        return TorchServeClient(ep.inference_url, ep.management_url, ep.key_file, **options)
+
+    def key(self, api: str = "inference") -> str:
+        return read_keys(self.endpoints.key_file).key(api)
+
+
+@contextmanager
+def temporary_server(model_store: Path | None = None, *, config: Path = DEFAULT_CONFIG,
+                     properties: dict[str, str] | None = None, prefix: str = "torchserve-") -> Iterator[Running]:
+    """A TorchServe on free loopback ports with a temporary state dir (and model store, unless one is given),
+    token authorization on as in `config`. Always stopped, its process group killed if needed, and its
+    temporary files removed: the one way tests, benchmarks and checks run a server of their own."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    store = Path(model_store) if model_store is not None else base / "store"
+    store.mkdir(parents=True, exist_ok=True)
+    (base / "state").mkdir()
+    cfg = ServerConfig(config=config, state_dir=base / "state", model_store=store, properties=dict(properties or {}),
+                       ports=free_port_overrides())
+    try:
+        yield Running(cfg, start(cfg), store)
+    finally:
+        stop(cfg)
+        shutil.rmtree(base, ignore_errors=True)

@@ -36,7 +36,7 @@ class LiveServer:
 
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory):
-    from tests.bundles import make_tiny_bundle
+    from training.tiny import make_tiny_bundle
     from tsclient.archive import ArchiveConfig, build_archive
 
     base = tmp_path_factory.mktemp("live-models")
@@ -44,14 +44,16 @@ def model_store(tmp_path_factory):
     try:
         for version, labels in (("1.0", sorted(V1_LABELS)), ("2.0", sorted(V2_LABELS))):
             bundle = make_tiny_bundle(base / f"bundle-{version}", labels=labels)
-            build_archive(ArchiveConfig(bundle=bundle, name=NAME, version=version, store=store))
+            # The archive plans the deployment the tests use: batches of up to 8 within 50 ms, up to 2 workers.
+            build_archive(ArchiveConfig(bundle=bundle, name=NAME, version=version, store=store, batch_size=8,
+                                        max_batch_delay=50, max_workers=2))
         yield store
     finally:
         shutil.rmtree(base, ignore_errors=True)  # no temporary model store outlives the session
 
 
 @pytest.fixture(scope="session")
-def live(tmp_path_factory, model_store) -> LiveServer:
+def live(model_store) -> LiveServer:
     if shutil.which("java") is None:
         pytest.skip("java not installed: TorchServe needs a JRE 11+ (make java-check)")
     from tsclient.grpc_client import StubsMissing, generate_stubs, load_stubs
@@ -61,17 +63,12 @@ def live(tmp_path_factory, model_store) -> LiveServer:
     except StubsMissing:
         generate_stubs()  # what `make grpc-stubs` does; tsclient/_proto is gitignored
     from tsclient.grpc_client import TorchServeGrpcClient
-    from tsclient.rest import TorchServeClient
 
-    names = ("inference", "management", "metrics", "grpc_inference", "grpc_management")
-    cfg = server.ServerConfig(state_dir=tmp_path_factory.mktemp("ts-state"), model_store=model_store,
-                              ports=dict(zip(names, server.free_ports(len(names)))))
-    try:
-        ep = server.start(cfg)
-        rest = TorchServeClient(ep.inference_url, ep.management_url, ep.key_file, backoff_s=0.1)
+    # Stopped at the end of the session (SIGTERM via `torchserve --stop`, then SIGKILL to the group if needed).
+    with server.temporary_server(model_store, prefix="ts-live-") as running:
+        ep = running.endpoints
+        rest = running.client(backoff_s=0.1)
         grpc = TorchServeGrpcClient(ep.grpc_inference, ep.grpc_management, ep.key_file, management_url=ep.management_url)
         rest.register(NAME, f"{NAME}-1.0.mar", initial_workers=1, batch_size=8, max_batch_delay=50)
-        yield LiveServer(cfg, ep, rest, grpc, model_store)
+        yield LiveServer(running.cfg, ep, rest, grpc, model_store)
         grpc.close()
-    finally:
-        server.stop(cfg)  # SIGTERM via `torchserve --stop`, then SIGKILL to the group if anything is left

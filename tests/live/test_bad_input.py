@@ -12,42 +12,52 @@ import requests
 
 from tests.live.conftest import NAME, V1_LABELS
 from tests.live.test_rest import assert_prediction
-from tsclient.keys import read_keys
+from tsclient.keys import bearer, read_keys
 from tsclient.rest import TorchServeError
 
 pytestmark = pytest.mark.live
 JSON, PLAIN = "application/json", "text/plain; charset=utf-8"
 MAX_REQUEST_SIZE = 10485760  # config.properties
 
-BAD = [  # id, body, content type, status, what the error says
-    ("empty-json", b"", JSON, 400, "body is empty"),
-    ("empty-plain", b"", PLAIN, 400, "body is empty"),
-    ("whitespace-text", b'{"text": " \\n\\t "}', JSON, 400, "text is empty"),
-    ("whitespace-in-texts", b'{"texts": ["ok", "   "]}', JSON, 400, "texts[1] is empty"),
-    ("no-text-field", b'{"top_k": 1}', JSON, 400, "needs exactly one of 'text', 'texts' or 'instances'"),
-    ("two-text-fields", b'{"text": "a", "texts": ["b"]}', JSON, 400, "needs exactly one of"),
-    ("text-number", b'{"text": 5}', JSON, 400, "text must be a string, got a number"),
-    ("text-null", b'{"text": null}', JSON, 400, "text must be a string, got null"),
-    ("text-list", b'{"text": ["a"]}', JSON, 400, "text must be a string, got a list"),
-    ("text-object", b'{"text": {"text": "a"}}', JSON, 400, "text must be a string, got an object"),
-    ("body-number", b"42", JSON, 400, "must be an object with 'text', 'texts' or 'instances', got a number"),
-    ("body-null", b"null", JSON, 400, "got null"),
-    ("texts-not-list", b'{"texts": "a"}', JSON, 400, "'texts' must be a list of strings, got a string"),
-    ("texts-non-string", b'{"texts": ["ok", 3]}', JSON, 400, "texts[1] must be a string, got a number"),
-    ("texts-over-limit", json.dumps({"texts": ["x"] * 65}).encode(), JSON, 413, "65 entries; at most 64 per request"),
-    ("instances-bad-item", b'{"instances": [{"txt": "a"}]}', JSON, 400, "instances[0] must be a string or an object"),
-    ("invalid-json", b'{"text": "unterminated', JSON, 400, "body is not valid JSON"),
-    ("invalid-utf8-json", b'{"text": "\xff\xfe"}', JSON, 400, "body is not valid UTF-8"),
-    ("invalid-utf8-plain", b"caf\xe9", PLAIN, 400, "body is not valid UTF-8"),
+BAD = [  # id, body, content type, status, what the error says, its type
+    ("empty-json", b"", JSON, 400, "body is empty", "invalid_text"),
+    ("empty-plain", b"", PLAIN, 400, "body is empty", "invalid_text"),
+    ("whitespace-text", b'{"text": " \\n\\t "}', JSON, 400, "text is empty", "invalid_text"),
+    ("whitespace-in-texts", b'{"texts": ["ok", "   "]}', JSON, 400, "texts[1] is empty", "invalid_text"),
+    ("no-text-field", b'{"top_k": 1}', JSON, 400, "needs exactly one of 'text', 'texts' or 'instances'",
+     "invalid_request"),
+    ("two-text-fields", b'{"text": "a", "texts": ["b"]}', JSON, 400, "needs exactly one of", "invalid_request"),
+    ("text-number", b'{"text": 5}', JSON, 400, "text must be a string, got a number", "invalid_text"),
+    ("text-null", b'{"text": null}', JSON, 400, "text must be a string, got null", "invalid_text"),
+    ("text-list", b'{"text": ["a"]}', JSON, 400, "text must be a string, got a list", "invalid_text"),
+    ("text-object", b'{"text": {"text": "a"}}', JSON, 400, "text must be a string, got an object", "invalid_text"),
+    ("body-number", b"42", JSON, 400, "must be an object with 'text', 'texts' or 'instances', got a number",
+     "invalid_request"),
+    ("body-null", b"null", JSON, 400, "got null", "invalid_request"),
+    ("texts-not-list", b'{"texts": "a"}', JSON, 400, "'texts' must be a list of strings, got a string",
+     "invalid_request"),
+    ("texts-non-string", b'{"texts": ["ok", 3]}', JSON, 400, "texts[1] must be a string, got a number", "invalid_text"),
+    ("texts-over-limit", json.dumps({"texts": ["x"] * 65}).encode(), JSON, 413, "65 entries; at most 64 per request",
+     "too_many_texts"),
+    ("instances-bad-item", b'{"instances": [{"txt": "a"}]}', JSON, 400, "instances[0] must be a string or an object",
+     "invalid_request"),
+    ("invalid-json", b'{"text": "unterminated', JSON, 400, "body is not valid JSON", "invalid_json"),
+    ("invalid-utf8-json", b'{"text": "\xff\xfe"}', JSON, 400, "body is not valid UTF-8", "invalid_encoding"),
+    ("invalid-utf8-plain", b"caf\xe9", PLAIN, 400, "body is not valid UTF-8", "invalid_encoding"),
     # Each of the next three used to escape the parser and fail every request of its batch.
-    ("lone-surrogate", b'{"text": "a \\ud800 b"}', JSON, 400, "text is not valid Unicode (lone surrogate"),
-    ("nested-too-deeply", b"[" * 100_000, JSON, 400, "nested too deeply"),
-    ("integer-too-long", b'{"text": "a", "top_k": ' + b"9" * 5000 + b"}", JSON, 400, "a number is too long"),
-    ("top-k-negative", b'{"text": "a", "top_k": -3}', JSON, 400, "'top_k' must be an integer >= 1, got -3"),
-    ("top-k-zero", b'{"text": "a", "top_k": 0}', JSON, 400, "'top_k' must be an integer >= 1, got 0"),
-    ("top-k-string", b'{"text": "a", "top_k": "2"}', JSON, 400, "'top_k' must be an integer >= 1, got a string"),
-    ("top-k-float", b'{"text": "a", "top_k": 1.5}', JSON, 400, "'top_k' must be an integer >= 1, got a number"),
-    ("top-k-typo", b'{"text": "a", "topk": 1}', JSON, 400, "unknown field(s) ['topk']"),
+    ("lone-surrogate", b'{"text": "a \\ud800 b"}', JSON, 400, "text is not valid Unicode (lone surrogate",
+     "invalid_text"),
+    ("nested-too-deeply", b"[" * 100_000, JSON, 400, "nested too deeply", "invalid_json"),
+    ("integer-too-long", b'{"text": "a", "top_k": ' + b"9" * 5000 + b"}", JSON, 400, "a number is too long",
+     "invalid_json"),
+    ("top-k-negative", b'{"text": "a", "top_k": -3}', JSON, 400, "'top_k' must be an integer >= 1, got -3",
+     "invalid_top_k"),
+    ("top-k-zero", b'{"text": "a", "top_k": 0}', JSON, 400, "'top_k' must be an integer >= 1, got 0", "invalid_top_k"),
+    ("top-k-string", b'{"text": "a", "top_k": "2"}', JSON, 400, "'top_k' must be an integer >= 1, got a string",
+     "invalid_top_k"),
+    ("top-k-float", b'{"text": "a", "top_k": 1.5}', JSON, 400, "'top_k' must be an integer >= 1, got a number",
+     "invalid_top_k"),
+    ("top-k-typo", b'{"text": "a", "topk": 1}', JSON, 400, "unknown field(s) ['topk']", "invalid_request"),
 ]
 
 
@@ -57,7 +67,7 @@ def worker_identity(live) -> list:
 
 
 def headers(live, content_type: str | None = None) -> dict:
-    h = {"Authorization": f"Bearer {read_keys(live.endpoints.key_file).inference}"}
+    h = bearer(read_keys(live.endpoints.key_file).inference)
     return dict(h, **({"Content-Type": content_type} if content_type else {}))
 
 
@@ -82,11 +92,11 @@ def unchanged_worker(live):
     assert worker_identity(live) == before, "the worker restarted"
 
 
-@pytest.mark.parametrize("body, content_type, status, says", [c[1:] for c in BAD], ids=[c[0] for c in BAD])
-def test_rest_bad_input_is_refused_alone(live, unchanged_worker, body, content_type, status, says):
+@pytest.mark.parametrize("body, content_type, status, says, kind", [c[1:] for c in BAD], ids=[c[0] for c in BAD])
+def test_rest_bad_input_is_refused_alone(live, unchanged_worker, body, content_type, status, says, kind):
     bad, good = send_with_valid(live, body, content_type)
     assert bad.status_code == status and bad.headers["Content-Type"].startswith("application/json")
-    assert bad.json().keys() == {"error"} and says in bad.json()["error"], bad.text
+    assert bad.json() == {"error": bad.json()["error"], "type": kind} and says in bad.json()["error"], bad.text
     assert good.status_code == 200
     assert_prediction(good.json())
 
@@ -135,7 +145,7 @@ def test_unknown_version_is_404(live):
 def test_wrong_method_on_management_api_is_405(live):
     key = read_keys(live.endpoints.key_file).management
     for method, path in (("PUT", "/models"), ("PATCH", f"/models/{NAME}"), ("POST", f"/models/{NAME}/1.0")):
-        r = requests.request(method, live.endpoints.management_url + path, headers={"Authorization": f"Bearer {key}"},
+        r = requests.request(method, live.endpoints.management_url + path, headers=bearer(key),
                              timeout=30)
         assert r.status_code == 405 and r.json()["type"] == "MethodNotAllowedException", (method, path)
 
@@ -152,11 +162,11 @@ def test_predictions_route_accepts_any_method(live):
 # ---- the same over gRPC: no content type, the handler gets the raw bytes --------------------------------
 # Bytes that do not start with { or [ are one plain text there, so a bare 42 or null is classified.
 GRPC_BAD = [c for c in BAD if c[2] == JSON and c[0] not in ("empty-json", "body-number", "body-null")] + [
-    ("empty", b"", JSON, 400, "body is empty")]
+    ("empty", b"", JSON, 400, "body is empty", "invalid_text")]
 
 
-@pytest.mark.parametrize("body, says", [(c[1], c[4]) for c in GRPC_BAD], ids=[c[0] for c in GRPC_BAD])
-def test_grpc_bad_input_is_refused_alone(live, unchanged_worker, body, says):
+@pytest.mark.parametrize("body, says, kind", [(c[1], c[4], c[5]) for c in GRPC_BAD], ids=[c[0] for c in GRPC_BAD])
+def test_grpc_bad_input_is_refused_alone(live, unchanged_worker, body, says, kind):
     """gRPC carries no per-request status from TorchServe; the client raises the handler's error as
     INVALID_ARGUMENT (413 cases included), and a valid request batched with it is answered."""
     start = threading.Barrier(2)
@@ -171,6 +181,7 @@ def test_grpc_bad_input_is_refused_alone(live, unchanged_worker, body, says):
     with ThreadPoolExecutor(2) as pool:
         bad, good = pool.map(call, [body, b'{"text": "a perfectly valid request"}'])
     assert isinstance(bad, TorchServeError) and bad.status == "INVALID_ARGUMENT" and says in bad.message
+    assert bad.kind == kind
     assert_prediction(good)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import time
 import uuid
 from urllib.parse import urlparse
@@ -16,7 +15,7 @@ import requests
 from tests.live.conftest import NAME
 from tests.live.test_rest import assert_prediction
 from tsclient import server
-from tsclient.keys import read_keys
+from tsclient.keys import bearer, read_keys
 from tsclient.rest import TorchServeError
 
 pytestmark = pytest.mark.live
@@ -39,14 +38,13 @@ def test_configured_listeners_are_loopback(config):
 
 
 def test_running_server_listens_on_loopback_only(live):
-    group = server.running_pid(live.cfg)
     listening = []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if os.getpgid(proc.pid) == group:  # the launcher, the JVM and the Python workers
+    for procs in server.processes(server.running_pid(live.cfg)).values():  # the launcher, the JVM, the workers
+        for proc in procs:
+            try:
                 listening += [c.laddr for c in proc.net_connections("inet") if c.status == psutil.CONN_LISTEN]
-        except (psutil.Error, OSError):
-            continue
+            except psutil.Error:
+                continue
     assert sorted(a.port for a in listening) == sorted(live.endpoints.ports().values())
     assert all(is_loopback(a.ip) for a in listening), listening
 
@@ -54,7 +52,7 @@ def test_running_server_listens_on_loopback_only(live):
 def test_request_content_never_reaches_the_logs(live):
     marker = f"marker{uuid.uuid4().hex}"
     url = f"{live.endpoints.inference_url}/predictions/{NAME}"
-    auth = {"Authorization": f"Bearer {read_keys(live.endpoints.key_file).inference}"}
+    auth = bearer(read_keys(live.endpoints.key_file).inference)
     bodies = [  # (body, content type, expected status): valid and invalid, every field the parser reads
         (json.dumps({"text": f"valid {marker}"}), "application/json", 200),
         (json.dumps({"texts": [f"a {marker}", "b"], "top_k": 1}), "application/json", 200),
@@ -89,7 +87,7 @@ def test_request_content_never_reaches_the_logs(live):
 def test_form_encoded_body_gets_a_clear_400(live):
     """`curl -d '{"text": ...}'` without -H sends a form; TorchServe hands the handler no body for it."""
     url = f"{live.endpoints.inference_url}/predictions/{NAME}"
-    auth = {"Authorization": f"Bearer {read_keys(live.endpoints.key_file).inference}"}
+    auth = bearer(read_keys(live.endpoints.key_file).inference)
     r = requests.post(url, data=b'{"text": "hello"}',
                       headers={**auth, "Content-Type": "application/x-www-form-urlencoded"}, timeout=60)
     assert r.status_code == 400, r.text

@@ -34,15 +34,7 @@ def ready_workers(live, version: str = "1.0") -> list[tuple[str, int]]:
 
 
 def worker_processes(live) -> list[psutil.Process]:
-    group = server.running_pid(live.cfg)
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if "model_service_worker" in " ".join(proc.info["cmdline"] or []) and os.getpgid(proc.pid) == group:
-                found.append(proc)
-        except (psutil.Error, OSError):
-            continue
-    return found
+    return server.processes(server.running_pid(live.cfg))["workers"]
 
 
 def test_killed_worker_is_restarted_and_no_request_is_lost(live):
@@ -133,10 +125,12 @@ def worker_launches(live, version: str) -> int:
                          "labels-vs-outputs", "no-tokenizer"], indirect=["broken_archive"])
 def test_broken_archive_fails_registration_clearly(live, target, broken_archive, says):
     version = broken_archive
-    with pytest.raises(TorchServeError) as e:
+    # A truncated archive is named before TorchServe is asked; the others fail in TorchServe (500) and
+    # get the worker's reason from its log.
+    with pytest.raises(ops.OpsError if version == "9.1" else TorchServeError) as e:
         ops.main(ops.RegisterConfig(NAME, version, workers=1, target=target))
-    assert e.value.status == 500 and says in e.value.message, e.value.message
-    assert "\n" not in str(e.value)
+    assert says in str(e.value) and "\n" not in str(e.value), str(e.value)
+    assert version == "9.1" or e.value.status == 500
     # Registration is synchronous: the failed version is gone at once and nothing keeps retrying it.
     assert [d["modelVersion"] for d in live.rest.describe(NAME, "all")] == ["1.0"]
     time.sleep(2)  # TorchServe would retry a failed worker after 1 s, then 1, 2, 3, 5... s
@@ -149,7 +143,7 @@ def test_roll_forward_and_back_while_requests_flow(live, target):
     try:
         with Traffic(live.endpoints, NAME) as traffic:
             traffic.wait_for_answers(10)
-            ops.main(ops.RegisterConfig(NAME, "2.0", workers=1, batch_size=8, max_batch_delay=50, target=target))
+            ops.main(ops.RegisterConfig(NAME, "2.0", workers=1, target=target))
             traffic.wait_for_answers(10)
             ops.main(ops.SetDefaultConfig(NAME, "2.0", target=target))
             traffic.wait_until(lambda: traffic.labels.count(frozenset(V2_LABELS)) >= 20, "answers from v2")

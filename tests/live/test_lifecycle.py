@@ -23,7 +23,7 @@ def workers(live, version: str) -> tuple[int, int, int]:
 
 
 def test_roll_forward_and_back(live, target):
-    ops.main(ops.RegisterConfig(NAME, "2.0", workers=1, batch_size=8, max_batch_delay=50, target=target))
+    ops.main(ops.RegisterConfig(NAME, "2.0", workers=1, target=target))
     try:
         versions = {d["modelVersion"] for d in ops.main(ops.ModelsConfig(NAME, "all", target=target))}
         assert versions == {"1.0", "2.0"}
@@ -58,9 +58,27 @@ def test_scale_up_and_down(live, target):
     assert labels_of(live.rest.predict(NAME, "still serving")) == V1_LABELS
 
 
-def test_models_lists_registered_names(live, target):
-    listed = ops.main(ops.ModelsConfig(target=target))
-    assert {"modelName": NAME, "modelUrl": f"{NAME}-1.0.mar"} in listed
+def test_register_workers_starts_that_many_and_models_lists_every_version(live, target):
+    """`make register NAME=clf VERSION=2.0 WORKERS=2` on an archive planned for up to 2 workers (minWorkers 1)."""
+    ops.main(ops.RegisterConfig(NAME, "2.0", workers=2, target=target))
+    try:
+        assert workers(live, "2.0") == (2, 2, 2)
+        (listed,) = [m for m in ops.main(ops.ModelsConfig(target=target)) if m["modelName"] == NAME]
+        assert listed["defaultVersion"] == "1.0"
+        assert [(v["version"], v["archive"], v["workers"]) for v in listed["versions"]] == [
+            ("1.0", f"{NAME}-1.0.mar", 1), ("2.0", f"{NAME}-2.0.mar", 2)]
+        assert all((v["batchSize"], v["maxBatchDelay"]) == (8, 50) for v in listed["versions"])  # the archive's
+    finally:
+        ops.main(ops.UnregisterConfig(NAME, "2.0", target=target))
+
+
+def test_more_workers_than_the_archive_plans_are_refused(live, target):
+    with pytest.raises(ops.OpsError, match=r"clf-2\.0\.mar plans at most 2 worker\(s\).*--max-workers 3"):
+        ops.main(ops.RegisterConfig(NAME, "2.0", workers=3, target=target))
+    with pytest.raises(ops.OpsError, match=r"clf-1\.0\.mar plans at most 2 worker\(s\)"):
+        ops.main(ops.ScaleConfig(NAME, workers=3, version="1.0", target=target))
+    assert [d["modelVersion"] for d in live.rest.describe(NAME, "all")] == ["1.0"]
+    assert workers(live, "1.0") == (1, 1, 1)
 
 
 def test_register_missing_archive_names_the_store(live, target):

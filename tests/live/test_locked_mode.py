@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from tests.live.conftest import NAME, V1_LABELS, V2_LABELS
-from tests.live.test_server import NAMES, our_processes
+from tests.live.test_server import our_processes
 from tests.live.traffic import Traffic
 from tsclient import ops, server
 from tsclient.rest import TorchServeClient, TorchServeError
@@ -25,7 +25,7 @@ HOSTILE_ENV = {"TS_DISABLE_TOKEN_AUTHORIZATION": "true", "TS_ENABLE_MODEL_API": 
 @pytest.fixture(scope="module")
 def locked(tmp_path_factory, model_store, live):  # `live` first: the two servers never start together
     cfg = server.ServerConfig(config=LOCKED, state_dir=tmp_path_factory.mktemp("ts-locked"), model_store=model_store,
-                              ports=dict(zip(NAMES, server.free_ports(len(NAMES)))),
+                              ports=server.free_port_overrides(),
                               properties={"load_models": f"{NAME}-1.0.mar,{NAME}-2.0.mar"})
     saved = {k: os.environ.get(k) for k in HOSTILE_ENV}
     os.environ.update(HOSTILE_ENV)
@@ -84,7 +84,7 @@ def test_environment_cannot_turn_tokens_off(locked):
 
 def test_archive_missing_from_the_store_fails_before_start(tmp_path, model_store):
     cfg = server.ServerConfig(config=LOCKED, state_dir=tmp_path, model_store=model_store,
-                              ports=dict(zip(NAMES, server.free_ports(len(NAMES)))),
+                              ports=server.free_port_overrides(),
                               properties={"load_models": f"{NAME}-1.0.mar,{NAME}-7.7.mar"})
     with pytest.raises(server.ServerError, match=rf"load_models lists {NAME}-7\.7\.mar, not in the model store"):
         server.start(cfg)
@@ -99,7 +99,7 @@ def test_archive_that_cannot_load_fails_the_start_with_its_reason(tmp_path, mode
     store.mkdir()
     rewrite_mar(model_store / f"{NAME}-1.0.mar", store / f"{NAME}-9.2.mar", "9.2", tamper_model)
     cfg = server.ServerConfig(config=LOCKED, state_dir=tmp_path / "state", model_store=store,
-                              ports=dict(zip(NAMES, server.free_ports(len(NAMES)))),
+                              ports=server.free_port_overrides(),
                               properties={"load_models": f"{NAME}-9.2.mar"})
     with pytest.raises(server.ServerError, match="cannot be loaded; its worker failed with: .*BundleError: .*"
                                                  "does not match the model card's"):
@@ -118,7 +118,7 @@ def test_stop_while_requests_flow_then_serve_again(locked):
         assert ops.main(ops.StopConfig(ops.Target(LOCKED, cfg.state_dir))) == {"status": "TorchServe stopped"}
     # The JVM deletes key_file.json first and answers a little longer, so a request sent then is refused
     # for its missing key; every other one is answered or cannot connect.
-    stopped = ("ConnectionError", "UNAVAILABLE", "Worker died", "TorchServe 503", "token refused")
+    stopped = ("cannot reach TorchServe", "UNAVAILABLE", "Worker died", "TorchServe 503", "token refused")
     assert answered >= 20 and all(any(s in error for s in stopped) for error in traffic.errors), traffic.errors[:5]
     assert our_processes(cfg.state_dir) == [] and not ep.key_file.exists()
     assert not any(server.port_in_use(port) for port in ep.ports().values())

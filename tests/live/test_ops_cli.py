@@ -28,11 +28,6 @@ def test_torchserve_refusal_is_one_line_exit_1(live, capsys):
     assert err.count("\n") == 1 and err.startswith("error: TorchServe 404") and "no-such-model" in err
 
 
-def test_argument_mistake_exit_2(live, capsys):
-    code, _, err = run(live, capsys, "scale", "--name", NAME, "--workers", "-1")
-    assert code == 2 and err.strip() == "error: workers must be an integer >= 0, got -1"
-
-
 def test_unreachable_server_is_named(tmp_path, capsys):
     from tsclient.server import free_ports
 

@@ -1,10 +1,10 @@
 """Predictions over REST in every body form the handler accepts, against the session's v1."""
-import json
 
 import pytest
 import requests
 
 from tests.live.conftest import NAME, V1_LABELS
+from tsclient.keys import bearer, read_keys
 from tsclient.rest import TorchServeError
 
 pytestmark = pytest.mark.live
@@ -80,9 +80,12 @@ def test_unknown_model_is_404_with_torchserve_message(live):
     assert e.value.status == 404 and "not found" in e.value.message.lower()
 
 
-def test_error_body_is_json_with_error_field(live):
-    key = json.loads(live.endpoints.key_file.read_text())["inference"]["key"]
+def test_error_body_is_json_with_error_and_type(live):
+    key = read_keys(live.endpoints.key_file).inference
     r = requests.post(f"{live.endpoints.inference_url}/predictions/{NAME}", data=b'{"text": 5}',
-                      headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"}, timeout=30)
+                      headers={**bearer(key), "Content-Type": "application/json"}, timeout=30)
     assert r.status_code == 400
-    assert set(r.json()) == {"error"}
+    assert r.json() == {"error": "text must be a string, got a number", "type": "invalid_text"}
+    with pytest.raises(TorchServeError) as e:
+        live.rest.predict(NAME, texts=["x"] * 65)
+    assert (e.value.status, e.value.kind) == (413, "too_many_texts")  # the client carries the type

@@ -5,7 +5,7 @@ import pytest
 import requests
 
 from tests.live.conftest import NAME
-from tsclient.keys import KeyStore, read_keys
+from tsclient.keys import KeyStore, bearer, read_keys
 from tsclient.rest import TokenRefused, TorchServeClient, TorchServeError
 
 pytestmark = pytest.mark.live
@@ -21,7 +21,7 @@ def test_missing_or_wrong_token_is_refused_with_400(live, headers):
 def test_management_key_does_not_open_inference(live):
     keys = read_keys(live.endpoints.key_file)
     r = requests.get(f"{live.endpoints.inference_url}/ping", timeout=30,
-                     headers={"Authorization": f"Bearer {keys.management}"})
+                     headers=bearer(keys.management))
     assert r.status_code == 400
 
 
@@ -56,7 +56,7 @@ def test_token_api_rotates_a_key(live):
     new = store.refresh("inference")
     assert new != old and read_keys(live.endpoints.key_file).inference == new
     ping = f"{live.endpoints.inference_url}/ping"
-    assert requests.get(ping, headers={"Authorization": f"Bearer {old}"}, timeout=30).status_code == 400
+    assert requests.get(ping, headers=bearer(old), timeout=30).status_code == 400
     assert live.rest.health() == {"status": "Healthy"}  # the client re-reads the file
 
 

@@ -1,0 +1,146 @@
+"""The run directory: what `training.train` writes and export, summary, the demo and the benchmarks read.
+
+Layout (the names live here and nowhere else):
+    run.json            config, labels, max_length, class weights, data source and fingerprint, versions
+    model/              Hugging Face model (model.safetensors, config.json whose id2label holds the labels)
+                        and tokenizer: the best checkpoint
+    metrics.json        validation + test headline metrics, per-class results, training throughput
+    report/             confusion_matrix.{csv,png}, misclassified.csv, report.json (test split)
+    data/test.parquet   the normalised test split (text, label), so export evaluates without the source
+    checkpoints/        Trainer checkpoints (resumed from automatically)
+
+metrics.json is written last: a run that has it finished. `RunDir(path)` names the paths and reads
+them; every problem with a run directory raises RunDirError with a one-line message naming the file.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from cli import UserError
+
+RUN_FILE = "run.json"
+MODEL_DIR = "model"
+MODEL_CONFIG_FILE = "config.json"  # inside model/
+WEIGHTS_FILE = "model.safetensors"  # inside model/
+METRICS_FILE = "metrics.json"
+REPORT_DIR = "report"
+TEST_FILE = "data/test.parquet"
+CHECKPOINTS_DIR = "checkpoints"
+
+# What readers rely on in run.json (serving needs both; export and the serving benchmark read them).
+RUN_KEYS = ("labels", "max_length")
+
+
+class RunDirError(UserError):
+    """The run directory is incomplete or unreadable; the message names the file and why."""
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "path", Path(self.path))
+
+    # ------------------------------------------------------------------------------------------ paths
+
+    @property
+    def run_file(self) -> Path:
+        return self.path / RUN_FILE
+
+    @property
+    def model_dir(self) -> Path:
+        return self.path / MODEL_DIR
+
+    @property
+    def model_config_file(self) -> Path:
+        return self.model_dir / MODEL_CONFIG_FILE
+
+    @property
+    def weights_file(self) -> Path:
+        return self.model_dir / WEIGHTS_FILE
+
+    @property
+    def metrics_file(self) -> Path:
+        return self.path / METRICS_FILE
+
+    @property
+    def report_dir(self) -> Path:
+        return self.path / REPORT_DIR
+
+    @property
+    def test_file(self) -> Path:
+        return self.path / TEST_FILE
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / CHECKPOINTS_DIR
+
+    # ------------------------------------------------------------------------------------------ reading
+
+    def check_finished(self) -> None:
+        """Raise RunDirError naming the first file a finished training run has and this one lacks."""
+        # run.json first: an arbitrary folder then says it is no run, not that some inner file is missing.
+        for needed in (self.run_file, self.model_config_file, self.test_file, self.metrics_file):
+            if not needed.is_file():
+                raise self._missing(needed)
+
+    def read_run(self) -> dict:
+        run = self._read_json(self.run_file)
+        for key in RUN_KEYS:
+            if key not in run:
+                raise RunDirError(f"{self.run_file}: missing '{key}'; re-run training.train")
+        return run
+
+    def read_metrics(self) -> dict:
+        return self._read_json(self.metrics_file)
+
+    def read_labels(self) -> list[str]:
+        """Label names in logit order from model/config.json, checked against run.json."""
+        from handlers.bundle import BundleError, labels_from_config
+
+        try:
+            labels = labels_from_config(self._read_json(self.model_config_file), str(self.model_config_file))
+        except BundleError as e:
+            raise RunDirError(str(e)) from None
+        if labels != self.read_run()["labels"]:
+            raise RunDirError(f"{self.model_config_file}: id2label disagrees with {RUN_FILE} labels")
+        return labels
+
+    def read_test(self):
+        """The saved test split: a DataFrame with `text` and `label` (the label name) columns."""
+        import pandas as pd
+
+        if not self.test_file.is_file():
+            raise self._missing(self.test_file)
+        return pd.read_parquet(self.test_file)
+
+    # ------------------------------------------------------------------------------------------ writing
+
+    def write_run(self, run: dict) -> None:
+        _write_json(self.run_file, run)
+
+    def write_metrics(self, metrics: dict) -> None:
+        _write_json(self.metrics_file, metrics)
+
+    def write_test(self, test) -> None:
+        self.test_file.parent.mkdir(parents=True, exist_ok=True)
+        test.to_parquet(self.test_file, index=False)
+
+    def _missing(self, path: Path) -> RunDirError:
+        return RunDirError(f"{path}: missing; is {self.path} a finished training run?")
+
+    def _read_json(self, path: Path) -> dict:
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise self._missing(path) from None
+        except json.JSONDecodeError as e:
+            raise RunDirError(f"{path}: not valid JSON ({e})") from None
+
+
+def _write_json(path: Path, value: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2) + "\n")
