@@ -2,7 +2,8 @@
 
 Layout, written by `training.export` and read by the handler:
     model.pt              TorchScript, (input_ids, attention_mask) -> float32 logits [batch, labels]
-    config.json           Hugging Face config; `id2label` is the single source of the label names
+    config.json           Hugging Face config; `id2label` is the single source of the label names,
+                          `problem_type` says single- or multi-label, `label_thresholds` the multi-label decisions
     index_to_name.json    generated from config.json for TorchServe tooling; must agree with it
     model_card.json       base model, labels, max_length, metrics, data fingerprint, versions,
                           and `model_sha256`, which the handler checks before loading model.pt
@@ -19,6 +20,7 @@ MODEL_FILE = "model.pt"
 CONFIG_FILE = "config.json"
 INDEX_TO_NAME_FILE = "index_to_name.json"
 CARD_FILE = "model_card.json"
+SINGLE, MULTI = "single_label_classification", "multi_label_classification"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 # Any one of these holds the vocabulary, depending on the tokenizer family.
 VOCAB_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
@@ -105,6 +107,8 @@ class ModelCard:
     base_model: str
     model_path: Path
     raw: dict
+    problem_type: str = SINGLE
+    thresholds: tuple = ()  # multi-label: one decision threshold per label, in label order
 
 
 def check(bundle_dir: Path) -> ModelCard:
@@ -115,8 +119,25 @@ def check(bundle_dir: Path) -> ModelCard:
     labels, card = _read_meta(bundle_dir)
     model_path = _verify_model(bundle_dir, card)
     _require_tokenizer_files(bundle_dir)
+    problem_type, thresholds = read_problem(read_json(bundle_dir / CONFIG_FILE), len(labels), bundle_dir / CONFIG_FILE)
     return ModelCard(labels=labels, max_length=int(card["max_length"]), variant=card.get("variant", "fp32"),
-                     base_model=card.get("base_model", "model"), model_path=model_path, raw=card)
+                     base_model=card.get("base_model", "model"), model_path=model_path, raw=card,
+                     problem_type=problem_type, thresholds=thresholds)
+
+
+def read_problem(config: dict, n_labels: int, where) -> tuple[str, tuple]:
+    """config.json's problem_type (absent: single-label, as Hugging Face reads it) and, for multi-label, its
+    `label_thresholds` (absent: 0.5 for every label)."""
+    problem_type = config.get("problem_type") or SINGLE
+    if problem_type not in (SINGLE, MULTI):
+        raise BundleError(f"{where}: problem_type {problem_type!r} is not served (use {SINGLE} or {MULTI})")
+    if problem_type == SINGLE:
+        return problem_type, ()
+    thresholds = config.get("label_thresholds") or [0.5] * n_labels
+    if (not isinstance(thresholds, list) or len(thresholds) != n_labels
+            or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < 1 for t in thresholds)):
+        raise BundleError(f"{where}: label_thresholds must be {n_labels} numbers between 0 and 1, one per label")
+    return problem_type, tuple(float(t) for t in thresholds)
 
 
 def _verify_model(bundle_dir: Path, card: dict) -> Path:

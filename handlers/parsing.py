@@ -198,12 +198,6 @@ def _kind(value) -> str:
     )
 
 
-def prediction(probs: list, labels: list, top_k: Optional[int]) -> dict:
-    """{"label", "score", "scores"} for one text; `scores` holds the top_k best labels, best first."""
-    ranked = sorted(zip(labels, probs), key=lambda pair: pair[1], reverse=True)[: top_k or len(labels)]
-    return {"label": ranked[0][0], "score": ranked[0][1], "scores": dict(ranked)}
-
-
 def error_body(error: RequestError) -> dict:
     return {"error": error.message, "type": error.type.code}
 

@@ -21,7 +21,8 @@ from handlers.batching import forward_by_length
 from handlers.bundle import BundleError
 from handlers.config import HandlerConfig, workers_from_model_yaml
 from handlers.device import choose_device, cpu_has_bf16, cpu_only_warning, slow_bf16_warning
-from handlers.parsing import OneLineDecodeWarnings, error_body, parse_request, prediction
+from handlers.answers import answers_for
+from handlers.parsing import OneLineDecodeWarnings, error_body, parse_request
 from handlers.tokenization import encode
 from handlers.torchscript import follow_input_device
 
@@ -35,7 +36,8 @@ class TextClassifierHandler(BaseHandler):
         props, yaml_config = context.system_properties, context.model_yaml_config or {}
         model_dir = Path(props["model_dir"])
         card = bundle.check(model_dir)
-        self.labels, config = card.labels, HandlerConfig.from_model_yaml(yaml_config)
+        self.labels, self.answers = card.labels, answers_for(card)
+        config = HandlerConfig.from_model_yaml(yaml_config)
         self.config = dataclasses.replace(config, default_top_k=config.resolve_default_top_k(len(card.labels)))
         self.max_length = self.config.resolve_max_length(card.max_length)
         threads = self.config.thread_count(workers_from_model_yaml(yaml_config))
@@ -47,9 +49,9 @@ class TextClassifierHandler(BaseHandler):
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         self._warm_up(model_dir)
         self.manifest, self.initialized = context.manifest, True
-        logger.info("loaded %s (%s): device=%s threads=%d labels=%d max_length=%d chunk_size=%s in %.2fs",
-                    card.base_model, card.variant, self.device, threads, len(self.labels), self.max_length,
-                    self.chunk_size, time.perf_counter() - start)
+        logger.info("loaded %s (%s, %s): device=%s threads=%d labels=%d max_length=%d chunk_size=%s in %.2fs",
+                    card.base_model, card.variant, card.problem_type, self.device, threads, len(self.labels),
+                    self.max_length, self.chunk_size, time.perf_counter() - start)
 
     @staticmethod
     def _device(variant: str, gpu_id) -> torch.device:
@@ -86,7 +88,7 @@ class TextClassifierHandler(BaseHandler):
         if batch is None:
             return parsed, None
         start = time.perf_counter()
-        probs = torch.softmax(self._forward(batch).float(), dim=-1).cpu()
+        probs = self.answers.probabilities(self._forward(batch)).cpu()
         logger.debug("forward %s on %s in %.1f ms", tuple(batch["input_ids"].shape), self.device,
                      (time.perf_counter() - start) * 1000)
         return parsed, probs
@@ -103,7 +105,7 @@ class TextClassifierHandler(BaseHandler):
                 out.append(json.dumps(error_body(p.error)))
                 continue
             mine, offset = rows[offset: offset + len(p.texts)], offset + len(p.texts)
-            out.append(json.dumps(p.shape.wrap([prediction(r, self.labels, p.top_k) for r in mine])))
+            out.append(json.dumps(p.shape.wrap([self.answers.answer(r, p.top_k) for r in mine])))
         rejected = sum(p.error is not None for p in parsed)
         logger.log(logging.INFO if rejected else logging.DEBUG, "batch of %d requests: %d texts, %d rejected",
                    len(parsed), len(rows), rejected)

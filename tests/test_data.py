@@ -7,10 +7,11 @@ import time
 from collections import Counter
 from importlib import metadata
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from training.data import DataError, Splits, fingerprint, label_ids, load_splits
+from training.data import DataError, Splits, fingerprint, label_ids, label_matrix, load_splits
 
 WORDS = ["good", "bad", "fine", "awful", "great", "meh", "superb", "poor"]
 
@@ -326,6 +327,240 @@ def test_bad_fractions():
     assert "--max-eval-samples must be at least 1, got 0" in error("builtin:tweets", max_eval_samples=0)
 
 
+# --------------------------------------------------------------------------------------- multi-label
+
+NAMES = ["billing", "login", "refund"]
+# Label sets in label order, the empty one included: a ticket may carry no label.
+SETS = [("billing",), ("refund",), ("billing", "refund"), ("login",), (), ("login", "refund"),
+        ("billing", "login", "refund")]
+
+
+def ml_rows(sets, n_per_set, offset=0):
+    """`n_per_set` distinct texts per label set; each list is written in reverse, so parsing must re-order it."""
+    texts = [f"ticket {offset + i * 1000 + j}" for i, _ in enumerate(sets) for j in range(n_per_set)]
+    return pd.DataFrame({"text": texts, "labels": [list(reversed(s)) for s in sets for _ in range(n_per_set)]})
+
+
+def joined(frame, separator="|"):
+    return frame.assign(labels=frame["labels"].map(separator.join))
+
+
+def indicators(frame, names=NAMES):
+    """The Jigsaw layout: one 0/1 column per label."""
+    return pd.DataFrame({"text": frame["text"], **{n: [int(n in s) for s in frame["labels"]] for n in names}})
+
+
+def ml_folder(tmp_path, ext="jsonl", layout=lambda f: f, train=None, test=None, val=None):
+    d = tmp_path / "data"
+    write(layout(ml_rows(SETS, 4) if train is None else train), d / f"train.{ext}")
+    write(layout(ml_rows(SETS, 1, offset=100) if test is None else test), d / f"test.{ext}")
+    write(layout(ml_rows(SETS, 1, offset=200) if val is None else val), d / f"validation.{ext}")
+    return d
+
+
+def assert_multi_well_formed(s: Splits):
+    assert s.multi_label
+    position = {name: i for i, name in enumerate(s.labels)}
+    for frame in (s.train, s.validation, s.test):
+        assert list(frame.columns) == ["text", "label"] and len(frame) > 0
+        for names in frame["label"]:
+            assert isinstance(names, tuple) and set(names) <= set(s.labels)
+            assert list(names) == sorted(set(names), key=position.get)
+    assert {name for names in s.train["label"] for name in names} == set(s.labels)
+    assert len(s.fingerprint) == 64
+
+
+LAYOUTS = {
+    "jsonl list": ("jsonl", lambda f: f, {}),
+    "json list": ("json", lambda f: f, {}),
+    "parquet list": ("parquet", lambda f: f, {}),
+    "csv joined": ("csv", joined, {"label_separator": "|"}),
+    "csv 0/1 columns": ("csv", indicators, {"label_columns": NAMES}),
+}
+
+
+def test_every_multi_label_layout_gives_the_same_splits(tmp_path):
+    loaded = {}
+    for name, (ext, layout, options) in LAYOUTS.items():
+        d = ml_folder(tmp_path / name.replace(" ", "_").replace("/", ""), ext, layout)
+        loaded[name] = load_splits(str(d), label_column="labels", **options)
+    first = loaded["jsonl list"]  # a list column switches to multi-label by itself, no option needed
+    assert_multi_well_formed(first)
+    assert first.labels == NAMES
+    assert first.train["label"].tolist() == [s for s in SETS for _ in range(4)]
+    assert first.test["label"].tolist() == SETS
+    for name, s in loaded.items():
+        assert s.multi_label and s.labels == first.labels, name
+        for a, b in zip((s.train, s.validation, s.test), (first.train, first.validation, first.test)):
+            assert a.equals(b), name
+        assert s.fingerprint == first.fingerprint, name
+
+
+def test_label_columns_give_the_label_order(tmp_path):
+    names = ["toxic", "obscene", "threat"]
+    frame = indicators(ml_rows([("toxic",), ("obscene", "toxic"), ("threat",), ()], 5), names)
+    assert "label" not in frame.columns  # label_column is not used
+    s = load_splits(str(write(frame, tmp_path / "jigsaw.csv")), label_columns=names)
+    assert_multi_well_formed(s)
+    assert s.labels == names
+    assert ("toxic", "obscene") in set(s.train["label"])
+
+
+def test_multi_label_flag_makes_plain_labels_one_label_tuples(tmp_path):
+    train = rows(["neg", "pos"], 5)
+    train.loc[3, "label"] = None  # a gap: an error for single-label data, a row without labels here
+    d = folder(tmp_path, train=train)
+    assert "1 rows have no label in column 'label' (data rows 4)" in error(d)
+    s = load_splits(str(d), multi_label=True)
+    assert_multi_well_formed(s)
+    assert s.labels == ["neg", "pos"]
+    assert s.train["label"].tolist() == [("neg",)] * 3 + [()] + [("neg",)] + [("pos",)] * 5
+    assert s.source.endswith("; 1 train rows without labels")
+    assert label_matrix(s.test, s.labels).tolist() == [[1, 0]] * 3 + [[0, 1]] * 3
+
+
+def test_a_separator_that_splits_nothing_is_fine_without_joined_looking_labels(tmp_path):
+    s = load_splits(str(folder(tmp_path)), label_separator="|")
+    assert s.multi_label and s.labels == ["neg", "pos"]
+    assert set(s.train["label"]) == {("neg",), ("pos",)}
+
+
+def test_rows_without_labels_are_counted_in_the_source_and_nothing_is_logged(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="training.data")
+    d = ml_folder(tmp_path, "csv", joined, test=ml_rows(SETS[:4], 1, offset=100), val=ml_rows(SETS, 2, offset=200))
+    s = load_splits(str(d), label_column="labels", label_separator="|")
+    assert Counter(map(len, s.train["label"]))[0] == 4
+    assert s.source.endswith("; 4 train, 2 validation rows without labels")
+    assert not caplog.records
+    full = ml_folder(tmp_path / "full", train=ml_rows(SETS[:4], 4), test=ml_rows(SETS[:4], 1, offset=100),
+                     val=ml_rows(SETS[:4], 1, offset=200))
+    assert "without labels" not in load_splits(str(full), label_column="labels").source
+
+
+@pytest.mark.parametrize("joiner, separator", [("|", ";"), (",", "|")])
+def test_a_separator_that_never_occurs_names_the_likely_one(tmp_path, joiner, separator):
+    d = ml_folder(tmp_path, "csv", lambda f: joined(f, joiner))
+    message = error(d, label_column="labels", label_separator=separator)
+    assert "train.csv" in message and f"--label-separator {separator!r} never occurs in column 'labels'" in message
+    # 3 of the 7 label sets hold several labels, 4 rows each.
+    assert f"12 values contain {joiner!r}" in message and f"pass --label-separator {joiner!r}" in message
+
+
+@pytest.mark.parametrize("column, bad, example", [("billing", {1: 2, 4: -1}, "2 in data row 2"),
+                                                   ("refund", {2: None}, "nan in data row 3")])
+def test_indicator_columns_hold_only_0_and_1(tmp_path, column, bad, example):
+    train = indicators(ml_rows(SETS, 4)).astype({column: object})
+    for row, value in bad.items():
+        train.loc[row, column] = value
+    d = ml_folder(tmp_path, "csv", train=train, test=indicators(ml_rows(SETS, 1, offset=100)),
+                  val=indicators(ml_rows(SETS, 1, offset=200)))
+    message = error(d, label_columns=NAMES)
+    assert "train.csv" in message and f"{len(bad)} values in column '{column}' are not 0 or 1" in message
+    assert f"(e.g. {example})" in message
+
+
+def test_a_label_column_never_positive_in_train(tmp_path):
+    train = indicators(ml_rows([s for s in SETS if "login" not in s], 4))
+    d = ml_folder(tmp_path, "csv", train=train, test=indicators(ml_rows(SETS, 1, offset=100)),
+                  val=indicators(ml_rows(SETS, 1, offset=200)))
+    message = error(d, label_columns=NAMES)
+    assert "train.csv" in message and "1 label(s) never occur positive in train ('login'" in message
+    assert "--label-columns" in message
+
+
+def test_label_columns_naming_a_missing_column(tmp_path):
+    d = ml_folder(tmp_path, "csv", indicators)
+    message = error(d, label_columns=["billing", "threat"])
+    assert message.endswith("train.csv: column 'threat' not found (columns: text, billing, login, refund); "
+                            "pass --label-columns")
+
+
+def test_label_options_that_cannot_go_together(tmp_path):
+    d = ml_folder(tmp_path, "csv", indicators)
+    assert "pass one of them" in error(d, label_separator="|", label_columns=NAMES)
+    assert "at least 2 columns" in error(d, label_columns=["billing"])
+    assert "'login' more than once" in error(d, label_columns=["billing", "login", "login"])
+
+
+def test_multi_labels_unseen_in_train(tmp_path):
+    unseen = ml_rows([("billing", "x"), ("x",)], 1, offset=300)
+    test = pd.concat([ml_rows(SETS, 1, offset=100), unseen], ignore_index=True)
+    message = error(ml_folder(tmp_path, test=test), label_column="labels")
+    assert message.endswith("test.jsonl: 1 label(s) in column 'labels' never occur in train ('x'; 2 rows)")
+
+
+def test_odd_values_inside_label_lists(tmp_path):
+    train = ml_rows(SETS, 4)
+    train.at[0, "labels"] = ["billing", 0.5]
+    message = error(ml_folder(tmp_path, train=train), label_column="labels")
+    assert "train.jsonl" in message and "neither integers nor strings (e.g. 0.5 in data row 1)" in message
+
+
+def test_carving_multi_label_rows_keeps_every_label_in_train(tmp_path):
+    # "pair" is never a row's rarest label (a, b, c, d are rarer), so keeping one row per rarest-label
+    # group alone could carve every "pair" row away; the pinned rows must keep it.
+    sets = [("a",), ("b",), ("c",), ("d",)] * 2 + [("a", "pair"), ("b", "pair"), ("c", "pair"), ("d", "pair")]
+    frame = pd.concat([ml_rows(sets, 1), ml_rows([("e",)], 20, offset=50000)], ignore_index=True)
+    data = str(write(frame, tmp_path / "all.jsonl"))
+    for seed in range(20):
+        s = load_splits(data, label_column="labels", seed=seed, test_fraction=0.5, validation_fraction=0.5)
+        assert_multi_well_formed(s)
+        assert s.labels == ["a", "b", "c", "d", "e", "pair"]
+        assert len(s.train) + len(s.validation) + len(s.test) == len(frame)
+
+
+def test_carving_multi_label_rows_is_stratified_on_a_label_per_row(tmp_path):
+    frame = ml_rows([("a",), ("b",), ()], 40)
+    frame = frame[~frame.index.isin(range(100, 120))]  # 40 a, 40 b, 20 without labels
+    s = load_splits(str(write(frame, tmp_path / "all.jsonl")), label_column="labels")
+    assert Counter(s.test["label"]) == {("a",): 6, ("b",): 6, (): 3}
+    assert (len(s.train), len(s.validation), len(s.test)) == (77, 8, 15)
+
+
+def test_carving_multi_label_rows_refuses_when_a_label_would_leave_train(tmp_path):
+    data = write(ml_rows([("a", "b"), ("c",)], 1), tmp_path / "two.jsonl")
+    message = error(data, label_column="labels")
+    assert "two.jsonl" in message and "2 rows for 3 classes is too few to carve a test split" in message
+
+
+def test_max_train_samples_keeps_every_multi_label(tmp_path):
+    generator = np.random.default_rng(0)
+    names = [f"l{i:02d}" for i in range(12)]
+    sets = [tuple(sorted(generator.choice(names, size=generator.integers(0, 4), replace=False))) for _ in range(300)]
+    each = [(n,) for n in names]
+    d = ml_folder(tmp_path, "parquet", train=ml_rows(sets, 1), test=ml_rows(each, 1, offset=900000),
+                  val=ml_rows(each, 1, offset=800000))
+    s = load_splits(str(d), label_column="labels", max_train_samples=50)
+    assert_multi_well_formed(s)  # every label is still in train
+    assert len(s.train) == 50
+    assert s.train.equals(load_splits(str(d), label_column="labels", max_train_samples=50).train)
+    # Fewer rows than labels: train keeps rows that hold every label, no more rows than labels.
+    tiny = load_splits(str(d), label_column="labels", max_train_samples=5)
+    assert_multi_well_formed(tiny)
+    assert 5 < len(tiny.train) <= len(names)
+
+
+def test_label_matrix():
+    # Rows as load_splits gives them (tuples), as a saved test split reads back (arrays), and plain names.
+    frame = pd.DataFrame({"text": ["t1", "t2", "t3", "t4", "t5"],
+                          "label": [("a", "c"), (), ("b",), np.array(["c", "a"], dtype=object), "c"]})
+    matrix = label_matrix(frame, ["a", "b", "c"])
+    assert matrix.dtype == np.float32 and matrix.shape == (5, 3)
+    assert matrix.tolist() == [[1, 0, 1], [0, 0, 0], [0, 1, 0], [1, 0, 1], [0, 0, 1]]
+    with pytest.raises(DataError, match="label 'x' is not one of the 3 known labels"):
+        label_matrix(pd.DataFrame({"text": ["t"], "label": [("a", "x")]}), ["a", "b", "c"])
+
+
+def test_fingerprint_follows_a_single_label_set(tmp_path):
+    base = load_splits(str(ml_folder(tmp_path / "one")), label_column="labels")
+    assert load_splits(str(ml_folder(tmp_path / "one")), label_column="labels").fingerprint == base.fingerprint
+    train = ml_rows(SETS, 4)
+    train.at[0, "labels"] = ["login"]  # was ["billing"]: same size, other label
+    changed = load_splits(str(ml_folder(tmp_path / "two", train=train)), label_column="labels")
+    assert changed.train["text"].equals(base.train["text"])
+    assert changed.fingerprint != base.fingerprint
+
+
 # --------------------------------------------------------------------------------------- Hugging Face hub
 
 @pytest.fixture
@@ -383,6 +618,24 @@ def test_hub_dataset_with_class_labels(hub_offline, monkeypatch):
     assert "glue-like[train]" in error("glue-like", text_column="text")
 
 
+
+def test_hub_dataset_with_lists_of_class_labels(hub_offline, monkeypatch):
+    datasets = hub_offline
+    # The go_emotions layout: a list of ClassLabel ids per text, multi-label by its type.
+    features = datasets.Features({"text": datasets.Value("string"),
+                                  "labels": datasets.Sequence(datasets.ClassLabel(names=["joy", "anger", "fear"]))})
+
+    def split(ids):
+        texts = [f"t{i}" for i in range(len(ids))]
+        return datasets.Dataset.from_dict({"text": texts, "labels": ids}, features=features)
+
+    fake = datasets.DatasetDict({"train": split([[0], [1], [2], [2, 0], [], [1, 2]] * 3), "test": split([[2, 0], [1]])})
+    monkeypatch.setattr(datasets, "load_dataset", lambda name: fake)
+    s = load_splits("emotions-like", label_column="labels")
+    assert_multi_well_formed(s)
+    assert s.labels == ["joy", "anger", "fear"]  # the dataset's id order
+    assert s.test["label"].tolist() == [("joy", "fear"), ("anger",)]
+
 # --------------------------------------------------------------------------------------- real data
 
 def test_builtin_tweets():
@@ -423,3 +676,13 @@ def test_banking77(shared_data):
     assert len(s.labels) == 77 and s.labels == sorted(categories)
     assert len(s.test) == 3080
     assert s.validation_carved and len(s.train) + len(s.validation) == 10003
+
+
+def test_banking77_multi(shared_data):
+    categories = json.loads((shared_data / "banking77" / "categories.json").read_text())
+    s = load_splits(str(shared_data / "banking77-multi"), label_column="labels", label_separator="|")
+    assert_multi_well_formed(s)
+    assert len(s.labels) == 77 and s.labels == sorted(categories)
+    assert s.validation_carved and len(s.train) + len(s.validation) == 10000 and len(s.test) == 3000
+    sizes = Counter(len(names) for frame in (s.train, s.validation) for names in frame["label"])
+    assert set(sizes) == {1, 2, 3} and sizes[2] > 0 and sizes[3] > 0

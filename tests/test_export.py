@@ -88,7 +88,8 @@ def test_fp32_bundle_files_and_card(fp32_bundle, roberta_run):
     assert parity["cases"] == len(export.PARITY_BATCHES) * 5  # lengths 1, 2, 7, 31, 32 at max_length 32
     assert card["export"]["fp32"]["test"]["samples"] == 12
     trained = json.loads((roberta_run / "metrics.json").read_text())["test"]
-    assert card["training"]["test"] == {"accuracy": trained["accuracy"], "macro_f1": trained["macro_f1"]}
+    assert card["training"]["test"] == {k: trained[k] for k in ("accuracy", "macro_f1", "samples")}
+    assert card["problem_type"] == "single_label_classification"
     assert results["accuracy_drop_points"] == 0
     assert json.loads((out / bundle.INDEX_TO_NAME_FILE).read_text()) == {"0": "mid", "1": "neg", "2": "pos"}
     assert leftovers(out.parent) == []

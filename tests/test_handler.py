@@ -425,3 +425,66 @@ def test_refuses_missing_tokenizer(broken, missing):
 def test_refuses_unknown_handler_option(bundle):
     with pytest.raises(HandlerConfigError, match="unknown handler option"):
         make_handler(bundle, {"max_batch": 8})
+
+
+# ---- multi-label bundles: a sigmoid per label and a threshold per label -------------------------------------
+MULTI_LABELS = ("billing", "card", "refund")
+
+
+def sigmoid_probs(bundle_dir, texts):
+    from transformers import AutoTokenizer
+
+    model, tokenizer = torch.jit.load(str(bundle_dir / "model.pt")), AutoTokenizer.from_pretrained(bundle_dir)
+    enc = encode(tokenizer, texts, 64)
+    with torch.inference_mode():
+        return torch.sigmoid(model(enc["input_ids"], enc["attention_mask"])).tolist()
+
+
+def set_thresholds(bundle_dir, thresholds) -> None:
+    """config.json carries the thresholds (model.pt's hash does not cover it), as training writes them."""
+    config = read_json(bundle_dir / "config.json")
+    (bundle_dir / "config.json").write_text(json.dumps({**config, "label_thresholds": thresholds}))
+
+
+def test_multi_label_answers_every_label_at_or_above_its_threshold(tmp_path):
+    texts = ["my card has not arrived yet", "terrible service, I want a refund", "lovely"]
+    bundle_dir = make_tiny_bundle(tmp_path / "multi", labels=MULTI_LABELS, thresholds=[0.5] * 3)
+    probs = sigmoid_probs(bundle_dir, texts)
+    # Per-label thresholds 0.1 below, above and below the first text's scores: it gets labels 0 and 2.
+    thresholds = [probs[0][0] - 0.1, probs[0][1] + 0.1, probs[0][2] - 0.1]
+    set_thresholds(bundle_dir, thresholds)
+    handler = make_handler(bundle_dir)
+    [(status, _, out)] = run(handler, [body({"texts": texts, "top_k": 1})])
+    assert status == 200
+    for answer, row in zip(out, probs):
+        expected = [name for p, t, name in sorted(zip(row, thresholds, MULTI_LABELS), reverse=True) if p >= t]
+        assert answer["labels"] == expected
+        # `label`/`score`: the highest-scoring label (a near-tie may go either way).
+        assert answer["score"] == pytest.approx(max(row), abs=1e-5)
+        assert row[MULTI_LABELS.index(answer["label"])] == pytest.approx(max(row), abs=1e-5)
+        assert len(answer["scores"]) == 1  # top_k limits scores, never the decision
+    assert sorted(out[0]["labels"]) == ["billing", "refund"]
+
+
+def test_multi_label_answer_may_be_empty(tmp_path):
+    bundle_dir = make_tiny_bundle(tmp_path / "multi", labels=MULTI_LABELS, thresholds=[0.999] * 3)
+    [(status, _, out)] = run(make_handler(bundle_dir), [body("no label reaches 0.999")])
+    assert status == 200 and out["labels"] == [] and set(out["scores"]) == set(MULTI_LABELS)
+    assert sum(out["scores"].values()) != pytest.approx(1.0, abs=1e-3)  # sigmoids, not a softmax
+
+
+@pytest.mark.parametrize("thresholds, message", [([0.5, 0.5], "3 numbers between 0 and 1"),
+                                                 ([0.5, 1.0, 0.5], "3 numbers between 0 and 1")])
+def test_bad_thresholds_are_refused_at_load(tmp_path, thresholds, message):
+    bundle_dir = make_tiny_bundle(tmp_path / "multi", labels=MULTI_LABELS, thresholds=[0.5] * 3)
+    set_thresholds(bundle_dir, thresholds)
+    with pytest.raises(BundleError, match=message):
+        make_handler(bundle_dir)
+
+
+def test_thresholds_round_trip_through_the_bundle(tmp_path):
+    from handlers import bundle as bundle_module
+
+    card = bundle_module.check(make_tiny_bundle(tmp_path / "multi", labels=MULTI_LABELS, thresholds=[0.3, 0.45, 0.7]))
+    assert (card.problem_type, card.thresholds) == ("multi_label_classification", (0.3, 0.45, 0.7))
+    assert bundle_module.check(make_tiny_bundle(tmp_path / "single")).problem_type == "single_label_classification"

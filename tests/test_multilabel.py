@@ -1,0 +1,96 @@
+"""Multi-label end to end on a tiny random model: training (BCE with pos_weight, thresholds tuned on
+validation), the report, the summary, export and the handler on the exported bundle."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from training.data import label_matrix, load_splits
+from training.tiny import CORPUS
+
+LABELS = ["billing", "card", "refund"]
+
+
+def write_multilabel_data(folder: Path) -> Path:
+    """train.csv / test.csv with `|`-joined labels, some rows with two labels and some with none."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sets = ["billing", "card", "refund", "billing|refund", "card|refund", "", "billing", "card"]
+
+    def rows(n: int, offset: int) -> pd.DataFrame:
+        return pd.DataFrame({"text": [f"{CORPUS[i % 8]} {offset + i}" for i in range(n)],
+                             "labels": [sets[i % len(sets)] for i in range(n)]})
+
+    rows(48, 0).to_csv(folder / "train.csv", index=False)
+    rows(16, 10_000).to_csv(folder / "test.csv", index=False)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def multilabel_run(tmp_path_factory, tiny_distilbert_dir):
+    import torch
+
+    from training.train import TrainConfig, main
+
+    base = tmp_path_factory.mktemp("multilabel")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        metrics = main(TrainConfig(output_dir=str(base / "run"), data=str(write_multilabel_data(base / "data")),
+                                   model=str(tiny_distilbert_dir), label_column="labels", label_separator="|",
+                                   class_weights="balanced", max_steps=4, batch_size=8, max_length=32,
+                                   progress=False))
+    finally:
+        torch.set_num_threads(before)
+    return base / "run", metrics
+
+
+def test_run_records_the_problem_type_thresholds_and_pos_weight(multilabel_run):
+    run, metrics = multilabel_run
+    config = json.loads((run / "model" / "config.json").read_text())
+    meta = json.loads((run / "run.json").read_text())
+    assert config["problem_type"] == meta["problem_type"] == metrics["problem_type"] == "multi_label_classification"
+    assert config["label_thresholds"] == meta["thresholds"] and len(meta["thresholds"]) == len(LABELS)
+    assert all(0 < t < 1 for t in meta["thresholds"])
+    assert meta["labels"] == LABELS
+    # pos_weight = negatives / positives per label, over the training rows actually used (validation carved).
+    splits = load_splits(str(run.parent / "data"), label_column="labels", label_separator="|",
+                         seed=meta["config"]["seed"])
+    targets = label_matrix(splits.train, LABELS)
+    positives = targets.sum(axis=0)
+    assert meta["class_weights"] == pytest.approx(((len(targets) - positives) / positives).tolist())
+
+
+def test_report_and_summary(multilabel_run):
+    from training.summary import summary
+
+    run, metrics = multilabel_run
+    test = metrics["test"]
+    for key in ("micro_f1", "macro_f1", "samples_f1", "subset_accuracy", "hamming_loss"):
+        assert 0 <= test[key] <= 1, key
+    assert test["samples"] == 16 and set(LABELS) <= set(test["per_class"])
+    counts = pd.read_csv(run / "report" / "label_confusion.csv")
+    assert counts["label"].tolist() == LABELS and (counts[["tp", "fp", "fn", "tn"]].sum(axis=1) == 16).all()
+    assert (run / "report" / "label_errors.png").read_bytes()[:4] == b"\x89PNG"
+    wrong = pd.read_csv(run / "report" / "misclassified.csv", keep_default_na=False)
+    assert list(wrong.columns) == ["text", "true", "predicted", "missing", "extra", "errors"]
+    text = summary(run)
+    assert "micro-F1" in text and "subset accuracy" in text and "label_errors.png" in text
+
+
+def test_export_carries_problem_type_and_thresholds_and_the_handler_answers_label_sets(multilabel_run, tmp_path):
+    from handlers import bundle
+    from training.export import ExportConfig, main
+    from tests.test_handler import body, make_handler, run as run_batch
+
+    run, _ = multilabel_run
+    results = main(ExportConfig(run_dir=str(run), output_dir=str(tmp_path / "export")))
+    assert set(results) == {"fp32", "micro_f1_drop_points"} and "subset_accuracy" in results["fp32"]["test"]
+    card = bundle.check(tmp_path / "export")
+    thresholds = json.loads((run / "run.json").read_text())["thresholds"]
+    assert card.problem_type == "multi_label_classification" and list(card.thresholds) == thresholds
+    assert card.raw["problem_type"] == "multi_label_classification"
+    [(status, _, answer)] = run_batch(make_handler(tmp_path / "export"), [body("my card has not arrived yet")])
+    assert status == 200 and set(answer["labels"]) <= set(LABELS) and set(answer["scores"]) == set(LABELS)

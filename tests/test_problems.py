@@ -1,0 +1,59 @@
+"""training.problems: the multi-label loss, threshold tuning and metrics, and the single-label twin."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from training.problems import MIN_POSITIVES_TO_TUNE, MultiLabel, SingleLabel, f1_scores, problem_for, tune_thresholds
+
+
+def test_bce_with_pos_weight_is_the_weighted_formula_and_changes_the_loss():
+    logits = torch.tensor([[2.0, -1.0, 0.5], [-0.5, 1.5, -2.0]])
+    targets = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    weight = torch.tensor([3.0, 1.0, 0.5])
+    problem = MultiLabel(3)
+    plain, weighted = problem.loss(logits, targets).item(), problem.loss(logits, targets, weight).item()
+    p = torch.sigmoid(logits.double())
+    by_hand = -(weight * targets * torch.log(p) + (1 - targets) * torch.log(1 - p)).mean().item()
+    assert weighted == pytest.approx(by_hand, rel=1e-6) and abs(weighted - plain) > 0.1
+
+
+def test_pos_weight_is_negatives_over_positives():
+    targets = np.array([[1, 0], [1, 1], [0, 0], [1, 0]])
+    assert MultiLabel(2).balanced_weights(targets, 2) == pytest.approx([1 / 3, 3.0])
+
+
+def test_threshold_tuning_picks_the_f1_optimal_threshold():
+    # Label 0: positives score 0.35 and 0.4, negatives 0.1-0.3: any threshold in (0.3, 0.35] is perfect.
+    # Label 1: too few positives to tune: keeps 0.5.
+    probs = np.array([[0.35, 0.9], [0.4, 0.2], [0.3, 0.2], [0.2, 0.1], [0.1, 0.3], [0.38, 0.2], [0.36, 0.2],
+                      [0.37, 0.1]])
+    truth = np.array([[1, 1], [1, 0], [0, 0], [0, 0], [0, 0], [1, 0], [1, 0], [1, 0]])
+    thresholds, fell_back = tune_thresholds(probs, truth)
+    assert thresholds == [pytest.approx(0.35), 0.5] and fell_back == 1
+    assert MIN_POSITIVES_TO_TUNE > 1
+    problem = MultiLabel(2)
+    assert "tuned on validation for 1 of 2 labels; 1 with fewer than" in problem.fit(probs, truth)
+    assert f1_scores(truth[:, :1], problem.decide(probs)[:, :1])["micro_f1"] == 1.0
+
+
+def test_f1_scores_on_a_hand_made_example():
+    truth = np.array([[1, 0, 0], [0, 1, 1], [0, 0, 0], [1, 1, 0]])
+    pred = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 0], [0, 1, 1]])
+    m = f1_scores(truth, pred)
+    assert m["subset_accuracy"] == 0.5  # rows 0 and 2 exact; the empty row predicted empty counts
+    assert m["hamming_loss"] == pytest.approx(3 / 12)
+    assert m["micro_f1"] == pytest.approx(2 * 3 / (5 + 4))  # tp 3, 5 true, 4 predicted
+    assert m["samples_f1"] == pytest.approx((1 + 2 / 3 + 1 + 0.5) / 4)
+    assert m["samples"] == 4
+
+
+def test_problem_for_and_single_label_decisions():
+    assert isinstance(problem_for(False, 3), SingleLabel)
+    multi = problem_for(True, 2, [0.3, 0.6])
+    assert multi.thresholds == [0.3, 0.6] and multi.decide(np.array([[0.4, 0.5]])).tolist() == [[1, 0]]
+    assert problem_for(True, 2).thresholds == [0.5, 0.5]
+    single = SingleLabel()
+    assert single.headline([0, 1], np.array([[0.9, 0.1], [0.6, 0.4]]))["accuracy"] == 0.5
+    assert torch.allclose(single.probabilities(torch.zeros(1, 4)), torch.full((1, 4), 0.25))

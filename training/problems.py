@@ -1,0 +1,175 @@
+"""Problem types: what a label is and how logits become decisions, metrics and a loss.
+
+    single_label_classification   one label per text: softmax, cross-entropy, argmax
+    multi_label_classification    any number of labels per text (none included): a sigmoid per label,
+                                  binary cross-entropy, a decision threshold per label tuned on validation
+
+Training, the report and export ask `problem_for(...)` once and call the same methods whatever the type;
+the serving side has its twin in handlers/answers.py (the bundle records the type and the thresholds).
+Targets are label ids (single) or a 0/1 matrix [texts, labels] (multi); probabilities are [texts, labels].
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from handlers.bundle import MULTI, SINGLE
+# Threshold grid for multi-label decisions, and the validation positives a label needs before its threshold
+# is tuned rather than left at 0.5: a threshold fitted to one or two examples is noise.
+THRESHOLD_GRID = np.round(np.arange(0.05, 0.96, 0.05), 2)
+MIN_POSITIVES_TO_TUNE = 5
+
+
+def f1_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
+    """micro-, macro- and samples-F1, subset accuracy and Hamming loss of 0/1 matrices [texts, labels]."""
+    from sklearn.metrics import f1_score, hamming_loss
+
+    y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
+    return {
+        "micro_f1": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        # A text with no labels that is given none counts as a perfect 1 (scikit-learn would say 0).
+        "samples_f1": float(np.mean([1.0 if not t.any() and not p.any() else
+                                     2 * (t & p).sum() / (t.sum() + p.sum()) for t, p in zip(y_true, y_pred)])),
+        "subset_accuracy": float((y_true == y_pred).all(axis=1).mean()),
+        "hamming_loss": float(hamming_loss(y_true, y_pred)),
+        "samples": int(len(y_true)),
+    }
+
+
+def tune_thresholds(probs: np.ndarray, y_true: np.ndarray, grid=THRESHOLD_GRID,
+                    min_positives: int = MIN_POSITIVES_TO_TUNE) -> tuple[list[float], int]:
+    """Per label, the grid threshold with the best F1 on (probs, y_true); 0.5 for labels with fewer than
+    `min_positives` positives. Returns (thresholds, how many fell back to 0.5). Ties go to the threshold
+    nearest 0.5, so an uninformative label keeps the neutral choice."""
+    probs, y_true = np.asarray(probs), np.asarray(y_true, dtype=bool)
+    thresholds, fell_back = [], 0
+    order = sorted(grid, key=lambda t: abs(t - 0.5))
+    for j in range(probs.shape[1]):
+        positives = int(y_true[:, j].sum())
+        if positives < min_positives:
+            thresholds.append(0.5)
+            fell_back += 1
+            continue
+        best, best_f1 = 0.5, -1.0
+        for t in order:
+            pred = probs[:, j] >= t
+            tp = int((pred & y_true[:, j]).sum())
+            f1 = 2 * tp / (int(pred.sum()) + positives)
+            if f1 > best_f1 + 1e-12:
+                best, best_f1 = float(t), f1
+        thresholds.append(best)
+    return thresholds, fell_back
+
+
+@dataclass
+class SingleLabel:
+    """One label per text."""
+
+    name: str = SINGLE
+    thresholds: None = None  # decisions are an argmax
+    gate_metric: str = "accuracy"  # what export's --max-accuracy-drop compares between variants
+
+    def targets(self, frame, labels: list[str]) -> np.ndarray:
+        from training.data import label_ids
+
+        return np.asarray(label_ids(frame, labels))
+
+    def probabilities(self, logits):
+        import torch
+
+        return torch.softmax(logits.float(), dim=-1)
+
+    def loss(self, logits, targets, weight=None):
+        """Cross-entropy on float32 logits; `weight`: one per class (--class-weights balanced)."""
+        import torch
+
+        return torch.nn.functional.cross_entropy(logits.float(), targets, weight=weight)
+
+    def balanced_weights(self, targets: np.ndarray, n_labels: int) -> list[float]:
+        """scikit-learn's 'balanced': n_samples / (n_classes * count); every class occurs in train."""
+        counts = np.bincount(np.asarray(targets), minlength=n_labels)
+        return (len(targets) / (n_labels * counts)).tolist()
+
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        return np.asarray(probs).argmax(axis=1)
+
+    def headline(self, targets, probs: np.ndarray) -> dict:
+        from training.report import headline
+
+        return headline(targets, self.decide(probs))
+
+    def fit(self, probs: np.ndarray, targets) -> str | None:
+        """Fit decision parameters on validation; nothing to fit for an argmax."""
+        return None
+
+    def describe(self, m: dict) -> str:
+        return f"accuracy {100 * m['accuracy']:.1f}%, macro-F1 {100 * m['macro_f1']:.1f} on {m['samples']} texts"
+
+    def write_report(self, out_dir, labels: list[str], texts: list[str], targets, probs: np.ndarray) -> dict:
+        from training.report import write_report
+
+        return write_report(out_dir, labels, texts, targets, probs)
+
+
+@dataclass
+class MultiLabel:
+    """Any number of labels per text, each decided by its own threshold on its own sigmoid."""
+
+    n_labels: int
+    name: str = MULTI
+    thresholds: list = field(default_factory=list)
+    gate_metric: str = "micro_f1"
+
+    def targets(self, frame, labels: list[str]) -> np.ndarray:
+        from training.data import label_matrix
+
+        return label_matrix(frame, labels)
+
+    def __post_init__(self):
+        if not self.thresholds:
+            self.thresholds = [0.5] * self.n_labels
+
+    def probabilities(self, logits):
+        import torch
+
+        return torch.sigmoid(logits.float())
+
+    def loss(self, logits, targets, weight=None):
+        """Binary cross-entropy per label; `weight`: a pos_weight per label (--class-weights balanced)."""
+        import torch
+
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), targets.float(),
+                                                                    pos_weight=weight)
+
+    def balanced_weights(self, targets: np.ndarray, n_labels: int) -> list[float]:
+        """pos_weight per label: negatives / positives, so each label's positives weigh as much as its
+        negatives in the loss (every label occurs positive in train: the data checks it)."""
+        positives = np.asarray(targets).sum(axis=0)
+        return ((len(targets) - positives) / np.maximum(positives, 1)).tolist()
+
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        return (np.asarray(probs) >= np.asarray(self.thresholds)[None, :]).astype(int)
+
+    def headline(self, targets, probs: np.ndarray) -> dict:
+        return f1_scores(targets, self.decide(probs))
+
+    def fit(self, probs: np.ndarray, targets) -> str:
+        """Tune the per-label thresholds on validation; returns one line saying how many fell back."""
+        self.thresholds, fell_back = tune_thresholds(probs, targets)
+        return (f"decision thresholds tuned on validation for {self.n_labels - fell_back} of {self.n_labels} labels; "
+                f"{fell_back} with fewer than {MIN_POSITIVES_TO_TUNE} validation positives keep 0.5")
+
+    def describe(self, m: dict) -> str:
+        return (f"micro-F1 {100 * m['micro_f1']:.1f}, macro-F1 {100 * m['macro_f1']:.1f}, subset accuracy "
+                f"{100 * m['subset_accuracy']:.1f}% on {m['samples']} texts")
+
+    def write_report(self, out_dir, labels: list[str], texts: list[str], targets, probs: np.ndarray) -> dict:
+        from training.report import write_multilabel_report
+
+        return write_multilabel_report(out_dir, labels, texts, targets, probs, self.decide(probs))
+
+
+def problem_for(multi_label: bool, n_labels: int, thresholds: list | None = None):
+    return MultiLabel(n_labels, thresholds=list(thresholds or [])) if multi_label else SingleLabel()
