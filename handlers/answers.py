@@ -1,6 +1,7 @@
 """How logits become an answer: the one place where single-label and multi-label serving differ.
 
-    single_label_classification  softmax; {"label", "score", "scores"}: the best label and the top_k scores
+    single_label_classification  softmax of the logits divided by the bundle's temperature (calibrated
+                                 confidences); {"label", "score", "scores"}: the best label and the top_k scores
     multi_label_classification   a sigmoid per label; {"labels": [every label at or above its threshold, best
                                  first; possibly none], "label", "score", "scores"}: `label`/`score` stay the
                                  highest-scoring label, for clients written against single-label models
@@ -23,11 +24,12 @@ def _ranked(probs: Sequence[float], labels: Sequence[str], top_k: Optional[int])
 
 
 class SingleLabelAnswers:
-    def __init__(self, labels: Sequence[str]):
-        self.labels = list(labels)
+    def __init__(self, labels: Sequence[str], temperature: float = 1.0):
+        self.labels, self.temperature = list(labels), temperature
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(logits.float(), dim=-1)
+        """Calibrated: the temperature fitted on validation divides the logits (the argmax stays the same)."""
+        return torch.softmax(logits.float() / self.temperature, dim=-1)
 
     def answer(self, probs: Sequence[float], top_k: Optional[int]) -> dict:
         """`scores` holds the top_k best labels (all if None), best first."""
@@ -51,4 +53,4 @@ def answers_for(card) -> SingleLabelAnswers | MultiLabelAnswers:
     """The answer shape a checked bundle (handlers.bundle.ModelCard) calls for."""
     if card.problem_type == MULTI:
         return MultiLabelAnswers(card.labels, card.thresholds)
-    return SingleLabelAnswers(card.labels)
+    return SingleLabelAnswers(card.labels, card.temperature)

@@ -3,7 +3,8 @@
 Layout, written by `training.export` and read by the handler:
     model.pt              TorchScript, (input_ids, attention_mask) -> float32 logits [batch, labels]
     config.json           Hugging Face config; `id2label` is the single source of the label names,
-                          `problem_type` says single- or multi-label, `label_thresholds` the multi-label decisions
+                          `problem_type` says single- or multi-label, `label_thresholds` the multi-label decisions,
+                          `calibration_temperature` the single-label calibration
     index_to_name.json    generated from config.json for TorchServe tooling; must agree with it
     model_card.json       base model, labels, max_length, metrics, data fingerprint, versions,
                           and `model_sha256`, which the handler checks before loading model.pt
@@ -109,6 +110,7 @@ class ModelCard:
     raw: dict
     problem_type: str = SINGLE
     thresholds: tuple = ()  # multi-label: one decision threshold per label, in label order
+    temperature: float = 1.0  # single-label: logits are divided by it before the softmax (calibration)
 
 
 def check(bundle_dir: Path) -> ModelCard:
@@ -119,10 +121,20 @@ def check(bundle_dir: Path) -> ModelCard:
     labels, card = _read_meta(bundle_dir)
     model_path = _verify_model(bundle_dir, card)
     _require_tokenizer_files(bundle_dir)
-    problem_type, thresholds = read_problem(read_json(bundle_dir / CONFIG_FILE), len(labels), bundle_dir / CONFIG_FILE)
+    config = read_json(bundle_dir / CONFIG_FILE)
+    problem_type, thresholds = read_problem(config, len(labels), bundle_dir / CONFIG_FILE)
     return ModelCard(labels=labels, max_length=int(card["max_length"]), variant=card.get("variant", "fp32"),
                      base_model=card.get("base_model", "model"), model_path=model_path, raw=card,
-                     problem_type=problem_type, thresholds=thresholds)
+                     problem_type=problem_type, thresholds=thresholds,
+                     temperature=read_temperature(config, bundle_dir / CONFIG_FILE))
+
+
+def read_temperature(config: dict, where) -> float:
+    """config.json's `calibration_temperature`, fitted on validation at training time (absent: 1, uncalibrated)."""
+    temperature = config.get("calibration_temperature", 1.0)
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
+        raise BundleError(f"{where}: temperature must be a positive number, got {temperature!r}")
+    return float(temperature)
 
 
 def read_problem(config: dict, n_labels: int, where) -> tuple[str, tuple]:

@@ -686,3 +686,20 @@ def test_banking77_multi(shared_data):
     assert s.validation_carved and len(s.train) + len(s.validation) == 10000 and len(s.test) == 3000
     sizes = Counter(len(names) for frame in (s.train, s.validation) for names in frame["label"])
     assert set(sizes) == {1, 2, 3} and sizes[2] > 0 and sizes[3] > 0
+
+
+def test_val_file_is_the_validation_split_and_unused_files_are_named(tmp_path, caplog):
+    """A train/val/test folder (TweetEval's layout) uses val.* as validation; a stray data file is named."""
+    rows = lambda n, offset: pd.DataFrame({"text": [f"text {offset + i}" for i in range(n)],  # noqa: E731
+                                           "label": ["a", "b"] * (n // 2)})
+    rows(20, 0).to_csv(tmp_path / "train.csv", index=False)
+    rows(6, 100).to_csv(tmp_path / "val.csv", index=False)
+    rows(6, 200).to_csv(tmp_path / "test.csv", index=False)
+    rows(4, 300).to_csv(tmp_path / "extra.csv", index=False)
+    (tmp_path / "README.md").write_text("not data")
+    with caplog.at_level(logging.WARNING, logger="training.data"):
+        splits = load_splits(str(tmp_path))
+    assert not splits.validation_carved and len(splits.validation) == 6 and len(splits.train) == 20
+    assert "val.csv" in splits.source
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "not used: extra.csv" in warnings[0] and "README" not in warnings[0]

@@ -90,6 +90,8 @@ def test_fp32_bundle_files_and_card(fp32_bundle, roberta_run):
     trained = json.loads((roberta_run / "metrics.json").read_text())["test"]
     assert card["training"]["test"] == {k: trained[k] for k in ("accuracy", "macro_f1", "samples")}
     assert card["problem_type"] == "single_label_classification"
+    # The temperature fitted at training time travels in config.json; the handler divides logits by it.
+    assert checked.temperature == json.loads((roberta_run / "run.json").read_text())["temperature"] > 0
     assert results["accuracy_drop_points"] == 0
     assert json.loads((out / bundle.INDEX_TO_NAME_FILE).read_text()) == {"0": "mid", "1": "neg", "2": "pos"}
     assert leftovers(out.parent) == []

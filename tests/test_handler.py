@@ -488,3 +488,23 @@ def test_thresholds_round_trip_through_the_bundle(tmp_path):
     card = bundle_module.check(make_tiny_bundle(tmp_path / "multi", labels=MULTI_LABELS, thresholds=[0.3, 0.45, 0.7]))
     assert (card.problem_type, card.thresholds) == ("multi_label_classification", (0.3, 0.45, 0.7))
     assert bundle_module.check(make_tiny_bundle(tmp_path / "single")).problem_type == "single_label_classification"
+
+
+def test_temperature_in_the_bundle_calibrates_the_scores_not_the_label(tmp_path, bundle, direct):
+    """config.json's temperature divides the logits before the softmax: flatter scores, the same label."""
+    from transformers import AutoTokenizer
+
+    copy = shutil.copytree(bundle, tmp_path / "calibrated")
+    config = read_json(copy / "config.json")
+    (copy / "config.json").write_text(json.dumps({**config, "calibration_temperature": 2.0}))
+    [(status, _, out)] = run(make_handler(copy), [body("the film was a delight")])
+    model, tokenizer = torch.jit.load(str(bundle / "model.pt")), AutoTokenizer.from_pretrained(bundle)
+    enc = encode(tokenizer, ["the film was a delight"], 64)
+    with torch.inference_mode():
+        expected = torch.softmax(model(enc["input_ids"], enc["attention_mask"]) / 2.0, dim=-1)[0].tolist()
+    assert status == 200
+    assert [out["scores"][name] for name in LABELS] == pytest.approx(expected, abs=1e-5)
+    assert out["label"] == LABELS[max(range(len(LABELS)), key=lambda i: direct(["the film was a delight"])[0][i])]
+    (copy / "config.json").write_text(json.dumps({**config, "calibration_temperature": 0}))
+    with pytest.raises(BundleError, match="temperature must be a positive number"):
+        make_handler(copy)

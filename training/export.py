@@ -107,8 +107,9 @@ def load_run(run_dir: Path):
 
 
 def run_problem(run: dict, labels: list[str]):
-    """The run's problem type with its fitted decision thresholds (runs written before multi-label: single)."""
-    return problem_for(run.get("problem_type") == MULTI, len(labels), run.get("thresholds"))
+    """The run's problem type with what was fitted on validation (thresholds, temperature); runs written before
+    either: single-label at temperature 1."""
+    return problem_for(run.get("problem_type") == MULTI, len(labels), run.get("thresholds"), run.get("temperature"))
 
 
 # Library warnings our export cannot avoid, silenced by exact message and category around the one call

@@ -1,6 +1,7 @@
 """Problem types: what a label is and how logits become decisions, metrics and a loss.
 
-    single_label_classification   one label per text: softmax, cross-entropy, argmax
+    single_label_classification   one label per text: softmax (calibrated by a temperature fitted on
+                                  validation), cross-entropy, argmax
     multi_label_classification    any number of labels per text (none included): a sigmoid per label,
                                   binary cross-entropy, a decision threshold per label tuned on validation
 
@@ -63,13 +64,43 @@ def tune_thresholds(probs: np.ndarray, y_true: np.ndarray, grid=THRESHOLD_GRID,
     return thresholds, fell_back
 
 
+def fit_temperature(probs: np.ndarray, targets) -> float:
+    """The temperature T minimising the negative log-likelihood of softmax(log(probs) / T) on (probs, targets):
+    log-probabilities are the logits up to a per-row constant, which the softmax ignores. Dividing every
+    logit by one positive T never changes the argmax, so decisions and accuracy stay as they were."""
+    import torch
+
+    logp = torch.log(torch.as_tensor(np.asarray(probs), dtype=torch.float64).clamp_min(1e-12))
+    y = torch.as_tensor(np.asarray(targets), dtype=torch.long)
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)  # T = exp(log_t) stays positive
+    optimizer = torch.optim.LBFGS([log_t], lr=0.5, max_iter=100, line_search_fn="strong_wolfe")
+
+    def nll():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(logp / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    optimizer.step(nll)
+    return float(log_t.detach().exp().clamp(0.05, 20.0))
+
+
+def rescale(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """softmax(log(probs) / T): the same texts' probabilities at another temperature, without a forward pass."""
+    logp = np.log(np.clip(np.asarray(probs, dtype=np.float64), 1e-12, None)) / temperature
+    logp -= logp.max(axis=1, keepdims=True)
+    out = np.exp(logp)
+    return (out / out.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
 @dataclass
 class SingleLabel:
-    """One label per text."""
+    """One label per text; probabilities are calibrated by a temperature fitted on validation."""
 
     name: str = SINGLE
     thresholds: None = None  # decisions are an argmax
     gate_metric: str = "accuracy"  # what export's --max-accuracy-drop compares between variants
+    temperature: float = 1.0
 
     def targets(self, frame, labels: list[str]) -> np.ndarray:
         from training.data import label_ids
@@ -79,7 +110,7 @@ class SingleLabel:
     def probabilities(self, logits):
         import torch
 
-        return torch.softmax(logits.float(), dim=-1)
+        return torch.softmax(logits.float() / self.temperature, dim=-1)
 
     def loss(self, logits, targets, weight=None):
         """Cross-entropy on float32 logits; `weight`: one per class (--class-weights balanced)."""
@@ -103,6 +134,11 @@ class SingleLabel:
     def fit(self, probs: np.ndarray, targets) -> str | None:
         """Fit decision parameters on validation; nothing to fit for an argmax."""
         return None
+
+    def calibrate(self, probs: np.ndarray, targets) -> float:
+        """Fit the temperature on validation probabilities computed at temperature 1; returns it."""
+        self.temperature = fit_temperature(probs, targets)
+        return self.temperature
 
     def describe(self, m: dict) -> str:
         return f"accuracy {100 * m['accuracy']:.1f}%, macro-F1 {100 * m['macro_f1']:.1f} on {m['samples']} texts"
@@ -155,6 +191,10 @@ class MultiLabel:
     def headline(self, targets, probs: np.ndarray) -> dict:
         return f1_scores(targets, self.decide(probs))
 
+    def calibrate(self, probs: np.ndarray, targets) -> None:
+        """Multi-label decisions rest on per-label thresholds tuned on validation; no temperature."""
+        return None
+
     def fit(self, probs: np.ndarray, targets) -> str:
         """Tune the per-label thresholds on validation; returns one line saying how many fell back."""
         self.thresholds, fell_back = tune_thresholds(probs, targets)
@@ -171,5 +211,8 @@ class MultiLabel:
         return write_multilabel_report(out_dir, labels, texts, targets, probs, self.decide(probs))
 
 
-def problem_for(multi_label: bool, n_labels: int, thresholds: list | None = None):
-    return MultiLabel(n_labels, thresholds=list(thresholds or [])) if multi_label else SingleLabel()
+def problem_for(multi_label: bool, n_labels: int, thresholds: list | None = None, temperature: float | None = None):
+    """The problem type of a run, with what was fitted on its validation split (runs before calibration: T=1)."""
+    if multi_label:
+        return MultiLabel(n_labels, thresholds=list(thresholds or []))
+    return SingleLabel(temperature=temperature or 1.0)

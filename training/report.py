@@ -232,3 +232,54 @@ def plot_label_errors(table: pd.DataFrame, path: Path) -> list[str]:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return names
+
+
+# ---------------------------------------------------------------------------------------------- calibration
+
+CALIBRATION_BINS = 15
+
+
+def calibration(y_true, probs: np.ndarray, bins: int = CALIBRATION_BINS) -> dict:
+    """Expected calibration error (top-1 confidence in `bins` equal-width bins, weighted by their share of
+    texts) and the multi-class Brier score (mean squared distance to the one-hot truth)."""
+    y_true, probs = np.asarray(y_true), np.asarray(probs, dtype=np.float64)
+    confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == y_true
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    ece = sum(abs(correct[which == b].mean() - confidence[which == b].mean()) * (which == b).mean()
+              for b in range(bins) if (which == b).any())
+    onehot = np.eye(probs.shape[1])[y_true]
+    return {"ece": float(ece), "brier": float(((probs - onehot) ** 2).sum(axis=1).mean())}
+
+
+def write_calibration(out_dir: Path, y_true, before: np.ndarray, after: np.ndarray, temperature: float) -> dict:
+    """ECE and Brier score before and after temperature scaling, and reliability.png with both curves."""
+    if (np.asarray(before).argmax(axis=1) != np.asarray(after).argmax(axis=1)).any():
+        raise RuntimeError("temperature scaling changed a decision; it must only change confidences")
+    b, a = calibration(y_true, before), calibration(y_true, after)
+    plot_reliability(np.asarray(y_true), {"before": before, f"after (T = {temperature:.2f})": after},
+                     Path(out_dir) / "reliability.png")
+    return {"temperature": temperature, "bins": CALIBRATION_BINS, "ece_before": b["ece"], "ece_after": a["ece"],
+            "brier_before": b["brier"], "brier_after": a["brier"]}
+
+
+def plot_reliability(y_true: np.ndarray, curves: dict, path: Path, bins: int = CALIBRATION_BINS) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")
+    for name, probs in curves.items():
+        confidence, correct = probs.max(axis=1), probs.argmax(axis=1) == y_true
+        which = np.minimum((confidence * bins).astype(int), bins - 1)
+        used = [b for b in range(bins) if (which == b).any()]
+        ax.plot([confidence[which == b].mean() for b in used], [correct[which == b].mean() for b in used],
+                marker="o", label=name)
+    ax.set_xlabel("confidence (top-1 probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"reliability on the test split ({bins} bins)", fontsize=10)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -20,7 +20,7 @@ import numpy as np
 
 from cli import UserError, check_choices, option, run
 from training.data import Splits, check_sample_limits, load_splits
-from training.problems import problem_for
+from training.problems import problem_for, rescale
 from training.rundir import RunDir
 
 log = logging.getLogger("training.train")
@@ -319,9 +319,22 @@ def main(config: TrainConfig) -> dict:
         log.info("%s", fitted)
     if problem.thresholds is not None:
         trainer.model.config.label_thresholds = problem.thresholds
+    uncalibrated, temperature = probs["test"], problem.calibrate(probs["validation"], targets["validation"])
+    if temperature is not None:  # confidences, not decisions: an argmax is the same at every temperature
+        probs = {split: rescale(p, temperature) for split, p in probs.items()}
+        # Not `temperature`: transformers reserves that name for text generation and refuses to save it.
+        trainer.model.config.calibration_temperature = temperature
     trainer.save_model(str(run_dir.model_dir))
     test_metrics = problem.write_report(run_dir.report_dir, labels, splits.test["text"].tolist(), targets["test"],
                                         probs["test"])
+    if temperature is not None:
+        from training.report import write_calibration
+
+        test_metrics["calibration"] = write_calibration(run_dir.report_dir, targets["test"], uncalibrated,
+                                                        probs["test"], temperature)
+        c = test_metrics["calibration"]
+        log.info("temperature %.3f fitted on validation: test ECE %.4f -> %.4f, Brier %.4f -> %.4f", temperature,
+                 c["ece_before"], c["ece_after"], c["brier_before"], c["brier_after"])
     metrics = {
         "problem_type": problem.name,
         "test": test_metrics,
@@ -333,7 +346,7 @@ def main(config: TrainConfig) -> dict:
     run_dir.write_test(splits.test)
     run_dir.write_run({
         "config": asdict(config), "base_model": config.model, "model_path": model_path, "labels": labels,
-        "problem_type": problem.name, "thresholds": problem.thresholds,
+        "problem_type": problem.name, "thresholds": problem.thresholds, "temperature": temperature,
         "max_length": config.max_length, "class_weights": weights, "plan": plan,
         "data": {"source": splits.source, "fingerprint": splits.fingerprint, "validation_carved": splits.validation_carved,
                  "rows": {"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test)}},
