@@ -102,6 +102,7 @@ register: install ## register NAME-VERSION.mar as its archive plans it [WORKERS=
 
 # min = max = WORKERS; without VERSION= the default version is scaled.
 scale: install ## set a version's workers: NAME= WORKERS=n [VERSION=, default: the default version]
+	$(if $(WORKERS),,$(error make scale needs WORKERS=n))
 	$(OPS) scale --name '$(NAME)' $(if $(call given,VERSION),--version '$(VERSION)') --workers $(WORKERS)
 
 set-default: install ## roll forward or back: unversioned requests reach NAME VERSION
@@ -151,7 +152,7 @@ bench-soak: install ## 60 s mixed load with a worker killed and a version switch
 # TorchServe paths on the rt-polarity test texts (about 10 minutes; BENCH_RUN=... serves another run).
 BENCH_RUN ?= runs/bench/rt-polarity
 .PHONY: bench-serve
-bench: bench-train bench-serve bench-soak bench-multilabel ## every benchmark (about an hour on 2 cores)
+bench: bench-train bench-serve bench-soak bench-multilabel ## every benchmark (about 2.5 hours on 2 cores)
 
 # Both recipes run one after the other with every core: run it on an otherwise idle machine
 # (about 50 minutes on 2 cores; BENCH_TRAIN_ARGS="--part class-weights" reruns one part), or pass
@@ -161,7 +162,7 @@ bench-train: install ## fine-tune rt-polarity and banking77, ours vs the plain r
 	$(PY) -m bench.train_bench $(BENCH_TRAIN_ARGS)
 
 # Multi-label on banking77-multi: TF-IDF + one-vs-rest logistic regression, the plain Hugging Face recipe and
-# ours (about 40 minutes on 2 cores; BENCH_MULTILABEL_ARGS="--parts a,b" reruns some).
+# ours (about 75 minutes on 2 cores; BENCH_MULTILABEL_ARGS="--parts a,b" reruns some).
 BENCH_MULTILABEL_ARGS ?=
 .PHONY: bench-multilabel
 bench-multilabel: install ## multi-label: TF-IDF baseline vs the plain HF recipe vs ours on banking77-multi

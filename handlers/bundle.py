@@ -22,6 +22,8 @@ CONFIG_FILE = "config.json"
 INDEX_TO_NAME_FILE = "index_to_name.json"
 CARD_FILE = "model_card.json"
 SINGLE, MULTI = "single_label_classification", "multi_label_classification"
+# Keys of config.json that training writes next to id2label and serving reads (read_problem, read_temperature).
+THRESHOLDS_KEY, TEMPERATURE_KEY = "label_thresholds", "calibration_temperature"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 # Any one of these holds the vocabulary, depending on the tokenizer family.
 VOCAB_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")
@@ -123,6 +125,9 @@ def check(bundle_dir: Path) -> ModelCard:
     _require_tokenizer_files(bundle_dir)
     config = read_json(bundle_dir / CONFIG_FILE)
     problem_type, thresholds = read_problem(config, len(labels), bundle_dir / CONFIG_FILE)
+    if card.get("problem_type", problem_type) != problem_type:  # cards before multi-label have none
+        raise BundleError(f"{bundle_dir / CONFIG_FILE}: problem_type {problem_type} disagrees with the model card's "
+                          f"{card['problem_type']}; re-export the model")
     return ModelCard(labels=labels, max_length=int(card["max_length"]), variant=card.get("variant", "fp32"),
                      base_model=card.get("base_model", "model"), model_path=model_path, raw=card,
                      problem_type=problem_type, thresholds=thresholds,
@@ -131,9 +136,10 @@ def check(bundle_dir: Path) -> ModelCard:
 
 def read_temperature(config: dict, where) -> float:
     """config.json's `calibration_temperature`, fitted on validation at training time (absent: 1, uncalibrated)."""
-    temperature = config.get("calibration_temperature", 1.0)
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature > 0:
-        raise BundleError(f"{where}: temperature must be a positive number, got {temperature!r}")
+    temperature = config.get(TEMPERATURE_KEY, 1.0)
+    # Within the range training fits in (0.05-20): inf would flatten every answer to a uniform softmax.
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0.05 <= temperature <= 20:
+        raise BundleError(f"{where}: {TEMPERATURE_KEY} must be a number from 0.05 to 20, got {temperature!r}")
     return float(temperature)
 
 
@@ -145,10 +151,10 @@ def read_problem(config: dict, n_labels: int, where) -> tuple[str, tuple]:
         raise BundleError(f"{where}: problem_type {problem_type!r} is not served (use {SINGLE} or {MULTI})")
     if problem_type == SINGLE:
         return problem_type, ()
-    thresholds = config.get("label_thresholds") or [0.5] * n_labels
+    thresholds = config.get(THRESHOLDS_KEY) or [0.5] * n_labels
     if (not isinstance(thresholds, list) or len(thresholds) != n_labels
             or not all(isinstance(t, (int, float)) and not isinstance(t, bool) and 0 < t < 1 for t in thresholds)):
-        raise BundleError(f"{where}: label_thresholds must be {n_labels} numbers between 0 and 1, one per label")
+        raise BundleError(f"{where}: {THRESHOLDS_KEY} must be {n_labels} numbers between 0 and 1, one per label")
     return problem_type, tuple(float(t) for t in thresholds)
 
 

@@ -17,3 +17,11 @@ def test_one_short_linkless_text_per_label(tmp_path):
 def test_without_saved_split_uses_handwritten_texts(tmp_path):
     assert held_out_examples(tmp_path) == [(text, None) for text in EXAMPLES]
     assert held_out_examples(None) == [(text, None) for text in EXAMPLES]
+
+
+def test_multi_label_split_shows_each_label_set_once(tmp_path):
+    RunDir(tmp_path).write_test(pd.DataFrame({
+        "text": ["card and refund", "refund only", "card again", "nothing"],
+        "label": [("card", "refund"), ("refund",), ("card", "refund"), ()]}))
+    assert held_out_examples(tmp_path) == [("nothing", ""), ("card and refund", "card|refund"),
+                                           ("refund only", "refund")]

@@ -506,5 +506,5 @@ def test_temperature_in_the_bundle_calibrates_the_scores_not_the_label(tmp_path,
     assert [out["scores"][name] for name in LABELS] == pytest.approx(expected, abs=1e-5)
     assert out["label"] == LABELS[max(range(len(LABELS)), key=lambda i: direct(["the film was a delight"])[0][i])]
     (copy / "config.json").write_text(json.dumps({**config, "calibration_temperature": 0}))
-    with pytest.raises(BundleError, match="temperature must be a positive number"):
+    with pytest.raises(BundleError, match="calibration_temperature must be a number from 0.05 to 20"):
         make_handler(copy)

@@ -78,6 +78,10 @@ def test_report_and_summary(multilabel_run):
     assert list(wrong.columns) == ["text", "true", "predicted", "missing", "extra", "errors"]
     text = summary(run)
     assert "micro-F1" in text and "subset accuracy" in text and "label_errors.png" in text
+    rows = text.splitlines()
+    start = next(i for i, line in enumerate(rows) if line.startswith("label "))
+    assert [row.split()[0] for row in rows[start + 1: start + 1 + len(LABELS)]] == LABELS
+    assert not any(row.startswith("samples avg") for row in rows)  # scikit-learn's average, not a label
 
 
 def test_export_carries_problem_type_and_thresholds_and_the_handler_answers_label_sets(multilabel_run, tmp_path):
@@ -93,4 +97,7 @@ def test_export_carries_problem_type_and_thresholds_and_the_handler_answers_labe
     assert card.problem_type == "multi_label_classification" and list(card.thresholds) == thresholds
     assert card.raw["problem_type"] == "multi_label_classification"
     [(status, _, answer)] = run_batch(make_handler(tmp_path / "export"), [body("my card has not arrived yet")])
-    assert status == 200 and set(answer["labels"]) <= set(LABELS) and set(answer["scores"]) == set(LABELS)
+    assert status == 200 and set(answer["scores"]) == set(LABELS)
+    # The label set is every label at or above its own threshold, from the run's config.json.
+    chosen = [name for name, t in zip(LABELS, thresholds) if answer["scores"][name] >= t]
+    assert sorted(answer["labels"]) == sorted(chosen)

@@ -135,3 +135,12 @@ def test_cli_help_and_mistakes(capsys):
     with pytest.raises(SystemExit) as info:
         ops.cli(["scale", "--name", "clf", "--workers", "-1"])
     assert info.value.code == 2 and capsys.readouterr().err.strip() == "error: --workers must be an integer >= 0, got -1"
+
+
+def test_server_errors_are_one_line_exit_1(tmp_path, capsys):
+    """`make serve` refusing to start (here: a config without a model store) says why on one line."""
+    config = tmp_path / "config.properties"
+    config.write_text("inference_address=http://127.0.0.1:1\n")
+    assert ops.cli(["serve", "--config", str(config), "--state-dir", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "no model_store property" in err

@@ -26,12 +26,13 @@ import pandas as pd
 import torch
 
 from handlers import bundle
+from handlers.bundle import MULTI, SINGLE
 from handlers.device import cpu_has_bf16, slow_bf16_warning
 from handlers.tokenization import encode
 from handlers.torchscript import follow_input_device
 from cli import UserError, check_choices, option, run
 from training.data import at_most
-from training.problems import MULTI, SINGLE, problem_for
+from training.problems import problem_for
 from training.report import predict_probs
 from training.rundir import RunDir
 
@@ -106,10 +107,13 @@ def load_run(run_dir: Path):
     return model, tokenizer, labels, rd.read_run(), rd.read_test()
 
 
-def run_problem(run: dict, labels: list[str]):
-    """The run's problem type with what was fitted on validation (thresholds, temperature); runs written before
-    either: single-label at temperature 1."""
-    return problem_for(run.get("problem_type") == MULTI, len(labels), run.get("thresholds"), run.get("temperature"))
+def run_problem(run_dir: Path, labels: list[str]):
+    """The run's problem type with what was fitted on validation (thresholds, temperature), read where serving
+    reads them: the model's config.json, with the bundle's own checks (a run before either: single, T=1)."""
+    where = RunDir(run_dir).model_config_file
+    config = bundle.read_json(where)
+    problem_type, thresholds = bundle.read_problem(config, len(labels), where)
+    return problem_for(problem_type == MULTI, len(labels), list(thresholds), bundle.read_temperature(config, where))
 
 
 # Library warnings our export cannot avoid, silenced by exact message and category around the one call
@@ -288,7 +292,7 @@ def main(config: ExportConfig) -> dict:
     if warning:  # the export is still right for a serving host that has them, only its checks run slowly here
         log.warning("%s (this export's checks will be slow too)", warning)
     model, tokenizer, labels, run, test = load_run(run_dir)
-    problem = run_problem(run, labels)
+    problem = run_problem(run_dir, labels)
     if config.max_eval_samples:
         test = at_most(test, config.max_eval_samples, seed=0)
     max_length, texts = run["max_length"], test["text"].tolist()

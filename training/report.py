@@ -71,8 +71,8 @@ def shorten(name: str, width: int = MAX_LABEL_WIDTH) -> str:
 
 def label_rows(per_class: dict) -> dict:
     """The per-label rows of a scikit-learn classification report: without accuracy and the averages."""
-    return {k: v for k, v in per_class.items() if isinstance(v, dict) and "support" in v
-            and k not in ("macro avg", "weighted avg", "micro avg")}
+    # The averages: macro, weighted, micro and (multi-label) samples avg.
+    return {k: v for k, v in per_class.items() if isinstance(v, dict) and "support" in v and not k.endswith(" avg")}
 
 
 def top_confusions(cm: np.ndarray, labels: list[str], k: int = 10) -> list[dict]:

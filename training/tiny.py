@@ -87,7 +87,7 @@ def make_tiny_bundle(out_dir: Path, arch: str = "roberta", labels: Sequence[str]
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from handlers.bundle import MODEL_FILE, MULTI, write_metadata
+    from handlers.bundle import MODEL_FILE, MULTI, THRESHOLDS_KEY, write_metadata
     from handlers.tokenization import encode
     from training.export import LogitsOnly, trace
 
@@ -115,7 +115,8 @@ def make_tiny_bundle(out_dir: Path, arch: str = "roberta", labels: Sequence[str]
     tokenizer.save_pretrained(out_dir)
     model.config.architectures = [type(model).__name__]  # the base was saved as a masked LM
     if thresholds is not None:
-        model.config.problem_type, model.config.label_thresholds = MULTI, list(thresholds)
+        model.config.problem_type = MULTI
+        setattr(model.config, THRESHOLDS_KEY, list(thresholds))
     model.config.save_pretrained(out_dir)
     write_metadata(out_dir, labels, {"max_length": MAX_LENGTH, "base_model": f"tiny-random-{arch}",
                                      "task": "text-classification", "source": "training.tiny",

@@ -20,6 +20,7 @@ import numpy as np
 
 from cli import UserError, check_choices, option, run
 from training.data import Splits, check_sample_limits, load_splits
+from handlers.bundle import TEMPERATURE_KEY, THRESHOLDS_KEY
 from training.problems import problem_for, rescale
 from training.rundir import RunDir
 
@@ -76,8 +77,6 @@ class TrainConfig:
 
     def __post_init__(self):
         check_choices(self)
-        if self.label_separator is not None and not self.label_separator:
-            raise UserError("--label-separator must not be empty")
         if self.label_columns is not None and not [c for c in self.label_columns.split(",") if c.strip()]:
             raise UserError("--label-columns must name at least one column, e.g. toxic,obscene,threat")
         positive = {"max_length": self.max_length, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size,
@@ -318,12 +317,12 @@ def main(config: TrainConfig) -> dict:
     if fitted:
         log.info("%s", fitted)
     if problem.thresholds is not None:
-        trainer.model.config.label_thresholds = problem.thresholds
+        setattr(trainer.model.config, THRESHOLDS_KEY, problem.thresholds)
     uncalibrated, temperature = probs["test"], problem.calibrate(probs["validation"], targets["validation"])
     if temperature is not None:  # confidences, not decisions: an argmax is the same at every temperature
         probs = {split: rescale(p, temperature) for split, p in probs.items()}
         # Not `temperature`: transformers reserves that name for text generation and refuses to save it.
-        trainer.model.config.calibration_temperature = temperature
+        setattr(trainer.model.config, TEMPERATURE_KEY, temperature)
     trainer.save_model(str(run_dir.model_dir))
     test_metrics = problem.write_report(run_dir.report_dir, labels, splits.test["text"].tolist(), targets["test"],
                                         probs["test"])

@@ -197,7 +197,7 @@ class Plan:
     """The deployment shape an archive declares in its model-config.yaml."""
 
     min_workers: int
-    max_workers: int
+    max_workers: Optional[int]  # None: the archive has no model-config.yaml, so it plans no limit
     batch_size: int
     max_batch_delay: int
     response_timeout: int
@@ -206,9 +206,10 @@ class Plan:
 def read_plan(path: Path) -> Plan:
     """The plan of a built archive (see archive_problem for a readable archive first)."""
     with zipfile.ZipFile(path) as z:
-        doc = yaml.safe_load(z.read("model-config.yaml")) if "model-config.yaml" in z.namelist() else {}
-    doc = doc or {}
-    return Plan(min_workers=int(doc.get("minWorkers", 1)), max_workers=int(doc.get("maxWorkers", 1)),
+        planned = "model-config.yaml" in z.namelist()
+        doc = (yaml.safe_load(z.read("model-config.yaml")) if planned else {}) or {}
+    max_workers = int(doc.get("maxWorkers", doc.get("minWorkers", 1))) if planned else None
+    return Plan(min_workers=int(doc.get("minWorkers", 1)), max_workers=max_workers,
                 batch_size=int(doc.get("batchSize", 1)), max_batch_delay=int(doc.get("maxBatchDelay", 100)),
                 response_timeout=int(doc.get("responseTimeout", 120)))
 

@@ -33,9 +33,11 @@ def held_out_examples(run_dir: Path | None, per_label: int = 1, max_chars: int =
     if run is None or not run.test_file.is_file():
         return [(text, None) for text in EXAMPLES]
     test = run.read_test()
+    # A multi-label split holds a sequence of labels per row: shown and grouped as "a|b".
+    test = test.assign(label=[v if isinstance(v, str) else "|".join(v) for v in test["label"]])
     plain = test[(test["text"].str.len() <= max_chars) & ~test["text"].str.contains("http", regex=False)]
     return [(row.text, row.label) for _, group in plain.groupby("label", sort=True)
-            for row in group.head(per_label).itertuples()]
+            for row in group.head(per_label).itertuples()][:10]
 
 
 @dataclass
@@ -62,7 +64,8 @@ def main(config: DemoConfig) -> None:
         r = requests.post(url, json={"text": text}, headers=bearer(key), timeout=60)
         r.raise_for_status()
         answer = r.json()
-        print(f"  {answer['label']:>9} {answer['score']:.3f}  {f'[{truth}] ' if truth is not None else ''}{text}")
+        said = "|".join(answer["labels"]) if "labels" in answer else answer["label"]  # multi-label: the label set
+        print(f"  {said:>9} {answer['score']:.3f}  {f'[{truth}] ' if truth is not None else ''}{text}")
 
     print(f"\n== Python client: TorchServeClient.predict('{name}', texts=[...], top_k=2)")
     for text, answer in zip(texts, client.predict(name, texts=texts, top_k=2)):

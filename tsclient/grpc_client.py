@@ -193,8 +193,9 @@ class TorchServeGrpcClient:
                 if not (_retryable(e) and pause(delays)):
                     raise
         answer = self._decode(reply.prediction)
-        if isinstance(answer, dict) and set(answer) == {"error", "type"}:  # handlers/parsing.py error_body
-            raise TorchServeError("INVALID_ARGUMENT", str(answer["error"]), str(answer["type"]))
+        # handlers/parsing.py error_body; archives built before error types answer {"error"} alone
+        if isinstance(answer, dict) and "error" in answer and set(answer) <= {"error", "type"}:
+            raise TorchServeError("INVALID_ARGUMENT", str(answer["error"]), answer.get("type"))
         return answer
 
     def ping(self) -> Any:

@@ -19,9 +19,13 @@ import json
 import re
 import sys
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
+from urllib.parse import urlparse
+
+import yaml
 
 from cli import UserError, check_int, option, run
 from tsclient import server
@@ -213,6 +217,9 @@ def _register(c: RegisterConfig) -> Any:
         found = sorted(p.name for p in store.glob("*.mar")) if store.is_dir() else []
         raise OpsError(f"{path} not found (archives in the store: {', '.join(found) or 'none'}); "
                        "build it with `make archive`")
+    problem = archive_problem(path)
+    if problem:
+        raise OpsError(problem)
     plan = _plan(path)
     workers = plan.min_workers if c.workers is None else c.workers
     _check_planned(workers, plan, c.archive)
@@ -225,19 +232,23 @@ def _register(c: RegisterConfig) -> Any:
     except TorchServeError as e:
         raise _explained(e, c, path, log_start) from None
     if workers != plan.min_workers:  # TorchServe starts the archive's minWorkers whatever initial_workers says
-        _scale(ScaleConfig(c.name, workers, c.version, target=c.target))
+        try:
+            _scale(ScaleConfig(c.name, workers, c.version, target=c.target))
+        except OpsError as e:
+            raise OpsError(f"{c.name} {c.version} is registered with {plan.min_workers} worker(s), but scaling it to "
+                           f"{workers} failed: {e}") from None
     return answer
 
 
 def _plan(archive: Path) -> Plan:
-    problem = archive_problem(archive)
-    if problem:
-        raise OpsError(problem)
-    return read_plan(archive)
+    try:
+        return read_plan(archive)
+    except (ValueError, KeyError, yaml.YAMLError, zipfile.BadZipFile, OSError) as e:
+        raise OpsError(f"{archive.name}: cannot read its model-config.yaml ({e}); rebuild it with `make archive`") from None
 
 
 def _check_planned(workers: int, plan: Plan, archive: str) -> None:
-    if workers > plan.max_workers:
+    if plan.max_workers is not None and workers > plan.max_workers:
         raise OpsError(f"{archive} plans at most {plan.max_workers} worker(s), each with its share of the CPU "
                        f"cores as threads; {workers} would oversubscribe them. Rebuild it with "
                        f"`make archive ... ARGS=\"--max-workers {workers}\"` (a new version, or --force)")
@@ -272,9 +283,10 @@ def _scale(c: ScaleConfig, ready_timeout_s: float = 120.0) -> Any:
 
 
 def _archive_of(client, c: ScaleConfig) -> Optional[Path]:
-    """The store's archive of the version being scaled; None if it was registered from elsewhere (a URL)."""
+    """The store's archive of the version being scaled (a URL registration is saved under its file name);
+    None if it is not there, and then no plan is checked."""
     (described,) = client.describe(c.name, c.version)
-    path = c.target.model_store() / str(described.get("modelUrl", ""))
+    path = c.target.model_store() / Path(urlparse(str(described.get("modelUrl", ""))).path).name
     return path if path.is_file() else None
 
 

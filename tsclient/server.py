@@ -40,6 +40,7 @@ from typing import Iterator
 import psutil
 import requests
 
+from cli import Failure
 from tsclient.keys import KeyStore, bearer, read_keys
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,7 +65,7 @@ _LAUNCHED: dict[int, subprocess.Popen] = {}  # launchers started by this process
 DEFAULT_PORTS = {"inference": 8080, "management": 8081, "metrics": 8082, "grpc_inference": 7070, "grpc_management": 7071}
 
 
-class ServerError(Exception):
+class ServerError(Failure):
     """TorchServe could not be started or stopped; the message says why in one line (plus log tail)."""
 
 

@@ -49,6 +49,7 @@ def test_handler_on_the_gpu_answers_like_the_cpu(tmp_path, arch, variant):
     assert worst_diff(on_gpu, on_cpu) <= TOLERANCE[variant]
 
 
+@pytest.mark.live  # `make test-fast` skips it like the rest of the live layer
 def test_live_gpu_workers_answer_like_the_cpu(tmp_path):
     import shutil
 
