@@ -86,3 +86,14 @@ def test_calibration_metrics_on_a_hand_made_example():
     # bin 0.9: 2 texts, accuracy 0.5 (|0.5 - 0.9| = 0.4); bin 0.6: 2 texts, accuracy 1.0 (0.4).
     assert m["ece"] == pytest.approx(0.4)
     assert m["brier"] == pytest.approx((0.02 + 1.62 + 0.32 + 0.32) / 4)
+
+
+def test_multi_label_head_starts_at_the_label_prior(tiny_distilbert_dir):
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_distilbert_dir, num_labels=3,
+                                                               problem_type="multi_label_classification")
+    targets = np.array([[1, 0, 0], [1, 1, 0], [0, 0, 0], [1, 0, 0]])
+    MultiLabel(3).init_head(model, targets)
+    bias = torch.sigmoid(model.classifier.bias.detach()).numpy()
+    assert bias == pytest.approx([0.75, 0.25, 1e-4], rel=1e-3)  # never-positive clipped, not -inf

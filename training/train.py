@@ -228,7 +228,9 @@ def build_trainer(config: TrainConfig, splits: Splits, model_path: str, problem,
     run_dir = RunDir(config.output_dir)
     labels = splits.labels
     tokenizer, model = load_pretrained(model_path, labels, problem.name)
-    train_ds = to_dataset(tokenizer, splits.train, problem.targets(splits.train, labels), config.max_length)
+    train_targets = problem.targets(splits.train, labels)
+    problem.init_head(model, train_targets)
+    train_ds = to_dataset(tokenizer, splits.train, train_targets, config.max_length)
     val_ds = to_dataset(tokenizer, splits.validation, problem.targets(splits.validation, labels), config.max_length)
     plan = schedule(config, len(train_ds))
     args = TrainingArguments(
