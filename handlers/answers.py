@@ -18,6 +18,16 @@ import torch
 from handlers.bundle import MULTI
 
 
+def softmax(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Single-label probabilities; training, export and the report call this one too."""
+    return torch.softmax(logits.float() / temperature, dim=-1)
+
+
+def sigmoid(logits: torch.Tensor) -> torch.Tensor:
+    """Multi-label probabilities, one per label; training, export and the report call this one too."""
+    return torch.sigmoid(logits.float())
+
+
 def _ranked(probs: Sequence[float], labels: Sequence[str], top_k: Optional[int]) -> dict:
     ranked = sorted(zip(labels, probs), key=lambda pair: pair[1], reverse=True)
     return {"label": ranked[0][0], "score": ranked[0][1], "scores": dict(ranked[: top_k or len(labels)])}
@@ -29,7 +39,7 @@ class SingleLabelAnswers:
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         """Calibrated: the temperature fitted on validation divides the logits (the argmax stays the same)."""
-        return torch.softmax(logits.float() / self.temperature, dim=-1)
+        return softmax(logits, self.temperature)
 
     def answer(self, probs: Sequence[float], top_k: Optional[int]) -> dict:
         """`scores` holds the top_k best labels (all if None), best first."""
@@ -41,7 +51,7 @@ class MultiLabelAnswers:
         self.labels, self.thresholds = list(labels), list(thresholds)
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(logits.float())
+        return sigmoid(logits)
 
     def answer(self, probs: Sequence[float], top_k: Optional[int]) -> dict:
         """`labels` is the decision and is never cut by top_k; top_k limits `scores` only."""

@@ -109,9 +109,9 @@ class SingleLabel:
         return np.asarray(label_ids(frame, labels))
 
     def probabilities(self, logits):
-        import torch
+        from handlers.answers import softmax  # imports torch: not at start-up (training.summary needs none)
 
-        return torch.softmax(logits.float() / self.temperature, dim=-1)
+        return softmax(logits, self.temperature)
 
     def loss(self, logits, targets, weight=None):
         """Cross-entropy on float32 logits; `weight`: one per class (--class-weights balanced)."""
@@ -172,9 +172,9 @@ class MultiLabel:
             self.thresholds = [0.5] * self.n_labels
 
     def probabilities(self, logits):
-        import torch
+        from handlers.answers import sigmoid
 
-        return torch.sigmoid(logits.float())
+        return sigmoid(logits)
 
     def loss(self, logits, targets, weight=None):
         """Binary cross-entropy per label; `weight`: a pos_weight per label (--class-weights balanced)."""

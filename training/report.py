@@ -33,6 +33,7 @@ def predict_probs(forward: Callable, tokenizer, texts: list[str], max_length: in
     """
     import torch
 
+    from handlers.answers import softmax
     from handlers.tokenization import encode
 
     order = np.argsort([len(t) for t in texts], kind="stable")
@@ -44,16 +45,10 @@ def predict_probs(forward: Callable, tokenizer, texts: list[str], max_length: in
             logits = forward(enc["input_ids"].to(device), enc["attention_mask"].to(device)).float()
             if probs is None:
                 probs = np.zeros((len(texts), logits.shape[-1]), dtype=np.float32)
-            probs[idx] = (activation or _softmax)(logits).cpu().numpy()
+            probs[idx] = (activation or softmax)(logits).cpu().numpy()
     if probs is None:
         raise ValueError("predict_probs needs at least one text")
     return probs
-
-
-def _softmax(logits):
-    import torch
-
-    return torch.softmax(logits, dim=-1)
 
 
 def headline(y_true, y_pred) -> dict:
@@ -75,12 +70,14 @@ def label_rows(per_class: dict) -> dict:
     return {k: v for k, v in per_class.items() if isinstance(v, dict) and "support" in v and not k.endswith(" avg")}
 
 
-def top_confusions(cm: np.ndarray, labels: list[str], k: int = 10) -> list[dict]:
-    off = cm.copy()
+def top_confusions(matrix: np.ndarray, labels: list[str], k: int = 10, names=("true", "predicted")) -> list[dict]:
+    """The k largest off-diagonal counts of a label x label matrix, as {names[0], names[1], "count"}."""
+    off = matrix.copy()
     np.fill_diagonal(off, 0)
     flat = np.argsort(off, axis=None)[::-1][:k]
     pairs = [np.unravel_index(i, off.shape) for i in flat]
-    return [{"true": labels[t], "predicted": labels[p], "count": int(off[t, p])} for t, p in pairs if off[t, p] > 0]
+    first, second = names
+    return [{first: labels[a], second: labels[b], "count": int(off[a, b])} for a, b in pairs if off[a, b] > 0]
 
 
 def most_confused(cm: np.ndarray, k: int) -> list[int]:
@@ -185,9 +182,9 @@ def write_multilabel_report(out_dir: Path, labels: list[str], texts: list[str], 
     table.to_csv(out_dir / "label_confusion.csv", index=False)
     plot_label_errors(table, out_dir / "label_errors.png")
     missed, extra = (y_true == 1) & (y_pred == 0), (y_true == 0) & (y_pred == 1)
-    metrics["top_confusions"] = _top_pairs(missed.T.astype(int) @ extra.astype(int), labels, "true", "predicted")
+    metrics["top_confusions"] = top_confusions(missed.T.astype(int) @ extra.astype(int), labels)
     together = missed.T.astype(int) @ missed.astype(int)
-    metrics["missed_together"] = _top_pairs(np.triu(together, k=1), labels, "first", "second")
+    metrics["missed_together"] = top_confusions(np.triu(together, k=1), labels, names=("first", "second"))
     wrong = np.nonzero((y_true != y_pred).any(axis=1))[0]
     names = lambda row: "|".join(labels[j] for j in np.nonzero(row)[0])  # noqa: E731
     mistakes = pd.DataFrame({
@@ -198,14 +195,6 @@ def write_multilabel_report(out_dir: Path, labels: list[str], texts: list[str], 
     mistakes.to_csv(out_dir / "misclassified.csv", index=False)
     (out_dir / "report.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
-
-
-def _top_pairs(matrix: np.ndarray, labels: list[str], first: str, second: str, k: int = 10) -> list[dict]:
-    off = matrix.copy()
-    np.fill_diagonal(off, 0)
-    flat = np.argsort(off, axis=None, kind="stable")[::-1][:k]
-    pairs = [np.unravel_index(i, off.shape) for i in flat]
-    return [{first: labels[a], second: labels[b], "count": int(off[a, b])} for a, b in pairs if off[a, b] > 0]
 
 
 def plot_label_errors(table: pd.DataFrame, path: Path) -> list[str]:
