@@ -230,7 +230,7 @@ def _register(c: RegisterConfig) -> Any:
                                  max_batch_delay=plan.max_batch_delay, response_timeout=plan.response_timeout,
                                  synchronous=True)
     except TorchServeError as e:
-        raise _explained(e, c, path, log_start) from None
+        raise _explained(e, c, log_start) from None
     if workers != plan.min_workers:  # TorchServe starts the archive's minWorkers whatever initial_workers says
         try:
             _scale(ScaleConfig(c.name, workers, c.version, target=c.target))
@@ -254,14 +254,15 @@ def _check_planned(workers: int, plan: Plan, archive: str) -> None:
                        f"`make archive ... ARGS=\"--max-workers {workers}\"` (a new version, or --force)")
 
 
-def _explained(e: TorchServeError, c: RegisterConfig, archive: Path, log_start: int) -> TorchServeError:
-    """A failed registration (500, no reason given) with its reason: a broken archive or the worker's error.
-    TorchServe has already unregistered the failed version and stopped its workers by then."""
+def _explained(e: TorchServeError, c: RegisterConfig, log_start: int) -> TorchServeError:
+    """A failed registration (500, no reason given) with its reason from the worker's log (the archive itself
+    was checked readable before registering). TorchServe has already unregistered the failed version and
+    stopped its workers by then."""
     if e.status != 500:
         return e
     failed = re.search(r"model (\S+) version: (\S+)", e.message)
     name, version = failed.groups() if failed else (c.name, c.version)
-    reason = archive_problem(archive) or server.worker_error(c.target.state_dir, name, version, since=log_start)
+    reason = server.worker_error(c.target.state_dir, name, version, since=log_start)
     return TorchServeError(e.status, f"{e.message.rstrip('.')}: {reason}", e.kind) if reason else e
 
 
