@@ -50,7 +50,7 @@ test-fast: install ## the test suite without the live TorchServe layer
 train: install ## fine-tune: DATA=folder|file|hub-id MODEL=dir|hub-id RUN=runs/NAME ARGS="--epochs 4 ..."
 	$(PY) -m training.train --data $(DATA) $(if $(MODEL),--model $(MODEL)) --output-dir $(RUN) $(ARGS)
 
-export: install ## export a run to a verified TorchScript bundle: RUN= EXPORT= ARGS="--dtype bf16 | --quantize int8"
+export: install ## export a run to a verified bundle: RUN= EXPORT= ARGS="--format onnx | --dtype bf16 | --quantize int8"
 	$(PY) -m training.export --run-dir $(RUN) --output-dir $(EXPORT) $(ARGS)
 
 clean: ## remove runs, logs and built archives

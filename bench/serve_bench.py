@@ -6,7 +6,8 @@ Rows (every one classifies the rt-polarity test split with the run's model):
   A  transformers pipeline("text-classification"), eager fp32, in-process, batch 1 and 32
   B  TorchServe's stock Hugging Face example behaviour (bench/stock_handler.py): every request padded to
      max_length, one text per forward, eager fp32, on a real TorchServe at concurrency 32
-  C  our exported TorchScript model (fp32, int8, bf16) in-process as the handler runs it, batch 1 and 32
+  C  our exported model in-process as the handler runs it, batch 1 and 32: TorchScript fp32, int8, bf16 and
+     ONNX Runtime fp32 and int8 (onnx-fp32, onnx-int8: training.export --format onnx)
   D  our TorchServe deployment (token auth on, dynamic batching, one single-threaded worker per core) of
      the fastest variant within 0.5 accuracy points of fp32 whose answers do not depend on batch
      composition, at concurrency 1, 8 and 32
@@ -46,7 +47,8 @@ from training.rundir import RunDir
 log = logging.getLogger("bench.serve")
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
-VARIANTS = ("fp32", "int8", "bf16")
+VARIANTS = ("fp32", "int8", "bf16", "onnx-fp32", "onnx-int8")
+ONNX = "onnx-"  # variant prefix of the ONNX Runtime bundles; the rest names the arithmetic
 MAX_DROP_POINTS = 0.5  # a variant is accuracy-preserving within this many points of fp32
 FP32_TOLERANCE = 1e-3  # |Δlogit| within which two fp32 paths (eager, traced, padded) may break a tie differently
 CORES = os.cpu_count() or 1
@@ -97,6 +99,16 @@ def available_variants(has_bf16: bool) -> tuple[str, ...]:
     return VARIANTS if has_bf16 else tuple(v for v in VARIANTS if v != "bf16")
 
 
+def precision(variant: str) -> str:
+    """The arithmetic of a variant (fp32, int8 or bf16), whichever runtime runs it: tolerances, compute limits
+    and chunk sizes follow it."""
+    return variant.removeprefix(ONNX)
+
+
+def runtime_name(variant: str) -> str:
+    return "ONNX Runtime" if variant.startswith(ONNX) else "TorchScript"
+
+
 def load_test(data: Path, labels: list[str], max_texts: int | None) -> tuple[list[str], np.ndarray]:
     test = pd.read_csv(data / "test.csv")
     if max_texts:
@@ -109,7 +121,7 @@ def load_test(data: Path, labels: list[str], max_texts: int | None) -> tuple[lis
 
 
 def ensure_exports(run: Path, cache: Path, variants: tuple[str, ...]) -> dict[str, Path]:
-    """fp32/int8/bf16 bundles of the run, exported with training.export once per model and exporter.
+    """One bundle per variant of the run, exported with training.export once per model and exporter.
 
     Export's own accuracy gate is opened wide: this benchmark measures every variant on all test texts
     and applies the stricter 0.5-point rule itself."""
@@ -117,15 +129,18 @@ def ensure_exports(run: Path, cache: Path, variants: tuple[str, ...]) -> dict[st
     from training.export import main as export_main
 
     # Re-exported when the weights or the exporter change.
-    sources = [RunDir(run).weights_file, ROOT / "training" / "export.py"]
+    sources = [RunDir(run).weights_file, ROOT / "training" / "export.py", ROOT / "training" / "onnx_build.py"]
     stamp = hashlib.sha256(b"".join(p.read_bytes() for p in sources if p.is_file())).hexdigest()
     out = {}
     for variant in variants:
         bundle, mark = cache / variant, cache / f"{variant}.source-sha256"
-        if not (bundle / "model.pt").is_file() or not mark.is_file() or mark.read_text().strip() != stamp:
+        if not bundle.is_dir() or not mark.is_file() or mark.read_text().strip() != stamp:
             log.info("exporting %s to %s", variant, bundle)
-            export_main(ExportConfig(run_dir=str(run), output_dir=str(bundle), quantize="int8" if variant == "int8" else "none",
-                                     dtype="bf16" if variant == "bf16" else "fp32", max_accuracy_drop=100.0,
+            arithmetic = precision(variant)
+            export_main(ExportConfig(run_dir=str(run), output_dir=str(bundle),
+                                     format="onnx" if variant.startswith(ONNX) else "torchscript",
+                                     quantize="int8" if arithmetic == "int8" else "none",
+                                     dtype="bf16" if arithmetic == "bf16" else "fp32", max_accuracy_drop=100.0,
                                      max_eval_samples=200, force=True))
             mark.write_text(stamp + "\n")
         out[variant] = bundle
@@ -204,8 +219,9 @@ def main(config: ServeBenchConfig) -> dict:
     bundles = ensure_exports(run, Path(config.exports) if config.exports else run / "serve-bench", variants)
     chunking = HandlerConfig(chunk_size=config.chunk_size)  # what the handler would run, per variant
     for variant in variants:
-        classify = bundle_classifier(bundles[variant], max_length, chunking.resolve_chunk_size(variant, "cpu"))
-        inprocess += [(f"C-{variant}-b{batch}", f"ours in-process, TorchScript {variant}", variant, batch, classify)
+        classify = bundle_classifier(bundles[variant], max_length, chunking.resolve_chunk_size(precision(variant), "cpu"))
+        inprocess += [(f"C-{variant}-b{batch}", f"ours in-process, {runtime_name(variant)} {precision(variant)}",
+                       variant, batch, classify)
                       for batch in (1, 32)]
     passes = {key: [] for key, *_ in inprocess}
     for round_ in range(config.repeats):
@@ -235,7 +251,7 @@ def main(config: ServeBenchConfig) -> dict:
             deployments.append(("D1", 1, CORES, (1, 32)))
         results["deployments"], results["paired"] = {}, {}
         classifiers = {key: classify for key, _, _, _, classify in inprocess}
-        served_chunk = chunking.resolve_chunk_size(chosen, "cpu")
+        served_chunk = chunking.resolve_chunk_size(precision(chosen), "cpu")
         for key, workers, threads, levels in deployments:
             name = f"ours-{key.lower()}"
             handler = {"chunk_size": config.chunk_size, "threads": threads}
@@ -267,11 +283,11 @@ def main(config: ServeBenchConfig) -> dict:
     # host would flatter every row's fraction.
     results["limit"] = limit = best_limit(limit_start, compute_limit())
     for r in rows:
-        r["limit_gflops"] = limit_for(limit, r["variant"])
+        r["limit_gflops"] = limit_for(limit, precision(r["variant"]))
         r["limit_fraction"] = round(r["gflops"] / r["limit_gflops"], 4)
     results["rows"] = rows
     results["checks"] = checks(runs, rows, chosen, invariance)
-    results["targets"] = serve_report.targets(rows, chosen, limit_for(limit, chosen), results["flops"]["mean_gflop_per_text"],
+    results["targets"] = serve_report.targets(rows, chosen, limit_for(limit, precision(chosen)), results["flops"]["mean_gflop_per_text"],
                                               results.get("paired"))
     write(results, out, f"serve-{cpu_class(results['machine']['isa'])}" + ("" if config.max_texts is None else "-quick"))
     failed = [c for c in results["checks"] if not c["ok"]]
@@ -320,9 +336,9 @@ def batch_invariance(runs: dict[str, Measured]) -> dict[str, dict]:
     out = {}
     for variant in [v for v in VARIANTS if f"C-{v}-b1" in runs]:
         alone, batched = runs[f"C-{variant}-b1"], runs[f"C-{variant}-b32"]
-        diff = float(np.abs(alone.scores - batched.scores).max())
-        out[variant] = {"ok": diff <= DEFAULT_TOLERANCE[variant], "max_abs_logit_diff": round(diff, 6),
-                        "tolerance": DEFAULT_TOLERANCE[variant], "differing": int((alone.preds != batched.preds).sum())}
+        diff, tolerance = float(np.abs(alone.scores - batched.scores).max()), DEFAULT_TOLERANCE[precision(variant)]
+        out[variant] = {"ok": diff <= tolerance, "max_abs_logit_diff": round(diff, 6),
+                        "tolerance": tolerance, "differing": int((alone.preds != batched.preds).sum())}
     return out
 
 
@@ -345,9 +361,10 @@ def checks(runs: dict[str, Measured], rows: list[dict], chosen: str, invariance:
                           f"{inv['differing']} predictions differ"})
     ref = runs[f"C-{chosen}-b32"]
     for key in [k for k in runs if k.startswith("D")]:
-        decisive, total = decisive_disagreements(ref, runs[key].preds, DEFAULT_TOLERANCE[chosen])
+        tolerance = DEFAULT_TOLERANCE[precision(chosen)]
+        decisive, total = decisive_disagreements(ref, runs[key].preds, tolerance)
         out.append({"name": f"{key} predicts like C-{chosen}-b32 in-process", "ok": decisive == 0,
-                    "detail": f"{decisive} decisive / {total} total differing texts (tolerance {DEFAULT_TOLERANCE[chosen]:g})"})
+                    "detail": f"{decisive} decisive / {total} total differing texts (tolerance {tolerance:g})"})
     drop = 100 * (acc["C-fp32-b32"] - acc[f"C-{chosen}-b32"])
     out.append({"name": f"served variant {chosen} within {MAX_DROP_POINTS} points of fp32", "ok": drop <= MAX_DROP_POINTS,
                 "detail": f"{drop:+.2f} points"})

@@ -59,6 +59,23 @@ def targets(rows: list[dict], chosen: str, limit_gflops: float | None = None, gf
             ratio = served / r["B-c32"]["texts_per_s"]
             out.append({"name": f"{d} c32 vs B c32 (stock TorchServe example)", "goal": ">= 5x", "value": round(ratio, 2),
                         "met": ratio >= 5})
+    return out + runtime_targets(r)
+
+
+# ONNX Runtime against TorchScript, same model and texts, in-process at batch 32 (training.export --format onnx).
+ONNX_SPEEDUP, INT8_MAX_DROP_POINTS = 1.25, 0.5
+
+
+def runtime_targets(r: dict) -> list[dict]:
+    out = []
+    if "C-onnx-fp32-b32" in r:
+        ratio = r["C-onnx-fp32-b32"]["texts_per_s"] / r["C-fp32-b32"]["texts_per_s"]
+        out.append({"name": "ONNX Runtime fp32 vs TorchScript fp32, in-process b32", "goal": f">= {ONNX_SPEEDUP}x",
+                    "value": round(ratio, 2), "met": ratio >= ONNX_SPEEDUP})
+    if "C-onnx-int8-b32" in r and "C-onnx-fp32-b32" in r:
+        drop = 100 * (r["C-onnx-fp32-b32"]["accuracy"] - r["C-onnx-int8-b32"]["accuracy"])
+        out.append({"name": "ONNX Runtime int8 accuracy vs ONNX Runtime fp32 (points lost)",
+                    "goal": f"<= {INT8_MAX_DROP_POINTS}", "value": round(drop, 2), "met": drop <= INT8_MAX_DROP_POINTS})
     return out
 
 

@@ -76,10 +76,12 @@ def pipeline_classifier(model_dir: Path, labels: list[str]):
 
 
 def bundle_classifier(bundle_dir: Path, max_length: int, chunk_size: int | None):
-    """C: the exported TorchScript model as the handler runs it (one encode call, length-sorted chunks)."""
+    """C: the exported model as the handler runs it (its runtime, one encode call, length-sorted chunks)."""
     from transformers import AutoTokenizer
 
-    model = torch.jit.load(str(bundle_dir / "model.pt")).eval()
+    from handlers import bundle, runtimes
+
+    model, _ = runtimes.load(bundle.check(bundle_dir), "cpu", torch.get_num_threads())
     tokenizer = AutoTokenizer.from_pretrained(bundle_dir, local_files_only=True)
 
     def classify(texts: list[str]) -> np.ndarray:

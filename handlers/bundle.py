@@ -1,13 +1,14 @@
 """The export bundle: one folder (and later one .mar) that serving needs and nothing else.
 
 Layout, written by `training.export` and read by the handler:
-    model.pt              TorchScript, (input_ids, attention_mask) -> float32 logits [batch, labels]
+    model.pt | model.onnx (input_ids, attention_mask) -> float32 logits [batch, labels], as TorchScript or as
+                          ONNX; the card's `runtime` says which (absent: torchscript, as before ONNX bundles)
     config.json           Hugging Face config; `id2label` is the single source of the label names,
                           `problem_type` says single- or multi-label, `label_thresholds` the multi-label decisions,
                           `calibration_temperature` the single-label calibration
     index_to_name.json    generated from config.json for TorchServe tooling; must agree with it
-    model_card.json       base model, labels, max_length, metrics, data fingerprint, versions,
-                          and `model_sha256`, which the handler checks before loading model.pt
+    model_card.json       base model, labels, max_length, metrics, data fingerprint, versions, runtime,
+                          and `model_sha256`, which the handler checks before loading the model file
     tokenizer files       whatever `tokenizer.save_pretrained` wrote
 """
 from __future__ import annotations
@@ -18,6 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MODEL_FILE = "model.pt"
+ONNX_FILE = "model.onnx"
+# The runtime a card names -> the model file it reads; handlers/runtimes.py maps the same names to loaders.
+RUNTIME_FILES = {"torchscript": MODEL_FILE, "onnxruntime": ONNX_FILE}
+DEFAULT_RUNTIME = "torchscript"
 CONFIG_FILE = "config.json"
 INDEX_TO_NAME_FILE = "index_to_name.json"
 CARD_FILE = "model_card.json"
@@ -107,6 +112,7 @@ class ModelCard:
     labels: list
     max_length: int
     variant: str  # fp32, bf16 or int8
+    runtime: str  # torchscript or onnxruntime
     base_model: str
     model_path: Path
     raw: dict
@@ -117,7 +123,7 @@ class ModelCard:
 
 def check(bundle_dir: Path) -> ModelCard:
     """Every check serving relies on, in one place: labels agree across config.json, index_to_name.json and
-    the card; model.pt is the file the card was written for; a tokenizer was saved. Raises BundleError.
+    the card; the model file is the one the card was written for; a tokenizer was saved. Raises BundleError.
     The archiver runs it before building (a broken bundle never becomes a .mar) and the handler at load."""
     bundle_dir = Path(bundle_dir)
     labels, card = _read_meta(bundle_dir)
@@ -129,6 +135,7 @@ def check(bundle_dir: Path) -> ModelCard:
         raise BundleError(f"{bundle_dir / CONFIG_FILE}: problem_type {problem_type} disagrees with the model card's "
                           f"{card['problem_type']}; re-export the model")
     return ModelCard(labels=labels, max_length=int(card["max_length"]), variant=card.get("variant", "fp32"),
+                     runtime=card.get("runtime", DEFAULT_RUNTIME),
                      base_model=card.get("base_model", "model"), model_path=model_path, raw=card,
                      problem_type=problem_type, thresholds=thresholds,
                      temperature=read_temperature(config, bundle_dir / CONFIG_FILE))
@@ -158,9 +165,17 @@ def read_problem(config: dict, n_labels: int, where) -> tuple[str, tuple]:
     return problem_type, tuple(float(t) for t in thresholds)
 
 
+def model_file(card: dict, where="the model card") -> str:
+    """The model file a card's runtime reads (model.pt for cards written before there was a choice)."""
+    runtime = card.get("runtime", DEFAULT_RUNTIME)
+    if runtime not in RUNTIME_FILES:
+        raise BundleError(f"{where}: runtime {runtime!r} is not served (use one of {', '.join(RUNTIME_FILES)})")
+    return RUNTIME_FILES[runtime]
+
+
 def _verify_model(bundle_dir: Path, card: dict) -> Path:
-    """Refuse a model.pt whose bytes are not the ones the card was written for."""
-    model_path = Path(bundle_dir) / MODEL_FILE
+    """Refuse a model file whose bytes are not the ones the card was written for."""
+    model_path = Path(bundle_dir) / model_file(card, Path(bundle_dir) / CARD_FILE)
     if not model_path.exists():
         raise BundleError(f"{model_path}: missing from the bundle")
     actual = sha256_file(model_path)
@@ -181,8 +196,9 @@ def _require_tokenizer_files(bundle_dir: Path) -> None:
 
 
 def write_metadata(bundle_dir: Path, labels: list[str], card: dict) -> None:
-    """Write index_to_name.json and model_card.json (with model.pt's hash) next to an existing model.pt."""
+    """Write index_to_name.json and model_card.json (with the model file's hash) next to an existing model file
+    (model.pt, or the one the card's `runtime` names)."""
     bundle_dir = Path(bundle_dir)
-    card = dict(card, labels=labels, model_sha256=sha256_file(bundle_dir / MODEL_FILE))
+    card = dict(card, labels=labels, model_sha256=sha256_file(bundle_dir / model_file(card)))
     (bundle_dir / INDEX_TO_NAME_FILE).write_text(json.dumps(index_to_name(labels), indent=2) + "\n")
     (bundle_dir / CARD_FILE).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")

@@ -16,7 +16,7 @@ from transformers import AutoTokenizer
 from ts.handler_utils.timer import timed
 from ts.torch_handler.base_handler import BaseHandler
 
-from handlers import bundle
+from handlers import bundle, runtimes
 from handlers.batching import forward_by_length
 from handlers.bundle import BundleError
 from handlers.config import HandlerConfig, workers_from_model_yaml
@@ -24,7 +24,6 @@ from handlers.device import choose_device, cpu_has_bf16, cpu_only_warning, slow_
 from handlers.answers import answers_for
 from handlers.parsing import OneLineDecodeWarnings, error_body, parse_request
 from handlers.tokenization import encode
-from handlers.torchscript import follow_input_device
 
 logger = logging.getLogger(__name__)
 
@@ -41,16 +40,16 @@ class TextClassifierHandler(BaseHandler):
         self.config = dataclasses.replace(config, default_top_k=config.resolve_default_top_k(len(card.labels)))
         self.max_length = self.config.resolve_max_length(card.max_length)
         threads = self.config.thread_count(workers_from_model_yaml(yaml_config))
-        self.device = self._device(card.variant, props.get("gpu_id"))
-        self.chunk_size = self.config.resolve_chunk_size(card.variant, str(self.device))
         logging.getLogger().addFilter(OneLineDecodeWarnings())
         torch.set_num_threads(threads)
-        self.model = follow_input_device(torch.jit.load(str(card.model_path), map_location=self.device)).eval()
+        self.model, device = runtimes.load(card, str(self._device(card.variant, props.get("gpu_id"))), threads)
+        self.device = torch.device(device)
+        self.chunk_size = self.config.resolve_chunk_size(card.variant, device)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         self._warm_up(model_dir)
         self.manifest, self.initialized = context.manifest, True
-        logger.info("loaded %s (%s, %s): device=%s threads=%d labels=%d max_length=%d chunk_size=%s in %.2fs",
-                    card.base_model, card.variant, card.problem_type, self.device, threads, len(self.labels),
+        logger.info("loaded %s (%s %s, %s): device=%s threads=%d labels=%d max_length=%d chunk_size=%s in %.2fs",
+                    card.base_model, card.runtime, card.variant, card.problem_type, self.device, threads, len(self.labels),
                     self.max_length, self.chunk_size, time.perf_counter() - start)
 
     @staticmethod

@@ -35,3 +35,9 @@ def _nodes(graph_or_block):
         yield node
         for block in node.blocks():
             yield from _nodes(block)
+
+
+def load(path, device: str, threads: int):
+    """The runtime interface (handlers/runtimes.py): a callable (input_ids, attention_mask) -> logits on `device`."""
+    del threads  # torch's intra-op pool is the process's, set once by the handler
+    return follow_input_device(torch.jit.load(str(path), map_location=device)).eval(), device

@@ -264,7 +264,7 @@ def test_failed_write_leaves_no_bundle_and_keeps_the_old_one(fp32_bundle, tmp_pa
     from transformers import AutoConfig, AutoTokenizer
 
     source, _ = fp32_bundle
-    parts = (torch.jit.load(str(source / bundle.MODEL_FILE)), AutoTokenizer.from_pretrained(source),
+    parts = (source / bundle.MODEL_FILE, AutoTokenizer.from_pretrained(source),
              AutoConfig.from_pretrained(source), STRING_LABELS, {"max_length": 32})
 
     def broken_read_back(_):

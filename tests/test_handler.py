@@ -508,3 +508,58 @@ def test_temperature_in_the_bundle_calibrates_the_scores_not_the_label(tmp_path,
     (copy / "config.json").write_text(json.dumps({**config, "calibration_temperature": 0}))
     with pytest.raises(BundleError, match="calibration_temperature must be a number from 0.05 to 20"):
         make_handler(copy)
+
+
+# ---- runtimes: the same model as TorchScript and as ONNX answers alike ---------------------------------------
+
+ROWS = [body({"text": "the film was a delight"}),
+        body({"texts": ["a dull, lifeless script and wooden acting from everyone involved", "why"]}),
+        body({"texts": 5}), body({"text": "my card has not arrived yet, what should I do about it"})]
+
+
+@pytest.fixture(scope="module")
+def onnx_bundle(tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    return make_tiny_bundle(tmp_path_factory.mktemp("onnx") / "export", labels=LABELS, runtime="onnxruntime")
+
+
+def test_onnx_and_torchscript_bundles_of_one_model_answer_alike(handler, onnx_bundle):
+    from handlers.onnx_runtime import OnnxModel
+
+    onnx_handler = make_handler(onnx_bundle)
+    assert isinstance(onnx_handler.model, OnnxModel) and str(onnx_handler.device) == "cpu"
+    got, want = run(onnx_handler, ROWS), run(handler, ROWS)
+    assert [status for status, _, _ in got] == [status for status, _, _ in want] == [200, 200, 400, 200]
+    for (_, _, mine), (_, _, theirs) in zip(got, want):
+        if "error" in theirs:
+            assert mine == theirs
+            continue
+        for a, b in zip(mine if isinstance(mine, list) else [mine], theirs if isinstance(theirs, list) else [theirs]):
+            assert a["label"] == b["label"] and list(a["scores"]) == list(b["scores"])
+            assert list(a["scores"].values()) == pytest.approx(list(b["scores"].values()), abs=1e-4)
+
+
+def test_onnx_worker_on_a_gpu_uses_cuda_only_when_onnxruntime_has_it(caplog):
+    from handlers.onnx_runtime import CPU, CUDA, providers_for
+
+    assert providers_for("cpu", [CUDA, CPU]) == ([CPU], "cpu")
+    assert providers_for("cuda:1", [CUDA, CPU]) == ([(CUDA, {"device_id": 1}), CPU], "cuda:1")
+    with caplog.at_level(logging.WARNING):
+        assert providers_for("cuda:0", [CPU]) == ([CPU], "cpu")
+    assert "install onnxruntime-gpu" in caplog.text
+
+
+def test_refuses_a_runtime_it_does_not_serve(broken):
+    card = read_json(broken / "model_card.json")
+    card["runtime"] = "tensorrt"
+    (broken / "model_card.json").write_text(json.dumps(card))
+    with pytest.raises(BundleError, match="runtime 'tensorrt' is not served"):
+        make_handler(broken)
+
+
+def test_refuses_an_onnx_card_without_its_model_file(broken):
+    card = read_json(broken / "model_card.json")
+    card["runtime"] = "onnxruntime"  # the card says ONNX, but the folder holds model.pt
+    (broken / "model_card.json").write_text(json.dumps(card))
+    with pytest.raises(BundleError, match=r"model\.onnx: missing from the bundle"):
+        make_handler(broken)

@@ -12,8 +12,26 @@ from bench.serve_runs import Measured
 
 
 def test_bf16_is_only_measured_where_the_cpu_has_bf16_instructions():
-    assert available_variants(has_bf16=True) == ("fp32", "int8", "bf16")
-    assert available_variants(has_bf16=False) == ("fp32", "int8")
+    assert available_variants(has_bf16=True) == ("fp32", "int8", "bf16", "onnx-fp32", "onnx-int8")
+    assert available_variants(has_bf16=False) == ("fp32", "int8", "onnx-fp32", "onnx-int8")
+
+
+def test_onnx_variants_keep_their_arithmetic_for_tolerances_and_limits():
+    runs = {"C-onnx-int8-b1": _measured([[0.0, 1.0]]), "C-onnx-int8-b32": _measured([[0.0, 1.0 + 5e-4]]),
+            "C-onnx-fp32-b1": _measured([[0.0, 1.0]]), "C-onnx-fp32-b32": _measured([[0.0, 1.0 + 5e-4]])}
+    out = batch_invariance(runs)
+    assert out["onnx-int8"]["ok"] and out["onnx-int8"]["tolerance"] == 1e-3  # int8's tolerance
+    assert not out["onnx-fp32"]["ok"] and out["onnx-fp32"]["tolerance"] == 1e-4
+
+
+def test_onnx_targets_compare_runtimes_on_the_same_model():
+    rows = [_row("fp32", 100, 0.84), _row("onnx-fp32", 130, 0.84), _row("onnx-int8", 200, 0.832)]
+    got = {t["name"]: t for t in serve_report.runtime_targets({r["key"]: r for r in rows})}
+    speed = got["ONNX Runtime fp32 vs TorchScript fp32, in-process b32"]
+    assert (speed["value"], speed["met"]) == (1.3, True)
+    drop = got["ONNX Runtime int8 accuracy vs ONNX Runtime fp32 (points lost)"]
+    assert (drop["value"], drop["met"]) == (0.8, False)
+    assert serve_report.runtime_targets({r["key"]: r for r in rows[:1]}) == []
 
 
 @pytest.mark.parametrize("isa, expected", [

@@ -1,11 +1,13 @@
-"""Export a trained run to a self-contained TorchScript bundle, verified against the eager model.
+"""Export a trained run to a self-contained bundle (TorchScript or ONNX), verified against the eager model.
 
-    python -m training.export --run-dir runs/demo --output-dir runs/demo/export [--quantize int8 | --dtype bf16]
+    python -m training.export --run-dir runs/demo --output-dir runs/demo/export [--format torchscript|onnx]
+                              [--quantize int8 | --dtype bf16]
 
-The traced module maps (input_ids, attention_mask) -> float32 logits. Before anything is written,
-its outputs are compared with the eager model on real texts over a grid of batch sizes and lengths
-(none equal to the trace input), and every variant is evaluated on the test split next to fp32.
-The bundle is written to a temporary folder and renamed into place, so a failed export leaves nothing.
+The exported model maps (input_ids, attention_mask) -> float32 logits. Before anything is written, its
+outputs are compared with the eager model on real texts over a grid of batch sizes and lengths (none equal
+to the trace input), a few texts are run alone and inside a batch of 32 to show their answers do not depend
+on their neighbours, and every variant is evaluated on the test split next to fp32. The bundle is written to
+a temporary folder and renamed into place, so a failed export leaves nothing.
 """
 from __future__ import annotations
 
@@ -28,9 +30,11 @@ import torch
 from handlers import bundle
 from handlers.bundle import MULTI, SINGLE
 from handlers.device import cpu_has_bf16, slow_bf16_warning
+from handlers.onnx_runtime import CPU, OnnxModel
 from handlers.tokenization import encode
 from handlers.torchscript import follow_input_device
 from cli import UserError, check_choices, option, run
+from training import onnx_build
 from training.data import at_most
 from training.problems import problem_for
 from training.report import predict_probs
@@ -42,6 +46,7 @@ TRACE_SHAPE = (2, 9)  # batch, length of the example the trace sees; the parity 
 # Traced vs eager of the same variant: fp32 must agree to 1e-4 (the contract); int8 and bf16 run
 # different fused kernels once frozen, so their bound is looser; accuracy is checked separately.
 DEFAULT_TOLERANCE = {"fp32": 1e-4, "int8": 1e-3, "bf16": 5e-2}
+NEIGHBOUR_TEXTS, NEIGHBOUR_BATCH = 8, 32  # texts run alone and inside a batch of this size
 
 
 class ExportError(UserError):
@@ -50,10 +55,14 @@ class ExportError(UserError):
 
 @dataclass
 class ExportConfig:
-    """Export a trained run to a verified TorchScript bundle."""
+    """Export a trained run to a verified TorchScript or ONNX bundle."""
 
     run_dir: str = option("run directory written by training.train")
     output_dir: str = option("bundle directory to create")
+    format: Literal["torchscript", "onnx"] = option(
+        "torchscript (model.pt) or onnx (model.onnx with fused attention, served by ONNX Runtime)", "torchscript")
+    require_fusion: bool = option(
+        "onnx: refuse a graph whose attention was not fused into onnxruntime's Attention op", True)
     quantize: Literal["none", "int8"] = option("int8: dynamic quantisation of Linear layers (VNNI)", "none")
     dtype: Literal["fp32", "bf16"] = option("bf16: bfloat16 weights (AMX)", "fp32")
     max_accuracy_drop: float = option(
@@ -67,6 +76,8 @@ class ExportConfig:
         check_choices(self)
         if self.quantize == "int8" and self.dtype == "bf16":
             raise UserError("choose one of --quantize int8 or --dtype bf16, not both")
+        if self.format == "onnx" and self.dtype == "bf16":
+            raise UserError("--dtype bf16 is a TorchScript variant; with --format onnx use fp32 or --quantize int8")
         if self.max_accuracy_drop < 0:
             raise UserError(f"--max-accuracy-drop must be >= 0, got {self.max_accuracy_drop}")
         if self.parity_tolerance is not None and self.parity_tolerance <= 0:
@@ -250,27 +261,114 @@ def evaluate(module, tokenizer, test: pd.DataFrame, labels: list[str], max_lengt
     return metrics
 
 
+def check_neighbours(module, tokenizer, texts: list[str], max_length: int, tolerance: float) -> dict:
+    """The same texts alone and inside a batch of NEIGHBOUR_BATCH: the label must not change with what else is
+    in the batch (int8 runtimes quantise activations per batch, so scores may move slightly). Raises ExportError."""
+    chosen = [texts[i % len(texts)] for i in range(NEIGHBOUR_BATCH)]
+    batch = encode(tokenizer, chosen, max_length)
+    worst = 0.0
+    with torch.inference_mode():
+        together = module(batch["input_ids"], batch["attention_mask"]).float()
+        for i, text in enumerate(chosen[:NEIGHBOUR_TEXTS]):
+            one = encode(tokenizer, [text], max_length)
+            alone = module(one["input_ids"], one["attention_mask"]).float()[0]
+            worst = max(worst, (alone - together[i]).abs().max().item())
+            top2 = alone.topk(min(2, alone.shape[-1])).values
+            if alone.argmax() != together[i].argmax() and top2[0] - top2[-1] > tolerance:
+                raise ExportError(f"text {i} gets a different label alone than inside a batch of {NEIGHBOUR_BATCH} "
+                                  f"(|Δlogit| {worst:.2e}): its answer depends on its batch neighbours")
+    return {"max_abs_diff": worst, "texts": min(NEIGHBOUR_TEXTS, len(chosen)), "batch": NEIGHBOUR_BATCH}
+
+
+@dataclass
+class Built:
+    """One exported variant: `module` runs it as serving will; `reference` is the eager model it must match
+    (None where there is none, as for onnxruntime's int8); `path` is the model file to put in the bundle."""
+
+    module: object
+    path: Path
+    reference: object = None
+    info: dict | None = None
+
+
+class TorchScriptFormat:
+    """model.pt: a frozen trace of the eager variant (int8 via torch.ao dynamic quantisation, bf16 weights)."""
+
+    runtime = "torchscript"
+
+    def build(self, model, variant: str, example: dict, scratch: Path, config: ExportConfig) -> Built:
+        eager = make_variant(model, variant)
+        traced = trace(eager, example)
+        path = scratch / f"{variant}.pt"
+        torch.jit.save(traced, str(path))
+        return Built(traced, path, reference=eager)
+
+
+class OnnxFormat:
+    """model.onnx, run by the handler's ONNX Runtime session (see training/onnx_build.py for the choices)."""
+
+    runtime = "onnxruntime"
+
+    def build(self, model, variant: str, example: dict, scratch: Path, config: ExportConfig) -> Built:
+        fused = scratch / "fp32.onnx"
+        if not fused.exists():  # int8 is quantised from the fused fp32 graph, built first
+            eager = make_variant(model, "fp32")
+            onnx_build.export(eager, example, scratch / "exported.onnx")
+            counts = onnx_build.fuse(scratch / "exported.onnx", fused)
+            log.info("onnx: fused %s", ", ".join(f"{op} {n}" for op, n in counts.items()))
+            if config.require_fusion:
+                try:
+                    onnx_build.check_fusion(counts, model.config.num_hidden_layers)
+                except onnx_build.FusionError as e:
+                    raise ExportError(f"{e}; pass --no-require-fusion to export it anyway") from None
+        threads = torch.get_num_threads()
+        if variant == "fp32":
+            return Built(OnnxModel(fused, threads, [CPU]), fused, reference=make_variant(model, "fp32"),
+                         info={"fused_ops": onnx_build.op_counts(fused)})
+        quantized = scratch / f"{variant}.onnx"
+        onnx_build.quantize_int8(fused, quantized)
+        return Built(OnnxModel(quantized, threads, [CPU]), quantized,
+                     info={"quantization": "dynamic (int8 weights, activations per batch)",
+                           "fused_ops": onnx_build.op_counts(fused)})
+
+
+FORMATS = {"torchscript": TorchScriptFormat(), "onnx": OnnxFormat()}
+RUNTIME_PACKAGES = {"torchscript": (), "onnx": ("onnx", "onnxscript", "onnxruntime")}
+
+
+def max_difference(a, b, cases: list[dict]) -> dict:
+    """Max |Δlogit| between two models over the parity grid, for variants without an eager twin (reported only:
+    the accuracy gate decides)."""
+    with torch.inference_mode():
+        worst = max((a(c["input_ids"], c["attention_mask"]).float() - b(c["input_ids"], c["attention_mask"]).float())
+                    .abs().max().item() for c in cases)
+    return {"max_abs_diff": worst, "against": "fp32", "cases": len(cases)}
+
+
 def build_card(config: ExportConfig, run: dict, run_dir: Path, results: dict) -> dict:
     import importlib.metadata as md
 
     train_metrics = RunDir(run_dir).read_metrics()
     return {
         "base_model": run["base_model"], "max_length": run["max_length"], "variant": config.variant,
+        "runtime": FORMATS[config.format].runtime,
         "quantize": config.quantize, "dtype": config.dtype, "inputs": ["input_ids", "attention_mask"],
         "problem_type": run.get("problem_type", SINGLE), "data": run["data"],
         "training": {"test": {k: v for k, v in train_metrics.get("test", {}).items() if isinstance(v, (int, float))},
                      "train": train_metrics.get("train")},
-        "export": results, "versions": {p: md.version(p) for p in ("torch", "transformers", "tokenizers")},
+        "export": results, "versions": {p: md.version(p) for p in ("torch", "transformers", "tokenizers", *RUNTIME_PACKAGES[config.format])},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
 
 
-def write_bundle(out: Path, traced, tokenizer, model_config, labels: list[str], card: dict, force: bool) -> None:
-    """Write into a sibling temp dir, then rename: readers never see half a bundle."""
+def write_bundle(out: Path, model_file: Path, tokenizer, model_config, labels: list[str], card: dict,
+                 force: bool) -> None:
+    """Write into a sibling temp dir, then rename: readers never see half a bundle. `model_file` is copied in
+    under the name the card's runtime reads."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
-        torch.jit.save(traced, str(tmp / bundle.MODEL_FILE))
+        shutil.copyfile(model_file, tmp / bundle.model_file(card))
         tokenizer.save_pretrained(tmp)
         model_config.save_pretrained(tmp)
         bundle.write_metadata(tmp, labels, card)
@@ -299,29 +397,29 @@ def main(config: ExportConfig) -> dict:
     example = trace_example(tokenizer, texts, max_length)
     cases = parity_cases(tokenizer, texts, max_length)
 
-    results = {}
-    fp32 = make_variant(model, "fp32")
-    traced_fp32 = trace(fp32, example)
-    fp32_tolerance = config.tolerance if config.variant == "fp32" else DEFAULT_TOLERANCE["fp32"]
-    results["fp32"] = {"parity": check_parity(fp32, traced_fp32, cases, fp32_tolerance),
-                       "test": evaluate(traced_fp32, tokenizer, test, labels, max_length, problem)}
-    traced = traced_fp32
-    if config.variant != "fp32":
-        eager = make_variant(model, config.variant)
-        traced = trace(eager, example)
-        results[config.variant] = {"parity": check_parity(eager, traced, cases, config.tolerance),
-                                   "test": evaluate(traced, tokenizer, test, labels, max_length, problem)}
-    for name, r in results.items():
-        log.info("%s: parity max |Δlogit| %.2e over %d shapes; test %s (%.0f texts/s)", name,
-                 r["parity"]["max_abs_diff"], r["parity"]["cases"], problem.describe(r["test"]),
-                 r["test"]["texts_per_second"])
-    gate = problem.gate_metric  # accuracy, or micro-F1 for multi-label
-    drop = 100 * (results["fp32"]["test"][gate] - results[config.variant]["test"][gate])
-    results[f"{gate}_drop_points"] = round(drop, 3)
-    if drop > config.max_accuracy_drop:
-        raise ExportError(f"{config.variant} loses {drop:.2f} {gate} points against fp32 "
-                          f"(limit --max-accuracy-drop {config.max_accuracy_drop}); not exported")
-    write_bundle(out, traced, tokenizer, model.config, labels, build_card(config, run, run_dir, results), config.force)
+    fmt, results = FORMATS[config.format], {}
+    with tempfile.TemporaryDirectory(prefix="export-") as scratch:
+        built = {}
+        for variant in dict.fromkeys(("fp32", config.variant)):  # fp32 first: the accuracy the variant must keep
+            tolerance = config.tolerance if variant == config.variant else DEFAULT_TOLERANCE["fp32"]
+            b = built[variant] = fmt.build(model, variant, example, Path(scratch), config)
+            parity = (check_parity(b.reference, b.module, cases, tolerance) if b.reference is not None
+                      else max_difference(built["fp32"].module, b.module, cases))
+            results[variant] = {"parity": parity, **(b.info or {}),
+                                "neighbours": check_neighbours(b.module, tokenizer, texts, max_length, tolerance),
+                                "test": evaluate(b.module, tokenizer, test, labels, max_length, problem)}
+        for name, r in results.items():
+            log.info("%s %s: parity max |Δlogit| %.2e over %d shapes; alone vs in a batch %.2e; test %s (%.0f texts/s)",
+                     fmt.runtime, name, r["parity"]["max_abs_diff"], r["parity"]["cases"],
+                     r["neighbours"]["max_abs_diff"], problem.describe(r["test"]), r["test"]["texts_per_second"])
+        gate = problem.gate_metric  # accuracy, or micro-F1 for multi-label
+        drop = 100 * (results["fp32"]["test"][gate] - results[config.variant]["test"][gate])
+        results[f"{gate}_drop_points"] = round(drop, 3)
+        if drop > config.max_accuracy_drop:
+            raise ExportError(f"{config.variant} loses {drop:.2f} {gate} points against fp32 "
+                              f"(limit --max-accuracy-drop {config.max_accuracy_drop}); not exported")
+        write_bundle(out, built[config.variant].path, tokenizer, model.config, labels,
+                     build_card(config, run, run_dir, results), config.force)
     log.info("bundle written to %s (%s)", out, config.variant)
     return results
 

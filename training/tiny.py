@@ -80,26 +80,30 @@ _BUILDERS = {"roberta": tiny_roberta, "distilbert": tiny_distilbert}
 
 
 def make_tiny_bundle(out_dir: Path, arch: str = "roberta", labels: Sequence[str] = ("negative", "positive"),
-                     variant: str = "fp32", thresholds: Sequence[float] | None = None) -> Path:
+                     variant: str = "fp32", thresholds: Sequence[float] | None = None,
+                     runtime: str = "torchscript") -> Path:
     """Write a complete bundle for a tiny random `arch` classifier into `out_dir` and return it.
     variant "bf16" casts the weights before tracing, as `training.export --dtype bf16` does; `thresholds`
-    (one per label) makes it a multi-label bundle, as training writes one."""
+    (one per label) makes it a multi-label bundle, as training writes one; runtime "onnxruntime" writes the
+    same model as a fused model.onnx, as `training.export --format onnx` does."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from handlers.bundle import MODEL_FILE, MULTI, THRESHOLDS_KEY, write_metadata
+    from handlers.bundle import MULTI, RUNTIME_FILES, THRESHOLDS_KEY, write_metadata
     from handlers.tokenization import encode
     from training.export import LogitsOnly, trace
 
     if arch not in _BUILDERS:
         raise ValueError(f"arch must be one of {sorted(_BUILDERS)}, got {arch!r}")
-    if variant not in ("fp32", "bf16"):
-        raise ValueError(f"variant must be fp32 or bf16, got {variant!r}")
+    if variant not in ("fp32", "bf16") or (runtime != "torchscript" and variant != "fp32"):
+        raise ValueError(f"variant must be fp32 or bf16 (onnxruntime: fp32), got {variant!r} for {runtime}")
+    if runtime not in RUNTIME_FILES:
+        raise ValueError(f"runtime must be one of {sorted(RUNTIME_FILES)}, got {runtime!r}")
     out_dir = Path(out_dir)
     labels = list(labels)
     with tempfile.TemporaryDirectory() as base_dir:
+        torch.manual_seed(0)  # the random encoder and head are the same on every build
         _BUILDERS[arch](base_dir)
-        torch.manual_seed(0)  # the random head is the same on every build
         model = AutoModelForSequenceClassification.from_pretrained(
             base_dir, num_labels=len(labels), id2label=dict(enumerate(labels)),
             label2id={name: i for i, name in enumerate(labels)}, attn_implementation="eager",
@@ -109,9 +113,16 @@ def make_tiny_bundle(out_dir: Path, arch: str = "roberta", labels: Sequence[str]
     example = encode(tokenizer, ["short", "a somewhat longer example text for tracing"], MAX_LENGTH)
     if variant == "bf16":
         model = model.to(torch.bfloat16)
-    frozen = trace(LogitsOnly(model).eval(), example)  # export's own tracing, device rewrite included
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.jit.save(frozen, str(out_dir / MODEL_FILE))
+    if runtime == "onnxruntime":
+        from training import onnx_build
+
+        with tempfile.TemporaryDirectory() as scratch:  # export's own exporter and fusion
+            onnx_build.export(LogitsOnly(model).eval(), example, Path(scratch) / "exported.onnx")
+            onnx_build.fuse(Path(scratch) / "exported.onnx", out_dir / RUNTIME_FILES[runtime])
+    else:
+        frozen = trace(LogitsOnly(model).eval(), example)  # export's own tracing, device rewrite included
+        torch.jit.save(frozen, str(out_dir / RUNTIME_FILES[runtime]))
     tokenizer.save_pretrained(out_dir)
     model.config.architectures = [type(model).__name__]  # the base was saved as a masked LM
     if thresholds is not None:
@@ -120,5 +131,5 @@ def make_tiny_bundle(out_dir: Path, arch: str = "roberta", labels: Sequence[str]
     model.config.save_pretrained(out_dir)
     write_metadata(out_dir, labels, {"max_length": MAX_LENGTH, "base_model": f"tiny-random-{arch}",
                                      "task": "text-classification", "source": "training.tiny",
-                                     "variant": variant})
+                                     "variant": variant, "runtime": runtime})
     return out_dir

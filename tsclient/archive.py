@@ -95,6 +95,7 @@ class ArchiveConfig:
         if not self.bundle.is_dir():
             raise ArchiveError(f"{self.bundle}: bundle directory not found (run `make export` first)")
         card = bundle.check(self.bundle)
+        self.model_path = card.model_path  # model.pt or model.onnx: the card's runtime says which
         self.handler.resolve_max_length(card.max_length)
         clashes = sorted(RESERVED & {p.name for p in self.bundle.iterdir()})
         if clashes:
@@ -126,8 +127,8 @@ def _stage(config: ArchiveConfig, root: Path) -> tuple[Path, Path]:
     extra = root / "extra"
     extra.mkdir()
     for item in config.bundle.iterdir():
-        if item.name == bundle.MODEL_FILE or item.name.startswith("."):
-            continue  # model.pt goes in as --serialized-file
+        if item.name == config.model_path.name or item.name.startswith("."):
+            continue  # the model file goes in as --serialized-file
         (shutil.copytree if item.is_dir() else shutil.copy2)(item, extra / item.name)
     (extra / "handlers").mkdir()
     for source in sorted(HANDLERS_DIR.glob("*.py")):
@@ -139,7 +140,7 @@ def _stage(config: ArchiveConfig, root: Path) -> tuple[Path, Path]:
 
 def _run_archiver(config: ArchiveConfig, extra: Path, config_file: Path, out_dir: Path, tmp: Path) -> Path:
     cmd = [*ARCHIVER, "--model-name", config.name, "--version", config.version,
-           "--serialized-file", str(config.bundle / bundle.MODEL_FILE), "--handler", str(extra / "handlers" / HANDLER_FILE),
+           "--serialized-file", str(config.model_path), "--handler", str(extra / "handlers" / HANDLER_FILE),
            "--extra-files", str(extra), "--config-file", str(config_file), "--export-path", str(out_dir)]
     # The archiver stages in $TMPDIR/<model name> and deletes it first: a private TMPDIR keeps two
     # concurrent builds of one model name from destroying each other's files.

@@ -1,0 +1,55 @@
+"""ONNX Runtime behind the runtime interface (handlers/runtimes.py): one InferenceSession per worker.
+
+The session takes numpy int64 inputs on the host and returns float32 logits, which come back as a torch
+tensor so batching, answers and the export checks treat both runtimes alike. Named onnx_runtime, not onnx,
+so the module can never shadow the `onnx` package wherever handlers/ sits on sys.path.
+"""
+from __future__ import annotations
+
+import logging
+
+import torch
+
+logger = logging.getLogger(__name__)
+CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+
+
+class OnnxModel:
+    """model(input_ids, attention_mask) -> float32 logits [batch, labels], like a TorchScript module."""
+
+    def __init__(self, path, threads: int, providers: list):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        # Threads per worker are sized by the handler (cores / workers); inter-op parallelism only helps
+        # graphs with independent branches, which an encoder has none of.
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        options.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise here
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.providers = self.session.get_providers()
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        feeds = {"input_ids": input_ids.cpu().numpy(), "attention_mask": attention_mask.cpu().numpy()}
+        return torch.from_numpy(self.session.run(["logits"], feeds)[0])
+
+
+def providers_for(device: str, available: list) -> tuple[list, str]:
+    """Execution providers for the device TorchServe assigned, and the device the logits are computed on.
+    The GPU needs the onnxruntime-gpu wheel (CUDAExecutionProvider); without it the worker runs on the CPU."""
+    if device.startswith("cuda"):
+        if CUDA in available:
+            index = int(device.partition(":")[2] or 0)
+            return [(CUDA, {"device_id": index}), CPU], device
+        logger.warning("this worker was assigned %s but onnxruntime has no %s (install onnxruntime-gpu); "
+                       "running on the CPU", device, CUDA)
+    return [CPU], "cpu"
+
+
+def load(path, device: str, threads: int):
+    import onnxruntime as ort
+
+    providers, device = providers_for(device, ort.get_available_providers())
+    model = OnnxModel(path, threads, providers)
+    logger.info("onnxruntime %s session on %s (providers %s, %d intra-op threads)", ort.__version__, device,
+                ",".join(model.providers), threads)
+    return model, device
