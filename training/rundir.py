@@ -8,6 +8,8 @@ Layout (the names live here and nowhere else):
     report/             confusion_matrix.{csv,png}, misclassified.csv, report.json (test split)
     data/test.parquet   the normalised test split (text, label), so export evaluates without the source
     checkpoints/        Trainer checkpoints (resumed from automatically)
+    distill/            a distilled run only: student-init/ (the student built from teacher layers) and
+                        teacher-logits-<data fingerprint>-<teacher weights hash>.npy (one teacher pass, reused)
 
 metrics.json is written last: a run that has it finished. `RunDir(path)` names the paths and reads
 them; every problem with a run directory raises RunDirError with a one-line message naming the file.
@@ -28,6 +30,7 @@ METRICS_FILE = "metrics.json"
 REPORT_DIR = "report"
 TEST_FILE = "data/test.parquet"
 CHECKPOINTS_DIR = "checkpoints"
+DISTILL_DIR = "distill"
 
 # What readers rely on in run.json (serving needs both; export and the serving benchmark read them).
 RUN_KEYS = ("labels", "max_length")
@@ -77,6 +80,13 @@ class RunDir:
     @property
     def checkpoints_dir(self) -> Path:
         return self.path / CHECKPOINTS_DIR
+
+    @property
+    def student_init_dir(self) -> Path:
+        return self.path / DISTILL_DIR / "student-init"
+
+    def teacher_logits_file(self, data_fingerprint: str, teacher_sha256: str) -> Path:
+        return self.path / DISTILL_DIR / f"teacher-logits-{data_fingerprint[:16]}-{teacher_sha256[:16]}.npy"
 
     # ------------------------------------------------------------------------------------------ reading
 

@@ -34,8 +34,21 @@ def summary(run_dir: Path) -> str:
         lines.append(f"... {len(per_class) - SHOWN_LABELS} more labels in {run.report_dir / 'report.json'}")
     for pair in test.get("top_confusions", [])[:3]:
         lines.append(f"most confused: {pair['true']} -> {pair['predicted']} ({pair['count']}x)")
+    lines += teacher_lines(run, problem, test)
     lines.append(f"report: {run.report_dir} ({', '.join(sorted(p.name for p in run.report_dir.iterdir()))})")
     return "\n".join(lines)
+
+
+def teacher_lines(run: RunDir, problem, test: dict) -> list[str]:
+    """A distilled run (training.distill): its test headline next to its teacher's."""
+    distilled = run.read_run().get("distillation")
+    if not distilled:
+        return []
+    teacher = RunDir(distilled["teacher"])
+    if not teacher.metrics_file.is_file():
+        return [f"student vs teacher: teacher run {teacher.path} is gone"]
+    return [f"student vs teacher ({distilled['teacher_model']}, {teacher.path}): "
+            f"{problem.describe(test)} vs {problem.describe(teacher.read_metrics()['test'])}"]
 
 
 @dataclass

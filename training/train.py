@@ -221,7 +221,7 @@ def schedule(config: TrainConfig, n_train: int) -> dict:
     return {"total_steps": total, "eval_steps": eval_steps, "warmup_steps": math.ceil(config.warmup_fraction * total)}
 
 
-def build_trainer(config: TrainConfig, splits: Splits, model_path: str, problem, weights):
+def build_trainer(config: TrainConfig, splits: Splits, model_path: str, problem, weights, student=None):
     import torch
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, TrainingArguments
 
@@ -230,6 +230,9 @@ def build_trainer(config: TrainConfig, splits: Splits, model_path: str, problem,
     tokenizer, model = load_pretrained(model_path, labels, problem.name)
     train_targets = problem.targets(splits.train, labels)
     problem.init_head(model, train_targets)
+    loss = problem
+    if student is not None:  # distillation (training/distill.py): targets carry the teacher's logits
+        train_targets, loss = student.train_targets(run_dir, splits, train_targets), student.loss(problem)
     train_ds = to_dataset(tokenizer, splits.train, train_targets, config.max_length)
     val_ds = to_dataset(tokenizer, splits.validation, problem.targets(splits.validation, labels), config.max_length)
     plan = schedule(config, len(train_ds))
@@ -248,7 +251,7 @@ def build_trainer(config: TrainConfig, splits: Splits, model_path: str, problem,
     trainer = make_trainer_class()(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=metrics_for(problem), callbacks=callbacks,
-        problem=problem, class_weights=weights)
+        problem=loss, class_weights=weights)
     return trainer, tokenizer, plan
 
 
@@ -286,13 +289,16 @@ def eager_probs(model, tokenizer, texts: list[str], max_length: int, batch_size:
                          max_length, batch_size, device=device, activation=problem.probabilities)
 
 
-def main(config: TrainConfig) -> dict:
-    """Train, evaluate on the test split, write the run directory; return metrics."""
+def main(config: TrainConfig, student=None) -> dict:
+    """Train, evaluate on the test split, write the run directory; return metrics. `student`: a
+    training.distill.Distillation, which supplies the student, the teacher's logits and the loss."""
     import torch
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     run_dir = RunDir(config.output_dir)
     model_path = resolve_model(config.model)  # before the data: a missing hub fails in seconds
+    if student is not None:
+        model_path = student.model_path(run_dir, model_path)
     splits = load_splits(config.data, config.text_column, config.label_column, seed=config.seed,
                          validation_fraction=config.validation_fraction, max_train_samples=config.max_train_samples,
                          max_eval_samples=config.max_eval_samples, label_separator=config.label_separator,
@@ -302,7 +308,7 @@ def main(config: TrainConfig) -> dict:
              len(splits.validation), len(splits.test), len(labels), problem.name)
     weights = (problem.balanced_weights(problem.targets(splits.train, labels), len(labels))
                if config.class_weights == "balanced" else None)
-    trainer, tokenizer, plan = build_trainer(config, splits, model_path, problem, weights)
+    trainer, tokenizer, plan = build_trainer(config, splits, model_path, problem, weights, student)
     resume_from = last_checkpoint(run_dir.path) if config.resume else None
     if resume_from:
         log.info("resuming from %s", resume_from)
@@ -353,6 +359,7 @@ def main(config: TrainConfig) -> dict:
                  "rows": {"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test)}},
         "precision": precision_flags(config.precision), "device": "cuda" if torch.cuda.is_available() else "cpu",
         "versions": library_versions(), "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **({"distillation": student.record()} if student is not None else {}),
     })
     run_dir.write_metrics(metrics)  # last: its presence marks a finished run
     log.info("test: %s; report in %s", problem.describe(metrics["test"]), run_dir.report_dir)

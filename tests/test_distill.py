@@ -1,0 +1,141 @@
+"""training.distill on the tiny runs: the loss is the formula, a layer-copied student holds exactly the chosen
+teacher layers, teacher logits are computed once, and a RoBERTa-BPE teacher distils into a WordPiece student."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from cli import UserError, parse_config
+from tests.test_train import one_torch_thread, roberta_config, shared_run
+from training import distill
+from training.distill import DistillConfig, distillation_loss, student_from_layers
+from training.rundir import RunDir
+from training.summary import summary
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _single_thread():
+    with one_torch_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory, tiny_roberta_dir):
+    """The shared tiny RoBERTa run (2 layers, BPE tokenizer) and the data it was trained on."""
+    return shared_run("roberta", tmp_path_factory, tiny_roberta_dir)
+
+
+def student_config(teacher, out, **overrides) -> DistillConfig:
+    settings = {"teacher": str(teacher / "run"), "train": roberta_config(out, teacher / "data", overrides.pop("model", "embedded"))}
+    return DistillConfig(**{**settings, **overrides})
+
+
+def test_loss_is_the_formula_on_a_hand_computed_batch():
+    student = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    teacher = torch.tensor([[1.0, 1.0], [0.0, 3.0]])
+    labels = torch.tensor([0, 1])
+    alpha, t = 0.25, 2.0
+
+    def softmax(row):
+        e = [math.exp(v) for v in row]
+        return [v / sum(e) for v in e]
+
+    ce = -(math.log(softmax([2, 0])[0]) + math.log(softmax([0, 1])[1])) / 2
+    kl = 0.0
+    for s, te in (([2, 0], [1, 1]), ([0, 1], [0, 3])):
+        p, q = softmax([v / t for v in te]), softmax([v / t for v in s])
+        kl += sum(pi * math.log(pi / qi) for pi, qi in zip(p, q)) / 2
+    expected = alpha * ce + (1 - alpha) * t * t * kl
+    assert distillation_loss(student, teacher, labels, alpha, t).item() == pytest.approx(expected, rel=1e-6)
+    plain = torch.nn.functional.cross_entropy(student, labels)
+    assert distillation_loss(student, teacher, labels, 1.0, t).item() == pytest.approx(plain.item(), rel=1e-6)
+
+
+def test_trainer_loss_uses_the_teacher_only_where_rows_carry_it():
+    from training.problems import SingleLabel
+
+    loss = distill.DistilledLoss(SingleLabel(), alpha=0.5, temperature=2.0)
+    logits, labels = torch.tensor([[1.0, -1.0]]), torch.tensor([1])
+    assert loss.loss(logits, labels).item() == pytest.approx(torch.nn.functional.cross_entropy(logits, labels).item())
+    rows = torch.tensor([[1.0, 0.0, 5.0]])  # label 1, teacher logits [0, 5]
+    assert loss.loss(logits, rows).item() == pytest.approx(
+        distillation_loss(logits, rows[:, 1:], labels, 0.5, 2.0).item())
+
+
+def test_student_layers_hold_exactly_the_chosen_teacher_layers(teacher, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    model_dir = RunDir(teacher / "run").model_dir
+    out = student_from_layers(model_dir, [1], tmp_path / "student")
+    big = AutoModelForSequenceClassification.from_pretrained(model_dir).state_dict()
+    small = AutoModelForSequenceClassification.from_pretrained(out).state_dict()
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 1
+    layer_keys = [k for k in small if ".layer.0." in k]
+    assert layer_keys and all(torch.equal(small[k], big[k.replace(".layer.0.", ".layer.1.")]) for k in layer_keys)
+    others = [k for k in small if ".layer." not in k]
+    assert others and all(torch.equal(small[k], big[k]) for k in others)  # embeddings and head
+    assert (out / "tokenizer.json").is_file()
+    with pytest.raises(UserError, match=r"the teacher has layers 0\.\.1"):
+        student_from_layers(model_dir, [0, 5], tmp_path / "bad")
+
+
+def test_layer_student_trains_with_cached_teacher_logits(teacher, tmp_path, monkeypatch):
+    out = tmp_path / "student"
+    metrics = distill.main(student_config(teacher, out, student_layers=[0]))
+    run = json.loads((out / "run.json").read_text())
+    assert run["distillation"] == {"teacher": str(teacher / "run"), "teacher_model": run["distillation"]["teacher_model"],
+                                   "alpha": 0.5, "temperature": 2.0, "student_layers": [0]}
+    assert "accuracy" in metrics["test"]
+    caches = list((out / "distill").glob("teacher-logits-*.npy"))
+    assert len(caches) == 1 and np.load(caches[0]).shape[1] == 3
+    assert "student vs teacher" in summary(out)
+
+    def teacher_run_again(*args, **kwargs):
+        raise AssertionError("the teacher ran again although its logits were cached")
+
+    monkeypatch.setattr("training.report.predict_probs", teacher_run_again)
+    cached = distill.teacher_logits(RunDir(teacher / "run"), ["unused"], caches[0])
+    assert np.array_equal(cached, np.load(caches[0]))
+
+
+def test_bpe_teacher_distils_into_a_wordpiece_student(teacher, tmp_path, tiny_distilbert_dir, monkeypatch):
+    real, soft_targets = distill.distillation_loss, []
+
+    def spy(student, teacher_logits, labels, alpha, temperature, weight=None):
+        soft_targets.append((tuple(teacher_logits.shape), alpha, temperature))
+        return real(student, teacher_logits, labels, alpha, temperature, weight)
+
+    monkeypatch.setattr(distill, "distillation_loss", spy)
+    out = tmp_path / "wordpiece"
+    distill.main(student_config(teacher, out, model=str(tiny_distilbert_dir), alpha=0.3, temperature=3.0))
+    # Every training step saw the teacher's 3 logits per row, computed with the teacher's BPE tokenizer.
+    assert soft_targets and all(shape[1] == 3 and (a, t) == (0.3, 3.0) for shape, a, t in soft_targets)
+    assert json.loads((out / "model" / "config.json").read_text())["model_type"] == "distilbert"
+    assert json.loads((out / "run.json").read_text())["distillation"]["student_layers"] is None
+
+
+def test_config_is_parsed_with_every_training_option(teacher, tmp_path):
+    config = parse_config(DistillConfig, ["--teacher", str(teacher / "run"), "--output-dir", str(tmp_path / "s"),
+                                          "--data", str(teacher / "data"), "--student-layers", "0,1",
+                                          "--max-steps", "3", "--alpha", "0.7"])
+    assert config.student_layers == [0, 1] and config.alpha == 0.7 and config.train.max_steps == 3
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"alpha": 1.5}, "--alpha must be between 0 and 1"),
+    ({"temperature": 0}, "--temperature must be positive"),
+    ({"student_layers": [0], "model": "some/model"}, "not both"),
+    ({"student_layers": [0, 0]}, "distinct layers"),
+])
+def test_config_validation(teacher, tmp_path, overrides, message):
+    with pytest.raises(UserError, match=message):
+        student_config(teacher, tmp_path / "s", **overrides)
+
+
+def test_teacher_must_be_a_finished_run(tmp_path, teacher):
+    with pytest.raises(UserError, match="run.json: missing"):
+        DistillConfig(teacher=str(tmp_path), train=roberta_config(tmp_path / "s", teacher / "data", "embedded"))

@@ -1,0 +1,194 @@
+"""Knowledge distillation: train a small student on the soft answers of a fine-tuned teacher.
+
+    python -m training.distill --teacher runs/teacher --data DIR --output-dir runs/student
+                               [--model DIR|ID | --student-layers 0,2,4] [--alpha 0.5] [--temperature 2]
+                               [every option of training.train: --epochs, --max-train-samples, columns, ...]
+
+The loss (Hinton et al., 2015) mixes the hard labels with the teacher's softened distribution:
+
+    alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(softmax(teacher / T) || softmax(student / T))
+
+T^2 keeps the soft term's gradients on the same scale as the hard term's whatever T is. It is training.train
+with three things changed, and nothing else: the student (any encoder via --model, or a copy of some of the
+teacher's layers with its embeddings and head, as DistilBERT was initialised), each training row's target
+(its label followed by the teacher's logits, so rows and teacher answers cannot come apart through
+shuffling, length grouping or column pruning), and the loss (the trainer's one loss override). Teacher
+logits are computed once per training text with the teacher's own tokenizer, so teacher and student may
+tokenize differently, and are cached in the run directory keyed by the data fingerprint and the teacher's
+weights hash. A student run is an ordinary run: the same report, export, archive and serving.
+Single-label only: a multi-label teacher is refused.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cli import UserError, option, run
+from training.rundir import RunDir
+from training.train import EMBEDDED_MODEL, TrainConfig
+
+log = logging.getLogger("training.distill")
+# Encoder layers are numbered in their parameter names: bert.encoder.layer.3., roberta.encoder.layer.3.,
+# mpnet.encoder.layer.3., distilbert.transformer.layer.3.
+LAYER_KEY = re.compile(r"(\.layer\.)(\d+)(\.)")
+
+
+def parse_layers(text: str) -> list[int]:
+    try:
+        layers = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"expected comma-separated layer numbers such as 0,2,4, got {text!r}") from None
+    return layers
+
+
+@dataclass
+class DistillConfig:
+    """Distil a fine-tuned teacher run into a smaller student (any encoder, or some of the teacher's layers)."""
+
+    teacher: str = option("run directory of the fine-tuned teacher (training.train or training.distill)")
+    train: TrainConfig = option("the student's training: every option of training.train")
+    student_layers: list | None = option(
+        "build the student from these teacher encoder layers (e.g. 0,2,4) plus its embeddings and head, "
+        "instead of --model", None, parse=parse_layers)
+    alpha: float = option("weight of the hard-label cross-entropy; 1 - alpha goes to the teacher's soft labels", 0.5)
+    temperature: float = option("softmax temperature of the soft labels (both teacher and student)", 2.0)
+
+    def __post_init__(self):
+        RunDir(self.teacher).check_finished()
+        if not 0 <= self.alpha <= 1:
+            raise UserError(f"--alpha must be between 0 and 1, got {self.alpha}")
+        if self.temperature <= 0:
+            raise UserError(f"--temperature must be positive, got {self.temperature}")
+        if self.student_layers is not None:
+            if self.train.model != EMBEDDED_MODEL:
+                raise UserError("give the student as --model or as --student-layers, not both")
+            if not self.student_layers or len(set(self.student_layers)) != len(self.student_layers):
+                raise UserError(f"--student-layers must name distinct layers, got {self.student_layers}")
+
+
+def distillation_loss(student, teacher, labels, alpha: float, temperature: float, weight=None):
+    """alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(softmax(teacher/T) || softmax(student/T))."""
+    import torch.nn.functional as F
+
+    hard = F.cross_entropy(student.float(), labels, weight=weight)
+    if alpha == 1:
+        return hard
+    soft = F.kl_div(F.log_softmax(student.float() / temperature, dim=-1),
+                    F.log_softmax(teacher.float() / temperature, dim=-1), reduction="batchmean", log_target=True)
+    return alpha * hard + (1 - alpha) * temperature ** 2 * soft
+
+
+class DistilledLoss:
+    """The trainer's loss (its `problem.loss`) for rows whose target is [label, teacher logits...]. Validation
+    rows carry the label alone and get plain cross-entropy, so early stopping watches the real task."""
+
+    def __init__(self, problem, alpha: float, temperature: float):
+        self.problem, self.alpha, self.temperature = problem, alpha, temperature
+
+    def loss(self, logits, targets, weight=None):
+        if targets.dim() == 1:
+            return self.problem.loss(logits, targets, weight)
+        return distillation_loss(logits, targets[:, 1:], targets[:, 0].long(), self.alpha, self.temperature, weight)
+
+
+def student_from_layers(teacher_dir: Path, layers: list[int], out_dir: Path) -> Path:
+    """Save a student holding exactly the chosen teacher layers (renumbered 0..k-1), the teacher's embeddings,
+    head and tokenizer, into out_dir; loading it strictly proves every weight came from the teacher."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
+    depth = teacher.config.num_hidden_layers
+    if any(not 0 <= i < depth for i in layers):
+        raise UserError(f"--student-layers {','.join(map(str, layers))}: the teacher has layers 0..{depth - 1}")
+    config = teacher.config.__class__.from_dict(teacher.config.to_dict())
+    config.num_hidden_layers = len(layers)
+    renumber = {str(src): str(dst) for dst, src in enumerate(layers)}
+    state = {}
+    for key, value in teacher.state_dict().items():
+        match = LAYER_KEY.search(key)
+        if match is None:
+            state[key] = value
+        elif match.group(2) in renumber:
+            state[LAYER_KEY.sub(lambda m: f"{m.group(1)}{renumber[m.group(2)]}{m.group(3)}", key, count=1)] = value
+    with torch.device("meta"):  # no point initialising weights that are all replaced
+        student = AutoModelForSequenceClassification.from_config(config)
+    student.load_state_dict(state, strict=True, assign=True)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    student.save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(teacher_dir).save_pretrained(out_dir)
+    return out_dir
+
+
+def teacher_logits(teacher: RunDir, texts: list[str], cache: Path) -> np.ndarray:
+    """The teacher's logits [texts, labels], computed once with its own tokenizer and max_length, then read back."""
+    if cache.is_file():
+        log.info("teacher logits from %s", cache)
+        return np.load(cache)
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from training.report import predict_probs
+
+    model = AutoModelForSequenceClassification.from_pretrained(teacher.model_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(teacher.model_dir)
+    log.info("teacher pass over %d training texts", len(texts))
+    logits = predict_probs(lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits, tokenizer, texts,
+                           int(teacher.read_run()["max_length"]), 64, activation=lambda x: x)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_suffix(".partial.npy")
+    np.save(partial, logits)
+    os.replace(partial, cache)  # a killed run never leaves a half-written cache to be trusted next time
+    return logits
+
+
+class Distillation:
+    """What training.train changes for a student run (see its `student` argument)."""
+
+    def __init__(self, config: DistillConfig):
+        self.config, self.teacher = config, RunDir(config.teacher)
+        run = self.teacher.read_run()
+        if run.get("problem_type", "single_label_classification") != "single_label_classification":
+            raise UserError(f"{config.teacher}: distillation supports single-label teachers; this one is {run['problem_type']}")
+        self.labels = self.teacher.read_labels()
+
+    def model_path(self, out: RunDir, default: str) -> str:
+        if self.config.student_layers is None:
+            return default
+        return str(student_from_layers(self.teacher.model_dir, self.config.student_layers, out.student_init_dir))
+
+    def train_targets(self, out: RunDir, splits, hard: np.ndarray) -> np.ndarray:
+        """[label, teacher logits...] per training row."""
+        if splits.labels != self.labels:
+            raise UserError(f"the data's labels {splits.labels[:5]} differ from the teacher's {self.labels[:5]}: "
+                            "distil on data with the teacher's label set")
+        from handlers.bundle import sha256_file
+
+        cache = out.teacher_logits_file(splits.fingerprint, sha256_file(self.teacher.weights_file))
+        soft = teacher_logits(self.teacher, splits.train["text"].tolist(), cache)
+        return np.concatenate([hard.reshape(-1, 1).astype(np.float32), soft.astype(np.float32)], axis=1)
+
+    def loss(self, problem) -> DistilledLoss:
+        return DistilledLoss(problem, self.config.alpha, self.config.temperature)
+
+    def record(self) -> dict:
+        """run.json's `distillation` entry; summary shows student vs teacher from it."""
+        return {"teacher": str(self.teacher.path), "teacher_model": self.teacher.read_run().get("base_model"),
+                "alpha": self.config.alpha, "temperature": self.config.temperature,
+                "student_layers": self.config.student_layers}
+
+
+def main(config: DistillConfig) -> dict:
+    from training import train
+
+    return train.main(config.train, student=Distillation(config))
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    sys.exit(run(main, DistillConfig, prog="python -m training.distill"))
