@@ -160,7 +160,7 @@ bench-soak: install ## 60 s mixed load with a worker killed and a version switch
 # TorchServe paths on the rt-polarity test texts (about 10 minutes; BENCH_RUN=... serves another run).
 BENCH_RUN ?= runs/bench/rt-polarity
 .PHONY: bench-serve
-bench: bench-train bench-serve bench-soak bench-multilabel ## every benchmark (about 2.5 hours on 2 cores)
+bench: bench-train bench-serve bench-soak bench-multilabel bench-distill ## every benchmark (about 3.5 hours on 2 cores)
 
 # Both recipes run one after the other with every core: run it on an otherwise idle machine
 # (about 50 minutes on 2 cores; BENCH_TRAIN_ARGS="--part class-weights" reruns one part), or pass
@@ -175,6 +175,11 @@ BENCH_MULTILABEL_ARGS ?=
 .PHONY: bench-multilabel
 bench-multilabel: install ## multi-label: TF-IDF baseline vs the plain HF recipe vs ours on banking77-multi
 	$(PY) -m bench.multilabel_bench $(BENCH_MULTILABEL_ARGS)
+
+BENCH_DISTILL_ARGS ?=
+.PHONY: bench-distill
+bench-distill: install ## distillation frontier: MiniLM-L6, its 3-layer student (+ the mpnet teacher if installed)
+	$(PY) -m bench.distill_bench $(BENCH_DISTILL_ARGS)
 
 bench-serve: install ## pipeline vs stock TorchServe vs our in-process and served paths (about 10 min)
 	$(PY) -m bench.serve_bench --run $(BENCH_RUN)

@@ -1,0 +1,166 @@
+"""Distillation benchmark: the speed-accuracy frontier of students and teachers on rt-polarity and banking77.
+
+    python -m bench.distill_bench [--data-root ../shared/data] [--runs runs/bench/distill] [--parts a,b,c,d]
+                                  [--datasets rt-polarity,banking77] [--max-train-samples N] [--threads N]
+
+Per dataset, same splits, our training recipe (bench/train_bench.OURS) for every model:
+  a  MiniLM-L6 fine-tuned (the embedded encoder), as `make train` does today
+  b  a 3-layer student holding layers 0, 2, 4 of (a), distilled from (a) (--student-layers 0,2,4)
+  c  the all-mpnet-base-v2 teacher fine-tuned (109M parameters; needs `make teacher-model`)
+  d  MiniLM-L6 distilled from (c)
+Each row: test accuracy and macro-F1, training wall time and samples/s, and in-process texts/s of its fp32
+export as TorchScript and as ONNX Runtime (training.export's own measurement: the test split in length-sorted
+batches of 64). c and d are skipped, with the reason in the results, when the teacher model is not installed.
+Writes bench/results/distill.{json,md} (distill-smoke.* with --max-train-samples); each finished row is saved
+at once, and a run of some parts keeps the other rows of the existing results.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from bench.serve_report import cpu_class
+from bench.serve_bench import machine
+from bench.train_bench import DATASETS, OURS
+from cli import UserError, check_int, option, run
+from training.distill import DistillConfig, main as distill_main
+from training.export import ExportConfig, main as export_main
+from training.teacher_model import NAME as TEACHER_NAME
+from training.train import TrainConfig, main as train_main
+
+log = logging.getLogger("bench.distill")
+RESULTS = Path(__file__).parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+STUDENT_LAYERS = [0, 2, 4]
+PARTS = {"a": "MiniLM-L6 fine-tuned", "b": "3-layer student of (a)", "c": "mpnet teacher fine-tuned",
+         "d": "MiniLM-L6 distilled from (c)"}
+RUN_NAMES = {"a": "minilm", "b": "student3", "c": "mpnet", "d": "minilm-from-mpnet"}  # under --runs/<dataset>/
+EXPORT_TEXTS = 1000  # test texts each export times itself on (and checks parity and accuracy against)
+
+
+@dataclass
+class DistillBenchConfig:
+    """Distillation benchmark: MiniLM-L6, its 3-layer student, the mpnet teacher and MiniLM distilled from it."""
+
+    data_root: Path = option("folder holding rt-polarity/ and banking77/", ROOT.parent / "shared" / "data")
+    runs: Path = option("where the benchmark's run directories go", Path("runs/bench/distill"))
+    parts: str = option("rows to run, comma-separated: a, b, c, d (see the module help)", "a,b,c,d")
+    datasets: str = option("datasets, comma-separated", ",".join(DATASETS))
+    teacher_model: Path = option("the all-mpnet-base-v2 folder of `make teacher-model`", ROOT / "models" / TEACHER_NAME)
+    max_train_samples: Optional[int] = option("smoke-test on a subset of train (writes distill-smoke.*)", None)
+    threads: Optional[int] = option("torch threads (default: every core)", None)
+
+    def __post_init__(self):
+        unknown = set(self.part_list) - set(PARTS) or set(self.dataset_list) - set(DATASETS)
+        if unknown or not self.part_list or not self.dataset_list:
+            raise UserError(f"--parts takes {','.join(PARTS)} and --datasets {','.join(DATASETS)}; got {sorted(unknown)}")
+        check_int("--max-train-samples", self.max_train_samples, 2, optional=True)
+        check_int("--threads", self.threads, 1, optional=True)
+        for name in self.dataset_list:
+            if not (Path(self.data_root) / name / "train.csv").exists():
+                raise UserError(f"benchmark data not found: {Path(self.data_root) / name / 'train.csv'} (pass --data-root)")
+
+    @property
+    def part_list(self) -> list[str]:
+        return [p.strip() for p in self.parts.split(",") if p.strip()]
+
+    @property
+    def dataset_list(self) -> list[str]:
+        return [d.strip() for d in self.datasets.split(",") if d.strip()]
+
+
+def train_config(config: DistillBenchConfig, dataset: str, out: Path, model: str = "embedded") -> TrainConfig:
+    return TrainConfig(output_dir=str(out), data=str(Path(config.data_root) / dataset), label_column=DATASETS[dataset],
+                       model=model, max_train_samples=config.max_train_samples, resume=False, progress=False, **OURS)
+
+
+def row(metrics: dict, run_dir: Path) -> dict:
+    """Accuracy, macro-F1 and training cost of a finished run, and in-process speed of its fp32 exports."""
+    out = {"run": str(run_dir), "accuracy": metrics["test"]["accuracy"], "macro_f1": metrics["test"]["macro_f1"],
+           "train_seconds": metrics["train"]["seconds"], "train_samples_per_second": metrics["train"]["samples_per_second"],
+           "epochs": metrics["train"]["epochs"], "layers": json.loads((run_dir / "model" / "config.json").read_text())
+           .get("num_hidden_layers")}
+    for fmt in ("torchscript", "onnx"):
+        results = export_main(ExportConfig(run_dir=str(run_dir), output_dir=str(run_dir / f"export-{fmt}"), format=fmt,
+                                           max_eval_samples=EXPORT_TEXTS, force=True))
+        out[f"{fmt}_texts_per_second"] = results["fp32"]["test"]["texts_per_second"]
+    return out
+
+
+def run_rows(config: DistillBenchConfig) -> dict:
+    suffix = "" if config.max_train_samples is None else "-smoke"
+    path = RESULTS / f"distill{suffix}.json"
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results.update(machine=machine(), recipe=OURS, student_layers=STUDENT_LAYERS)
+    has_teacher = (Path(config.teacher_model) / "config.json").is_file()
+    for dataset in config.dataset_list:
+        runs = Path(config.runs) / dataset
+        rows = results.setdefault(dataset, {})
+        for part in config.part_list:
+            if part in "cd" and not has_teacher:
+                rows[part] = {"skipped": f"teacher model not installed at {config.teacher_model} (make teacher-model)"}
+                continue
+            started = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "load_average_start": os.getloadavg()}
+            log.info("%s: %s (%s)", dataset, part, PARTS[part])
+            run_dir, at = runs / RUN_NAMES[part], {k: runs / v for k, v in RUN_NAMES.items()}
+            if part == "a":
+                metrics = train_main(train_config(config, dataset, run_dir))
+            elif part == "b":
+                metrics = distill_main(DistillConfig(teacher=str(at["a"]), student_layers=STUDENT_LAYERS,
+                                                     train=train_config(config, dataset, run_dir)))
+            elif part == "c":
+                metrics = train_main(train_config(config, dataset, run_dir, model=str(config.teacher_model)))
+            else:
+                metrics = distill_main(DistillConfig(teacher=str(at["c"]), train=train_config(config, dataset, run_dir)))
+            rows[part] = {"what": PARTS[part], **row(metrics, run_dir), **started, "load_average_end": os.getloadavg()}
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(results, indent=2) + "\n")  # every finished row survives an interruption
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    (RESULTS / f"distill{suffix}.md").write_text(markdown(results, config))
+    return results
+
+
+def markdown(results: dict, config: DistillBenchConfig) -> str:
+    m = results["machine"]
+    lines = ["# Distillation benchmark", "",
+             f"`python -m bench.distill_bench` (`make bench-distill`), {cpu_class(m['isa'])} CPU ({m['cpu']}, "
+             f"{m['cpus']} CPUs), our recipe ({OURS['epochs']:g} epochs at most, early stopping), "
+             + ("full training data." if config.max_train_samples is None else f"{config.max_train_samples} training rows."),
+             "", "| dataset | row | model | layers | accuracy | macro-F1 | train s | train samples/s | TorchScript fp32 texts/s "
+             "| ONNX Runtime fp32 texts/s | speed vs (a), ONNX |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for dataset in DATASETS:
+        rows = results.get(dataset, {})
+        base = rows.get("a", {}).get("onnx_texts_per_second")
+        for part in PARTS:
+            r = rows.get(part)
+            if not r:
+                continue
+            if "skipped" in r:
+                lines.append(f"| {dataset} | {part} | {PARTS[part]} | | skipped: {r['skipped']} | | | | | | |")
+                continue
+            speed = f"{r['onnx_texts_per_second'] / base:.2f}x" if base else ""
+            lines.append(f"| {dataset} | {part} | {PARTS[part]} | {r['layers']} | {100 * r['accuracy']:.2f}% "
+                         f"| {100 * r['macro_f1']:.1f} | {r['train_seconds']:.0f} | {r['train_samples_per_second'] or 0:.1f} "
+                         f"| {r['torchscript_texts_per_second']:.0f} | {r['onnx_texts_per_second']:.0f} | {speed} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(config: DistillBenchConfig) -> dict:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    results = run_rows(config)
+    print((RESULTS / f"distill{'' if config.max_train_samples is None else '-smoke'}.md").read_text())
+    return results
+
+
+if __name__ == "__main__":
+    sys.exit(run(main, DistillBenchConfig, prog="python -m bench.distill_bench"))
