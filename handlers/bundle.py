@@ -10,6 +10,8 @@ Layout, written by `training.export` and read by the handler:
     model_card.json       base model, labels, max_length, metrics, data fingerprint, versions, runtime,
                           and `model_sha256`, which the handler checks before loading the model file
     tokenizer files       whatever `tokenizer.save_pretrained` wrote
+    reference_profile.json  predicted labels, confidence, token-length and unknown-token counts on the test split,
+                          binned as the worker's metrics are (handlers/profile.py); what drift checks compare with
 """
 from __future__ import annotations
 

@@ -22,6 +22,8 @@ from handlers.bundle import BundleError
 from handlers.config import HandlerConfig, workers_from_model_yaml
 from handlers.device import choose_device, cpu_has_bf16, cpu_only_warning, slow_bf16_warning
 from handlers.answers import answers_for
+from handlers.metrics import ModelMetrics
+from handlers.profile import text_features
 from handlers.parsing import OneLineDecodeWarnings, error_body, parse_request
 from handlers.tokenization import encode
 
@@ -47,6 +49,10 @@ class TextClassifierHandler(BaseHandler):
         self.chunk_size = self.config.resolve_chunk_size(card.variant, device)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         self._warm_up(model_dir)
+        model = (context.manifest or {}).get("model", {})
+        cache = getattr(context, "metrics", None)
+        self.metrics = ModelMetrics(cache if hasattr(cache, "add_metric_to_cache") else None,
+                                    model.get("modelName", context.model_name), model.get("modelVersion", ""))
         self.manifest, self.initialized = context.manifest, True
         logger.info("loaded %s (%s %s, %s): device=%s threads=%d labels=%d max_length=%d chunk_size=%s in %.2fs",
                     card.base_model, card.runtime, card.variant, card.problem_type, self.device, threads, len(self.labels),
@@ -85,17 +91,17 @@ class TextClassifierHandler(BaseHandler):
     def inference(self, data, *args, **kwargs):
         parsed, batch = data
         if batch is None:
-            return parsed, None
+            return parsed, None, None
         start = time.perf_counter()
         probs = self.answers.probabilities(self._forward(batch)).cpu()
         logger.debug("forward %s on %s in %.1f ms", tuple(batch["input_ids"].shape), self.device,
                      (time.perf_counter() - start) * 1000)
-        return parsed, probs
+        return parsed, probs, batch
 
     @timed
     def postprocess(self, data):
         """One JSON body per request, in request order; failed requests get their own status."""
-        parsed, probs = data
+        parsed, probs, batch = data
         rows, offset, out = (probs.tolist() if probs is not None else []), 0, []
         for idx, p in enumerate(parsed):
             self.context.set_response_content_type(idx, "application/json")
@@ -105,7 +111,18 @@ class TextClassifierHandler(BaseHandler):
                 continue
             mine, offset = rows[offset: offset + len(p.texts)], offset + len(p.texts)
             out.append(json.dumps(p.shape.wrap([self.answers.answer(r, p.top_k) for r in mine])))
-        rejected = sum(p.error is not None for p in parsed)
-        logger.log(logging.INFO if rejected else logging.DEBUG, "batch of %d requests: %d texts, %d rejected",
-                   len(parsed), len(rows), rejected)
+        self._record(parsed, probs, batch)
         return out
+
+    def _record(self, parsed, probs, batch) -> None:
+        """The batch's model metrics (handlers/metrics.py) and one log line of shapes, never text."""
+        rejected = [p.error.type.code for p in parsed if p.error is not None]
+        answers, features = [], []
+        if probs is not None:
+            top = probs.max(dim=-1)
+            answers = [(self.labels[i], s) for s, i in zip(top.values.tolist(), top.indices.tolist())]
+            features = text_features(batch["input_ids"], batch["attention_mask"], self.max_length,
+                                     self.tokenizer.unk_token_id)
+        self.metrics.record(answers, features, len(parsed) - len(rejected), rejected)
+        logger.log(logging.INFO if rejected else logging.DEBUG, "batch of %d requests: %d texts, %d rejected",
+                   len(parsed), len(answers), len(rejected))

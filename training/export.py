@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
 import shutil
 import tempfile
@@ -31,6 +32,7 @@ from handlers import bundle
 from handlers.bundle import MULTI, SINGLE
 from handlers.device import cpu_has_bf16, slow_bf16_warning
 from handlers.onnx_runtime import CPU, OnnxModel
+from handlers.profile import PROFILE_FILE, profile_batches
 from handlers.tokenization import encode
 from handlers.torchscript import follow_input_device
 from cli import UserError, check_choices, option, run
@@ -362,13 +364,15 @@ def build_card(config: ExportConfig, run: dict, run_dir: Path, results: dict) ->
 
 
 def write_bundle(out: Path, model_file: Path, tokenizer, model_config, labels: list[str], card: dict,
-                 force: bool) -> None:
+                 force: bool, profile: dict | None = None) -> None:
     """Write into a sibling temp dir, then rename: readers never see half a bundle. `model_file` is copied in
-    under the name the card's runtime reads."""
+    under the name the card's runtime reads; `profile` is the reference profile drift checks compare with."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         shutil.copyfile(model_file, tmp / bundle.model_file(card))
+        if profile is not None:
+            (tmp / PROFILE_FILE).write_text(json.dumps(profile, indent=2) + "\n")
         tokenizer.save_pretrained(tmp)
         model_config.save_pretrained(tmp)
         bundle.write_metadata(tmp, labels, card)
@@ -418,8 +422,11 @@ def main(config: ExportConfig) -> dict:
         if drop > config.max_accuracy_drop:
             raise ExportError(f"{config.variant} loses {drop:.2f} {gate} points against fp32 "
                               f"(limit --max-accuracy-drop {config.max_accuracy_drop}); not exported")
+        # The reference for drift checks (tsclient.drift): the test split as the served variant answers it.
+        profile = profile_batches(built[config.variant].module, problem.probabilities, tokenizer, texts, labels,
+                                  max_length).to_json()
         write_bundle(out, built[config.variant].path, tokenizer, model.config, labels,
-                     build_card(config, run, run_dir, results), config.force)
+                     build_card(config, run, run_dir, results), config.force, profile)
     log.info("bundle written to %s (%s)", out, config.variant)
     return results
 

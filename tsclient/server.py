@@ -171,6 +171,11 @@ class ServerConfig:
             out[key] = f"http://127.0.0.1:{port}" if kind == "url" else str(port)
         if self.derived:
             out["model_store"] = str(self.model_store)
+            # A derived config lives in state_dir/logs and the JVM runs in state_dir: a metrics_config relative
+            # to the base config's folder would no longer be found, so it is made absolute.
+            metrics = read_properties(self.config).get("metrics_config")
+            if metrics and not Path(metrics).is_absolute():
+                out.setdefault("metrics_config", str(self.config.resolve().parent / metrics))
         return out
 
     def write_effective_config(self) -> Path:

@@ -1,0 +1,70 @@
+"""The model's own metrics, sent through TorchServe's metrics API to :8082/metrics (Prometheus mode).
+
+TorchServe's frontend exposes a backend metric only if metrics.yaml declares it with exactly these names and
+dimensions (model_metrics section): the declaration lives in the repository's metrics.yaml and `METRICS`
+below is checked against it by the tests, so the two cannot drift apart. Counters only: TorchServe 0.12's
+Prometheus mode has no histograms for backend metrics, so distributions are counters with a `Bucket`
+dimension, binned as the bundle's reference profile is (handlers/profile.py) for `tsclient.drift`.
+
+Each update is one `[METRICS]` log line from the worker to the frontend, so updates are aggregated per batch:
+one line per label and bucket seen in the batch, not per text. No text is ever part of a metric.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+from handlers.profile import CONFIDENCE_EDGES, TOKEN_EDGES, bucket
+
+logger = logging.getLogger(__name__)
+MODEL_DIMENSIONS = ["ModelName", "ModelVersion", "Level"]
+# name -> the dimensions after MODEL_DIMENSIONS. Declared in metrics.yaml under model_metrics: counter.
+METRICS = {
+    "PredictionsPerLabel": ["Label"],  # texts answered, by top-1 label
+    "ConfidenceBucket": ["Bucket"],  # texts by top-1 calibrated score (le_0.3 ... le_1)
+    "TokensBucket": ["Bucket"],  # texts by tokens seen after truncation (le_8 ... le_inf)
+    "TextsAnswered": [],
+    "RequestsAnswered": [],
+    "TokensSeen": [],
+    "UnknownTokens": [],
+    "TruncatedTexts": [],  # texts at max_length tokens
+    "RejectedRequests": ["Reason"],  # by the error type of the JSON error body
+}
+
+
+class ModelMetrics:
+    """Counters of one worker's model; `record` once per batch. Without a metrics cache (tests calling the
+    handler directly with a bare context) it does nothing."""
+
+    def __init__(self, cache, model_name: str, version: str):
+        from ts.metrics.metric_type_enum import MetricTypes
+
+        self.base = [model_name, version, "Model"]
+        self.counters = {} if cache is None else {
+            name: cache.add_metric_to_cache(name, "Count", MODEL_DIMENSIONS + extra, MetricTypes.COUNTER)
+            for name, extra in METRICS.items()}
+
+    def _add(self, name: str, value: int, *dimension_values: str) -> None:
+        if value and name in self.counters:
+            self.counters[name].add_or_update(value, self.base + list(dimension_values))
+
+    def record(self, answers: list[tuple[str, float]], features: list[tuple[int, bool, int]], answered: int,
+               rejected: list[str]) -> None:
+        """answers: (top-1 label, top-1 score) per text; features: handlers.profile.text_features rows; answered:
+        requests answered; rejected: the error type of each rejected request."""
+        try:
+            for label, n in Counter(label for label, _ in answers).items():
+                self._add("PredictionsPerLabel", n, label)
+            for name, edges, values in (("ConfidenceBucket", CONFIDENCE_EDGES, [s for _, s in answers]),
+                                        ("TokensBucket", TOKEN_EDGES, [t for t, _, _ in features])):
+                for key, n in Counter(bucket(v, edges) for v in values).items():
+                    self._add(name, n, key)
+            self._add("TextsAnswered", len(answers))
+            self._add("RequestsAnswered", answered)
+            self._add("TokensSeen", sum(t for t, _, _ in features))
+            self._add("UnknownTokens", sum(u for _, _, u in features))
+            self._add("TruncatedTexts", sum(cut for _, cut, _ in features))
+            for reason, n in Counter(rejected).items():
+                self._add("RejectedRequests", n, reason)
+        except Exception:  # metrics must never cost an answer
+            logger.exception("recording model metrics failed")
