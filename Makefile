@@ -20,7 +20,7 @@ TEXT    ?= What a wonderful day!
 TOP_K   ?=
 
 .PHONY: help install java-check test test-fast demo train distill teacher-model export archive serve stop register scale \
-        set-default unregister models predict health bench bench-train bench-soak grpc-stubs clean
+        set-default unregister models predict drift health bench bench-train bench-soak grpc-stubs clean
 
 # Targets documented with `## text` after their prerequisites are listed by `make help`.
 help: ## list the targets
@@ -126,6 +126,9 @@ models: install ## every registered model and version; NAME=x describes x in ful
 predict: install ## classify TEXT= with NAME [VERSION=] [TOP_K=n] over REST
 	$(OPS) predict --name '$(NAME)' $(if $(call given,VERSION),--version '$(VERSION)') \
 	  --text '$(subst ','\'',$(TEXT))' $(if $(TOP_K),--top-k $(TOP_K))
+
+drift: install ## NAME's live traffic vs EXPORT's reference profile [VERSION=]; exit 1 on an alert (ARGS="--since F --save-snapshot F")
+	$(PY) -m tsclient.drift --reference $(EXPORT) --name '$(NAME)' $(if $(call given,VERSION),--version '$(VERSION)') $(ARGS)
 
 health: install ## TorchServe's /ping, with the inference token
 	$(OPS) health
