@@ -27,6 +27,7 @@ from typing import Any, Callable, Mapping, Optional
 from handlers.bundle import BundleError
 from handlers.checks import check_int as _check_int
 from handlers.config import HandlerConfigError
+from handlers.review import ReviewConfigError
 
 
 class UserError(Exception):
@@ -38,7 +39,7 @@ class Failure(Exception):
 
 
 # The handler's errors cannot derive from UserError: handlers/ ships alone inside the .mar.
-USER_ERRORS = (UserError, BundleError, HandlerConfigError)
+USER_ERRORS = (UserError, BundleError, HandlerConfigError, ReviewConfigError)
 
 check_int = functools.partial(_check_int, error=UserError)
 

@@ -24,6 +24,7 @@ from handlers.device import choose_device, cpu_has_bf16, cpu_only_warning, slow_
 from handlers.answers import answers_for
 from handlers.metrics import ModelMetrics
 from handlers.profile import text_features
+from handlers.review import ReviewConfig, ReviewQueue
 from handlers.parsing import OneLineDecodeWarnings, error_body, parse_request
 from handlers.tokenization import encode
 
@@ -51,8 +52,10 @@ class TextClassifierHandler(BaseHandler):
         self._warm_up(model_dir)
         model = (context.manifest or {}).get("model", {})
         cache = getattr(context, "metrics", None)
-        self.metrics = ModelMetrics(cache if hasattr(cache, "add_metric_to_cache") else None,
-                                    model.get("modelName", context.model_name), model.get("modelVersion", ""))
+        name, version = model.get("modelName", context.model_name), model.get("modelVersion", "")
+        self.metrics = ModelMetrics(cache if hasattr(cache, "add_metric_to_cache") else None, name, version)
+        review = ReviewConfig.from_model_yaml(yaml_config)  # opt-in: with it off, no text is written anywhere
+        self.review = ReviewQueue(review, name, version) if review.review else None
         self.manifest, self.initialized = context.manifest, True
         logger.info("loaded %s (%s %s, %s): device=%s threads=%d labels=%d max_length=%d chunk_size=%s in %.2fs",
                     card.base_model, card.runtime, card.variant, card.problem_type, self.device, threads, len(self.labels),
@@ -110,9 +113,20 @@ class TextClassifierHandler(BaseHandler):
                 out.append(json.dumps(error_body(p.error)))
                 continue
             mine, offset = rows[offset: offset + len(p.texts)], offset + len(p.texts)
-            out.append(json.dumps(p.shape.wrap([self.answers.answer(r, p.top_k) for r in mine])))
+            answers = [self.answers.answer(r, p.top_k) for r in mine]
+            out.append(json.dumps(p.shape.wrap(answers)))
+            if self.review is not None:
+                self._capture(p.texts, answers)
         self._record(parsed, probs, batch)
         return out
+
+    def _capture(self, texts, answers) -> None:
+        """Queue this request's texts that review capture keeps (handlers/review.py); never costs an answer."""
+        try:
+            self.review.append([self.review.record(t, a, why) for t, a in zip(texts, answers)
+                                if (why := self.review.keep(a["score"]))])
+        except OSError as e:
+            logger.error("review capture failed, answers unaffected: %s", e)
 
     def _record(self, parsed, probs, batch) -> None:
         """The batch's model metrics (handlers/metrics.py) and one log line of shapes, never text."""

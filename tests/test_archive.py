@@ -176,3 +176,18 @@ def test_archive_loads_like_a_torchserve_worker(bundle, store, tmp_path):
     assert s0 == 200 and len(one["scores"]) == 2  # default_top_k from the archive's model-config.yaml
     assert (s1, too_many) == (413, {"error": "'texts' has 3 entries; at most 2 per request", "type": "too_many_texts"})
     assert s2 == 400 and bad_json["error"].startswith("body is not valid JSON")
+
+
+def test_review_section_only_when_capture_is_on(bundle, store, capsys):
+    args = ["--bundle", str(bundle), "--name", "rev", "--store", str(store)]
+    assert cli([*args, "--version", "1"]) == 0
+    with zipfile.ZipFile(store / "rev-1.mar") as z:
+        assert "review" not in yaml.safe_load(z.read("model-config.yaml"))
+    assert cli([*args, "--version", "2", "--review", "--review-below", "0.5"]) == 0
+    with zipfile.ZipFile(store / "rev-2.mar") as z:
+        review = yaml.safe_load(z.read("model-config.yaml"))["review"]
+    assert review["review"] is True and review["review_below"] == 0.5
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        cli([*args, "--version", "3", "--review", "--review-sample", "2"])
+    assert e.value.code == 2 and "review_sample' must be a number from 0 to 1" in capsys.readouterr().err

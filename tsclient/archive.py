@@ -28,6 +28,7 @@ import handlers
 from cli import Failure, UserError, check_int, option, run
 from handlers import bundle
 from handlers.config import HandlerConfig
+from handlers.review import ReviewConfig
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ class ArchiveConfig:
     max_workers: int = option("most workers this archive may run; CPU threads are split between them", 1)
     response_timeout: int = option("s before a stuck worker is restarted", 120)
     handler: HandlerConfig = option("the handler: section", default_factory=HandlerConfig)
+    review: ReviewConfig = option("the review: section (capture stores request text; off by default)",
+                                  default_factory=ReviewConfig)
     force: bool = option("replace an existing archive of this name and version", False)
     template: Path = option("model-config.yaml template", TEMPLATE)
 
@@ -78,6 +81,8 @@ class ArchiveConfig:
         self.bundle, self.store, self.template = Path(self.bundle), Path(self.store), Path(self.template)
         if isinstance(self.handler, dict):  # a handler: section as written in YAML, checked like one
             self.handler = HandlerConfig.from_model_yaml({"handler": self.handler})
+        if isinstance(self.review, dict):
+            self.review = ReviewConfig.from_model_yaml({"review": self.review})
         for what, value in (("name", self.name), ("version", self.version)):
             if not isinstance(value, str) or not NAME_PATTERN.match(value):
                 raise ArchiveError(f"{what} {value!r} must start with a letter or digit and use only A-Z a-z 0-9 _ . -")
@@ -117,6 +122,8 @@ def model_config(config: ArchiveConfig) -> dict:
                if getattr(config.handler, f.name) != getattr(defaults, f.name)}
     doc.update(minWorkers=config.min_workers, maxWorkers=config.max_workers, batchSize=config.batch_size,
                maxBatchDelay=config.max_batch_delay, responseTimeout=config.response_timeout, handler=handler)
+    if config.review.review:  # written only when on: an archive without the section captures nothing
+        doc["review"] = dataclasses.asdict(config.review)
     if torch.cuda.is_available():
         doc["deviceType"] = "gpu"
     return doc
