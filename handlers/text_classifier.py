@@ -50,16 +50,22 @@ class TextClassifierHandler(BaseHandler):
         self.chunk_size = self.config.resolve_chunk_size(card.variant, device)
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         self._warm_up(model_dir)
-        model = (context.manifest or {}).get("model", {})
-        cache = getattr(context, "metrics", None)
-        name, version = model.get("modelName", context.model_name), model.get("modelVersion", "")
-        self.metrics = ModelMetrics(cache if hasattr(cache, "add_metric_to_cache") else None, name, version)
-        review = ReviewConfig.from_model_yaml(yaml_config)  # opt-in: with it off, no text is written anywhere
-        self.review = ReviewQueue(review, name, version) if review.review else None
+        self.metrics, self.review = self._observers(context, yaml_config)
         self.manifest, self.initialized = context.manifest, True
         logger.info("loaded %s (%s %s, %s): device=%s threads=%d labels=%d max_length=%d chunk_size=%s in %.2fs",
                     card.base_model, card.runtime, card.variant, card.problem_type, self.device, threads, len(self.labels),
                     self.max_length, self.chunk_size, time.perf_counter() - start)
+
+    @staticmethod
+    def _observers(context, yaml_config: dict):
+        """The model's metrics, and the review queue when the archive turned capture on (else None: no text is
+        written anywhere)."""
+        model = (context.manifest or {}).get("model", {})
+        name, version = model.get("modelName", context.model_name), model.get("modelVersion", "")
+        cache = getattr(context, "metrics", None)
+        metrics = ModelMetrics(cache if hasattr(cache, "add_metric_to_cache") else None, name, version)
+        review = ReviewConfig.from_model_yaml(yaml_config)
+        return metrics, (ReviewQueue(review, name, version) if review.review else None)
 
     @staticmethod
     def _device(variant: str, gpu_id) -> torch.device:
