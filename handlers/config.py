@@ -7,10 +7,10 @@ section, `profile`, to time the handler stages. Device and CPU probing live in h
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Optional, Union
 
-from handlers.checks import check_int
+from handlers.checks import check_int, model_yaml_section
 
 # Texts per forward pass for chunk_size "auto", by the bundle's variant on CPU (bench/serve_notes.md):
 # fp32 and int8 are fastest in chunks of 4 (padding saved outweighs smaller matmuls, AVX2 EPYC and AMX
@@ -81,14 +81,7 @@ class HandlerConfig:
 
     @classmethod
     def from_model_yaml(cls, model_yaml_config: Optional[dict]) -> "HandlerConfig":
-        section = (model_yaml_config or {}).get("handler") or {}
-        if not isinstance(section, dict):
-            raise HandlerConfigError(f"model-config.yaml 'handler' must be a mapping, got {type(section).__name__}")
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise HandlerConfigError(f"unknown handler option(s) {unknown}; known: {sorted(known)}")
-        return cls(**section)
+        return model_yaml_section(model_yaml_config, "handler", cls, HandlerConfigError)
 
     def thread_count(self, workers: int, cpu_count: Optional[int] = None) -> int:
         """Intra-op threads for one worker. Each TorchServe worker is its own process; letting every one

@@ -18,9 +18,11 @@ import logging
 import os
 import random
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
+
+from handlers.checks import model_yaml_section
 
 logger = logging.getLogger(__name__)
 SCORES_KEPT = 5  # the best scores stored with each record: enough to review, not the whole label set
@@ -60,13 +62,7 @@ class ReviewConfig:
 
     @classmethod
     def from_model_yaml(cls, model_yaml_config: Optional[dict]) -> "ReviewConfig":
-        section = (model_yaml_config or {}).get("review") or {}
-        if not isinstance(section, dict):
-            raise ReviewConfigError(f"model-config.yaml 'review' must be a mapping, got {type(section).__name__}")
-        unknown = sorted(set(section) - {f.name for f in fields(cls)})
-        if unknown:
-            raise ReviewConfigError(f"unknown review option(s) {unknown}; known: {sorted(f.name for f in fields(cls))}")
-        return cls(**section)
+        return model_yaml_section(model_yaml_config, "review", cls, ReviewConfigError)
 
 
 class ReviewQueue:
