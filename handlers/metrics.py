@@ -32,6 +32,12 @@ METRICS = {
 }
 
 
+def safe(value: str) -> str:
+    """A dimension value TorchServe can carry: its [METRICS] log line splits on ',', ':' and '|', so a label
+    name holding one would drop the update; they become '_'."""
+    return str(value).translate(str.maketrans({",": "_", ":": "_", "|": "_"}))
+
+
 class ModelMetrics:
     """Counters of one worker's model; `record` once per batch. Without a metrics cache (tests calling the
     handler directly with a bare context) it does nothing."""
@@ -46,7 +52,7 @@ class ModelMetrics:
 
     def _add(self, name: str, value: int, *dimension_values: str) -> None:
         if value and name in self.counters:
-            self.counters[name].add_or_update(value, self.base + list(dimension_values))
+            self.counters[name].add_or_update(value, [safe(v) for v in self.base + list(dimension_values)])
 
     def record(self, answers: list[tuple[str, float]], features: list[tuple[int, bool, int]], answered: int,
                rejected: list[str]) -> None:

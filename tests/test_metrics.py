@@ -53,3 +53,9 @@ def test_one_update_per_label_and_bucket_of_a_batch():
 
 def test_without_a_metrics_cache_nothing_is_recorded_and_nothing_fails():
     ModelMetrics(None, "clf", "1.0").record([("pos", 0.9)], [(5, False, 0)], answered=1, rejected=[])
+
+
+def test_label_names_are_made_safe_for_the_metrics_log_line():
+    cache = FakeCache()
+    ModelMetrics(cache, "clf", "1.0").record([("billing: refund, late|x", 0.9)], [(5, False, 0)], answered=1, rejected=[])
+    assert cache.counters["PredictionsPerLabel"].updates == [(("billing_ refund_ late_x",), 1)]
