@@ -40,7 +40,12 @@ def level(value: float) -> str:
 
 def features(profile: dict) -> dict[str, dict]:
     """The distributions compared, from a profile's counts: the two rates become two-bucket distributions."""
-    return {"label": profile["labels"], "confidence": profile["confidence"], "tokens": profile["tokens"],
+    from handlers.metrics import safe  # label names as the worker's counters carry them
+
+    labels = {}
+    for name, n in profile["labels"].items():
+        labels[safe(name)] = labels.get(safe(name), 0) + n
+    return {"label": labels, "confidence": profile["confidence"], "tokens": profile["tokens"],
             "truncated": {"cut": profile["truncated"], "whole": profile["texts"] - profile["truncated"]},
             "unknown_tokens": {"unknown": profile["unknown_tokens"],
                                "known": profile["token_total"] - profile["unknown_tokens"]}}
