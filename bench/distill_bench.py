@@ -164,10 +164,18 @@ def run_rows(config: DistillBenchConfig) -> dict:
     return results
 
 
+def command(config: DistillBenchConfig) -> str:
+    """The command line that reproduces these results (the options that differ from the defaults)."""
+    defaults = DistillBenchConfig.__dataclass_fields__
+    args = [f"--{name.replace('_', '-')} {getattr(config, name)}" for name in ("parts", "datasets", "max_train_samples")
+            if getattr(config, name) != defaults[name].default]
+    return " ".join(["python -m bench.distill_bench", *args])
+
+
 def markdown(results: dict, config: DistillBenchConfig) -> str:
     m = results["machine"]
     lines = ["# Distillation benchmark", "",
-             f"`python -m bench.distill_bench` (`make bench-distill`), {cpu_class(m['isa'])} CPU ({m['cpu']}, "
+             f"`{command(config)}`, {cpu_class(m['isa'])} CPU ({m['cpu']}, "
              f"{m['cpus']} CPUs), our recipe ({OURS['epochs']:g} epochs at most, early stopping), "
              + ("full training data." if config.max_train_samples is None else f"{config.max_train_samples} training rows."),
              f"Speed: in-process texts/s at batch {SPEED_BATCH} on {SPEED_TEXTS} test texts, fp32 exports, best of "
