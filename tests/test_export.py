@@ -361,3 +361,22 @@ def test_tracing_keeps_other_warnings():
         warnings.simplefilter("always")
         export.trace(Warns(), {"input_ids": ids, "attention_mask": ids})
     assert "a warning of ours" in [str(w.message) for w in caught]
+
+
+class NeighbourDependent(torch.nn.Module):
+    """Logits that depend on the rest of the batch, as a padding bug (or per-batch int8 scaling) makes them."""
+
+    def forward(self, input_ids, attention_mask):
+        base = torch.stack([attention_mask.sum(1).float(), torch.zeros(len(input_ids))], dim=1)
+        return base - 2 * float(len(input_ids) > 1) * base  # alone: label 0; in a batch: label 1
+
+
+def test_labels_that_change_with_batch_neighbours_refuse_fp32_and_are_reported_otherwise(roberta_run, caplog):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(roberta_run / "model")
+    with pytest.raises(ExportError, match=r"8 of 8 texts get a different label alone than inside a batch of 32"):
+        export.check_neighbours(NeighbourDependent(), tokenizer, TEXTS, 32, 1e-4, refuse=True)
+    with caplog.at_level("WARNING"):
+        got = export.check_neighbours(NeighbourDependent(), tokenizer, TEXTS, 32, 1e-3, refuse=False)
+    assert got["labels_changed"] == 8 and "depend on their batch neighbours" in caplog.text

@@ -263,12 +263,13 @@ def evaluate(module, tokenizer, test: pd.DataFrame, labels: list[str], max_lengt
     return metrics
 
 
-def check_neighbours(module, tokenizer, texts: list[str], max_length: int, tolerance: float) -> dict:
-    """The same texts alone and inside a batch of NEIGHBOUR_BATCH: the label must not change with what else is
-    in the batch (int8 runtimes quantise activations per batch, so scores may move slightly). Raises ExportError."""
+def check_neighbours(module, tokenizer, texts: list[str], max_length: int, tolerance: float, refuse: bool) -> dict:
+    """The same texts alone and inside a batch of NEIGHBOUR_BATCH. fp32 must give each the same label either way
+    (a difference is a masking or padding bug: refused when `refuse`); int8 quantises activations per batch, so
+    its answers can move with their neighbours: measured, reported in the card and logged, not refused."""
     chosen = [texts[i % len(texts)] for i in range(NEIGHBOUR_BATCH)]
     batch = encode(tokenizer, chosen, max_length)
-    worst = 0.0
+    worst, changed = 0.0, 0
     with torch.inference_mode():
         together = module(batch["input_ids"], batch["attention_mask"]).float()
         for i, text in enumerate(chosen[:NEIGHBOUR_TEXTS]):
@@ -276,10 +277,16 @@ def check_neighbours(module, tokenizer, texts: list[str], max_length: int, toler
             alone = module(one["input_ids"], one["attention_mask"]).float()[0]
             worst = max(worst, (alone - together[i]).abs().max().item())
             top2 = alone.topk(min(2, alone.shape[-1])).values
-            if alone.argmax() != together[i].argmax() and top2[0] - top2[-1] > tolerance:
-                raise ExportError(f"text {i} gets a different label alone than inside a batch of {NEIGHBOUR_BATCH} "
-                                  f"(|Δlogit| {worst:.2e}): its answer depends on its batch neighbours")
-    return {"max_abs_diff": worst, "texts": min(NEIGHBOUR_TEXTS, len(chosen)), "batch": NEIGHBOUR_BATCH}
+            changed += int(alone.argmax() != together[i].argmax() and top2[0] - top2[-1] > tolerance)
+    if changed and refuse:
+        raise ExportError(f"{changed} of {NEIGHBOUR_TEXTS} texts get a different label alone than inside a batch of "
+                          f"{NEIGHBOUR_BATCH} (|Δlogit| up to {worst:.2e}): answers depend on their batch neighbours")
+    if changed:
+        log.warning("%d of %d texts get a different label alone than inside a batch of %d (|Δlogit| up to %.2e): "
+                    "this variant's answers depend on their batch neighbours", changed, NEIGHBOUR_TEXTS,
+                    NEIGHBOUR_BATCH, worst)
+    return {"max_abs_diff": worst, "labels_changed": changed, "texts": min(NEIGHBOUR_TEXTS, len(chosen)),
+            "batch": NEIGHBOUR_BATCH}
 
 
 @dataclass
@@ -410,7 +417,8 @@ def main(config: ExportConfig) -> dict:
             parity = (check_parity(b.reference, b.module, cases, tolerance) if b.reference is not None
                       else max_difference(built["fp32"].module, b.module, cases))
             results[variant] = {"parity": parity, **(b.info or {}),
-                                "neighbours": check_neighbours(b.module, tokenizer, texts, max_length, tolerance),
+                                "neighbours": check_neighbours(b.module, tokenizer, texts, max_length, tolerance,
+                                                               refuse=variant == "fp32"),
                                 "test": evaluate(b.module, tokenizer, test, labels, max_length, problem)}
         for name, r in results.items():
             log.info("%s %s: parity max |Δlogit| %.2e over %d shapes; alone vs in a batch %.2e; test %s (%.0f texts/s)",
