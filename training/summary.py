@@ -41,7 +41,7 @@ def summary(run_dir: Path) -> str:
 
 def teacher_lines(run: RunDir, problem, test: dict) -> list[str]:
     """A distilled run (training.distill): its test headline next to its teacher's."""
-    distilled = run.read_run().get("distillation")
+    distilled = run.read_run().get("distillation") if run.run_file.is_file() else None
     if not distilled:
         return []
     teacher = RunDir(distilled["teacher"])
