@@ -61,21 +61,16 @@ def text_features(input_ids, attention_mask, max_length: int, unk_id) -> list[tu
     return [(int(n), int(n) >= max_length, int(u)) for n, u in zip(lengths, unknown)]
 
 
-def profile_batches(forward, activation, tokenizer, texts: list[str], labels: list[str], max_length: int,
-                    batch_size: int = 64) -> Profile:
-    """The profile of `texts` as a worker would record them: encoded by the serving encode, scored by
-    `forward(input_ids, attention_mask)` and `activation` (the served probabilities)."""
-    import torch
-
+def profile_of(probs, labels: list[str], tokenizer, texts: list[str], max_length: int, batch_size: int = 64) -> Profile:
+    """The profile of `texts` as a worker would record them: `probs` [texts, labels] are the served probabilities
+    in text order (export already computed them for its accuracy check), the token features come from the
+    serving encode, batch by batch (a text's features do not depend on its batch)."""
     from handlers.tokenization import encode
 
-    out = Profile()
-    with torch.inference_mode():
-        for i in range(0, len(texts), batch_size):
-            batch = encode(tokenizer, texts[i: i + batch_size], max_length)
-            probs = activation(forward(batch["input_ids"], batch["attention_mask"]).float())
-            top = probs.max(dim=-1)
-            feats = text_features(batch["input_ids"], batch["attention_mask"], max_length, tokenizer.unk_token_id)
-            for score, index, (tokens, cut, unknown) in zip(top.values.tolist(), top.indices.tolist(), feats):
-                out.add(labels[index], score, tokens, cut, unknown)
+    out, top, best = Profile(), probs.argmax(axis=1), probs.max(axis=1)
+    for i in range(0, len(texts), batch_size):
+        batch = encode(tokenizer, texts[i: i + batch_size], max_length)
+        features = text_features(batch["input_ids"], batch["attention_mask"], max_length, tokenizer.unk_token_id)
+        for j, (tokens, cut, unknown) in enumerate(features, start=i):
+            out.add(labels[int(top[j])], float(best[j]), tokens, cut, unknown)
     return out

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import importlib
 
-from handlers.bundle import BundleError
-
+# The same names as bundle.RUNTIME_FILES (a test keeps them equal).
 LOADERS = {"torchscript": "handlers.torchscript", "onnxruntime": "handlers.onnx_runtime"}
 
 
 def load(card, device: str, threads: int):
-    if card.runtime not in LOADERS:  # bundle.check already refuses these; a second line of defence costs nothing
-        raise BundleError(f"runtime {card.runtime!r} is not served (use one of {', '.join(LOADERS)})")
+    """`card` comes from bundle.check, which has already refused a runtime not in bundle.RUNTIME_FILES."""
     # Imported on demand: a TorchScript worker never imports onnxruntime, and the reverse.
     return importlib.import_module(LOADERS[card.runtime]).load(card.model_path, device, threads)

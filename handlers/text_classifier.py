@@ -111,7 +111,7 @@ class TextClassifierHandler(BaseHandler):
     def postprocess(self, data):
         """One JSON body per request, in request order; failed requests get their own status."""
         parsed, probs, batch = data
-        rows, offset, out = (probs.tolist() if probs is not None else []), 0, []
+        rows, offset, out, top = (probs.tolist() if probs is not None else []), 0, [], []
         for idx, p in enumerate(parsed):
             self.context.set_response_content_type(idx, "application/json")
             if p.error is not None:
@@ -121,9 +121,10 @@ class TextClassifierHandler(BaseHandler):
             mine, offset = rows[offset: offset + len(p.texts)], offset + len(p.texts)
             answers = [self.answers.answer(r, p.top_k) for r in mine]
             out.append(json.dumps(p.shape.wrap(answers)))
+            top += [(a["label"], a["score"]) for a in answers]
             if self.review is not None:
                 self._capture(p.texts, answers)
-        self._record(parsed, probs, batch)
+        self._record(parsed, top, batch)
         return out
 
     def _capture(self, texts, answers) -> None:
@@ -134,15 +135,12 @@ class TextClassifierHandler(BaseHandler):
         except OSError as e:
             logger.error("review capture failed, answers unaffected: %s", e)
 
-    def _record(self, parsed, probs, batch) -> None:
-        """The batch's model metrics (handlers/metrics.py) and one log line of shapes, never text."""
+    def _record(self, parsed, top: list, batch) -> None:
+        """The batch's model metrics (handlers/metrics.py) from each text's (top-1 label, score), in batch order,
+        and one log line of shapes, never text."""
         rejected = [p.error.type.code for p in parsed if p.error is not None]
-        answers, features = [], []
-        if probs is not None:
-            top = probs.max(dim=-1)
-            answers = [(self.labels[i], s) for s, i in zip(top.values.tolist(), top.indices.tolist())]
-            features = text_features(batch["input_ids"], batch["attention_mask"], self.max_length,
-                                     self.tokenizer.unk_token_id)
-        self.metrics.record(answers, features, len(parsed) - len(rejected), rejected)
+        features = [] if batch is None else text_features(batch["input_ids"], batch["attention_mask"],
+                                                            self.max_length, self.tokenizer.unk_token_id)
+        self.metrics.record(top, features, len(parsed) - len(rejected), rejected)
         logger.log(logging.INFO if rejected else logging.DEBUG, "batch of %d requests: %d texts, %d rejected",
-                   len(parsed), len(answers), len(rejected))
+                   len(parsed), len(top), len(rejected))

@@ -245,11 +245,11 @@ def test_accuracy_drop_refused_and_nothing_written(roberta_run, tmp_path, monkey
     real_evaluate, calls = export.evaluate, []
 
     def worse_variant(module, *args, **kwargs):
-        metrics = real_evaluate(module, *args, **kwargs)
+        metrics, probs = real_evaluate(module, *args, **kwargs)
         calls.append(metrics["accuracy"])
         if len(calls) == 2:  # fp32 is evaluated first, the variant second
             metrics["accuracy"] -= 0.25
-        return metrics
+        return metrics, probs
 
     monkeypatch.setattr(export, "evaluate", worse_variant)
     out = tmp_path / "exports" / "int8"

@@ -563,3 +563,10 @@ def test_refuses_an_onnx_card_without_its_model_file(broken):
     (broken / "model_card.json").write_text(json.dumps(card))
     with pytest.raises(BundleError, match=r"model\.onnx: missing from the bundle"):
         make_handler(broken)
+
+
+def test_every_runtime_a_bundle_may_name_has_a_loader():
+    from handlers.bundle import RUNTIME_FILES
+    from handlers.runtimes import LOADERS
+
+    assert set(LOADERS) == set(RUNTIME_FILES)

@@ -152,7 +152,7 @@ class Distillation:
 
     def __init__(self, config: DistillConfig):
         self.config, self.teacher = config, RunDir(config.teacher)
-        run = self.teacher.read_run()
+        self.teacher_run = run = self.teacher.read_run()
         if run.get("problem_type", "single_label_classification") != "single_label_classification":
             raise UserError(f"{config.teacher}: distillation supports single-label teachers; this one is {run['problem_type']}")
         self.labels = self.teacher.read_labels()
@@ -178,7 +178,7 @@ class Distillation:
 
     def record(self) -> dict:
         """run.json's `distillation` entry; summary shows student vs teacher from it."""
-        return {"teacher": str(self.teacher.path), "teacher_model": self.teacher.read_run().get("base_model"),
+        return {"teacher": str(self.teacher.path), "teacher_model": self.teacher_run.get("base_model"),
                 "alpha": self.config.alpha, "temperature": self.config.temperature,
                 "student_layers": self.config.student_layers}
 

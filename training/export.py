@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import math
 import logging
 import shutil
 import tempfile
@@ -32,7 +33,7 @@ from handlers import bundle
 from handlers.bundle import MULTI, SINGLE
 from handlers.device import cpu_has_bf16, slow_bf16_warning
 from handlers.onnx_runtime import CPU, OnnxModel
-from handlers.profile import PROFILE_FILE, profile_batches
+from handlers.profile import PROFILE_FILE, profile_of
 from handlers.tokenization import encode
 from handlers.torchscript import follow_input_device
 from cli import UserError, check_choices, option, run
@@ -251,16 +252,16 @@ def check_parity(reference, traced, cases: list[dict], tolerance: float) -> dict
 
 
 def evaluate(module, tokenizer, test: pd.DataFrame, labels: list[str], max_length: int, problem,
-             batch_size: int = 64) -> dict:
+             batch_size: int = 64) -> tuple[dict, np.ndarray]:
     """The problem's headline metrics (accuracy and macro-F1, or the multi-label F1s) and the throughput of a
-    traced module on the test split."""
+    traced module on the test split, and its probabilities [texts, labels] (the bundle's reference profile)."""
     texts = test["text"].tolist()
     started = time.perf_counter()
     probs = predict_probs(module, tokenizer, texts, max_length, batch_size, activation=problem.probabilities)
     seconds = time.perf_counter() - started
     metrics = problem.headline(problem.targets(test, labels), probs)
     metrics["texts_per_second"] = round(len(texts) / seconds, 1)
-    return metrics
+    return metrics, probs
 
 
 def check_neighbours(module, tokenizer, texts: list[str], max_length: int, tolerance: float, refuse: bool) -> dict:
@@ -345,15 +346,6 @@ FORMATS = {"torchscript": TorchScriptFormat(), "onnx": OnnxFormat()}
 RUNTIME_PACKAGES = {"torchscript": (), "onnx": ("onnx", "onnxscript", "onnxruntime")}
 
 
-def max_difference(a, b, cases: list[dict]) -> dict:
-    """Max |Δlogit| between two models over the parity grid, for variants without an eager twin (reported only:
-    the accuracy gate decides)."""
-    with torch.inference_mode():
-        worst = max((a(c["input_ids"], c["attention_mask"]).float() - b(c["input_ids"], c["attention_mask"]).float())
-                    .abs().max().item() for c in cases)
-    return {"max_abs_diff": worst, "against": "fp32", "cases": len(cases)}
-
-
 def build_card(config: ExportConfig, run: dict, run_dir: Path, results: dict) -> dict:
     import importlib.metadata as md
 
@@ -410,16 +402,20 @@ def main(config: ExportConfig) -> dict:
 
     fmt, results = FORMATS[config.format], {}
     with tempfile.TemporaryDirectory(prefix="export-") as scratch:
-        built = {}
+        built, probs = {}, {}
         for variant in dict.fromkeys(("fp32", config.variant)):  # fp32 first: the accuracy the variant must keep
             tolerance = config.tolerance if variant == config.variant else DEFAULT_TOLERANCE["fp32"]
             b = built[variant] = fmt.build(model, variant, example, Path(scratch), config)
-            parity = (check_parity(b.reference, b.module, cases, tolerance) if b.reference is not None
-                      else max_difference(built["fp32"].module, b.module, cases))
+            if b.reference is not None:
+                parity = check_parity(b.reference, b.module, cases, tolerance)
+            else:  # no eager twin (onnxruntime's int8): the distance to fp32 is measured, the accuracy gate decides
+                parity = dict(check_parity(built["fp32"].module, b.module, cases, math.inf), tolerance=None,
+                              against="fp32")
+            metrics, probs[variant] = evaluate(b.module, tokenizer, test, labels, max_length, problem)
             results[variant] = {"parity": parity, **(b.info or {}),
                                 "neighbours": check_neighbours(b.module, tokenizer, texts, max_length, tolerance,
                                                                refuse=variant == "fp32"),
-                                "test": evaluate(b.module, tokenizer, test, labels, max_length, problem)}
+                                "test": metrics}
         for name, r in results.items():
             log.info("%s %s: parity max |Δlogit| %.2e over %d shapes; alone vs in a batch %.2e; test %s (%.0f texts/s)",
                      fmt.runtime, name, r["parity"]["max_abs_diff"], r["parity"]["cases"],
@@ -431,8 +427,7 @@ def main(config: ExportConfig) -> dict:
             raise ExportError(f"{config.variant} loses {drop:.2f} {gate} points against fp32 "
                               f"(limit --max-accuracy-drop {config.max_accuracy_drop}); not exported")
         # The reference for drift checks (tsclient.drift): the test split as the served variant answers it.
-        profile = profile_batches(built[config.variant].module, problem.probabilities, tokenizer, texts, labels,
-                                  max_length).to_json()
+        profile = profile_of(probs[config.variant], labels, tokenizer, texts, max_length).to_json()
         write_bundle(out, built[config.variant].path, tokenizer, model.config, labels,
                      build_card(config, run, run_dir, results), config.force, profile)
     log.info("bundle written to %s (%s)", out, config.variant)

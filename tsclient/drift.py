@@ -71,6 +71,14 @@ def read_reference(path: Path) -> dict:
         raise UserError(f"{path}: unreadable reference profile ({e})") from None
 
 
+def series(text: str):
+    """(metric, {label: value}, value) for every labelled sample of Prometheus text."""
+    for line in text.splitlines():
+        match = SERIES.match(line)
+        if match:
+            yield match.group(1), dict(LABEL.findall(match.group(2))), float(match.group(3))
+
+
 def parse_metrics(text: str, name: str, version: Optional[str] = None) -> dict:
     """The handler's counters for one model (and version) from Prometheus text, as a profile (handlers/profile.py)."""
     live = {"texts": 0, "labels": {}, "confidence": {}, "tokens": {}, "truncated": 0, "token_total": 0,
@@ -79,19 +87,16 @@ def parse_metrics(text: str, name: str, version: Optional[str] = None) -> dict:
             "TokensBucket": ("tokens", "Bucket")}
     totals = {"TextsAnswered": "texts", "TruncatedTexts": "truncated", "TokensSeen": "token_total",
               "UnknownTokens": "unknown_tokens"}
-    for line in text.splitlines():
-        match = SERIES.match(line)
-        if not match or (match.group(1) not in into and match.group(1) not in totals):
+    for metric, labels, value in series(text):
+        if metric not in into and metric not in totals:
             continue
-        labels = dict(LABEL.findall(match.group(2)))
         if labels.get("ModelName") != name or (version is not None and labels.get("ModelVersion") != version):
             continue
-        value = int(float(match.group(3)))
-        if match.group(1) in into:
-            key, dimension = into[match.group(1)]
-            live[key][labels[dimension]] = live[key].get(labels[dimension], 0) + value
+        if metric in into:
+            key, dimension = into[metric]
+            live[key][labels[dimension]] = live[key].get(labels[dimension], 0) + int(value)
         else:
-            live[totals[match.group(1)]] += value
+            live[totals[metric]] += int(value)
     return live
 
 

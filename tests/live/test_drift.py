@@ -15,7 +15,8 @@ def deployed(live, tmp_path_factory):
     from transformers import AutoTokenizer
 
     from handlers.answers import softmax
-    from handlers.profile import PROFILE_FILE, profile_batches
+    from handlers.profile import PROFILE_FILE, profile_of
+    from training.report import predict_probs
     from handlers.runtimes import load
     from handlers import bundle as bundles
     from tsclient.archive import ArchiveConfig, build_archive
@@ -24,7 +25,9 @@ def deployed(live, tmp_path_factory):
     card = bundles.check(bundle)
     model, _ = load(card, "cpu", 1)
     texts = [f"{CORPUS[i % 8]} {i}" for i in range(300)]  # the reference traffic: short texts
-    profile = profile_batches(model, softmax, AutoTokenizer.from_pretrained(bundle), texts, card.labels, card.max_length)
+    tokenizer = AutoTokenizer.from_pretrained(bundle)
+    probs = predict_probs(model, tokenizer, texts, card.max_length, 64, activation=softmax)
+    profile = profile_of(probs, card.labels, tokenizer, texts, card.max_length)
     (bundle / PROFILE_FILE).write_text(json.dumps(profile.to_json()))
     archive = build_archive(ArchiveConfig(bundle=bundle, name=DRIFTING, version="1.0", store=live.store))
     live.rest.register(DRIFTING, archive.name, initial_workers=1)

@@ -1,7 +1,5 @@
 """The classifier's own metrics on TorchServe's Prometheus endpoint: after known traffic to a model of its own,
 the counters say exactly what was sent."""
-import re
-
 import pytest
 import requests
 
@@ -26,16 +24,11 @@ def watched(live, tmp_path_factory):
 
 def scrape(live) -> dict:
     """{(metric, frozenset of label pairs): value} for the watched model's series on /metrics."""
+    from tsclient.drift import series
+
     text = requests.get(f"{live.endpoints.metrics_url}/metrics", timeout=10).text
-    out = {}
-    for line in text.splitlines():
-        match = re.match(r"^(\w+)\{(.*)\}\s+([0-9.eE+-]+)$", line)
-        if not match:
-            continue
-        labels = dict(re.findall(r'(\w+)="([^"]*)"', match.group(2)))
-        if labels.get("ModelName") == WATCHED:
-            out[(match.group(1), frozenset((k, v) for k, v in labels.items() if k not in ("Hostname", "Level")))] = float(match.group(3))
-    return out
+    return {(metric, frozenset((k, v) for k, v in labels.items() if k not in ("Hostname", "Level"))): value
+            for metric, labels, value in series(text) if labels.get("ModelName") == WATCHED}
 
 
 def counter(series: dict, name: str, **dims) -> float:
