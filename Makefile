@@ -22,7 +22,7 @@ WORKERS ?=
 TEXT    ?= What a wonderful day!
 TOP_K   ?=
 
-.PHONY: help install java-check test test-fast demo train distill review retrain teacher-model export archive serve stop register scale \
+.PHONY: help install java-check test test-fast demo train tune distill review retrain teacher-model export archive serve stop register scale \
         set-default unregister models predict drift health bench bench-train bench-soak grpc-stubs clean
 
 # Targets documented with `## text` after their prerequisites are listed by `make help`.
@@ -53,6 +53,9 @@ test-fast: install ## the test suite without the live TorchServe layer
 
 train: install ## fine-tune: DATA=folder|file|hub-id MODEL=dir|hub-id RUN=runs/NAME ARGS="--epochs 4 ..."
 	$(PY) -m training.train --data $(DATA) $(if $(MODEL),--model $(MODEL)) --output-dir $(RUN) $(ARGS)
+
+tune: install ## Optuna search of lr, epoch cap, batch, warm-up, weight decay: DATA= [RUN=runs/tune] ARGS="--trials 20 --minutes 60"
+	$(PY) -m training.tune --data $(DATA) $(if $(MODEL),--model $(MODEL)) --output-dir $(if $(call given,RUN),$(RUN),runs/tune) $(ARGS)
 
 distill: install ## distil TEACHER=runs/NAME into RUN=runs/NAME: DATA= MODEL=dir|hub-id or ARGS="--student-layers 0,2,4 ..."
 	@test -n "$(TEACHER)" || { echo "error: set TEACHER=runs/NAME, a fine-tuned run to distil"; exit 2; }

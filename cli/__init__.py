@@ -159,12 +159,48 @@ def parse_config(spec, argv=None, prog: Optional[str] = None, description: Optio
     else:
         parser = _parser(spec, prog, description)
         _add_fields(parser, spec)
+        if "--config" not in parser._option_string_actions:  # tsclient's --config is the server's file
+            parser.add_argument("--config", metavar="JSON", default=None, dest="_config",
+                                help="read options from this JSON file (e.g. training.tune's best.json); flags override it")
+            _apply_config_file(parser, argv)
     values = vars(parser.parse_args(argv))
+    values.pop("_config", None)
     cls = spec[values.pop("_verb")] if isinstance(spec, Mapping) else spec
     try:
         return _build(cls, values)
     except (ValueError, *USER_ERRORS) as e:
         parser.exit(2, f"error: {e}\n")
+
+
+def _apply_config_file(parser: argparse.ArgumentParser, argv) -> None:
+    """`--config FILE`: its keys (field names; a nested dataclass as an object) become the parser's
+    defaults, so the flags on the command line still win. An unknown key is an error, not a silent no-op."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    path = pre.parse_known_args(argv)[0].config
+    if path is None:
+        return
+    import json
+
+    try:
+        loaded = json.loads(open(path, encoding="utf-8").read())
+    except (OSError, ValueError) as e:
+        parser.error(f"--config {path}: {e}")
+    if not isinstance(loaded, dict):
+        parser.error(f"--config {path}: expected a JSON object of options")
+
+    def flatten(obj: dict, prefix: str = "") -> dict:
+        return {k2: v2 for k, v in obj.items()
+                for k2, v2 in (flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}).items()}
+
+    values = flatten(loaded)
+    actions = {a.dest: a for a in parser._actions}
+    unknown = sorted(set(values) - set(actions) - {"help", "_config"})
+    if unknown:
+        parser.error(f"--config {path}: unknown option(s) {', '.join(unknown)}")
+    for dest, value in values.items():
+        actions[dest].required = False
+    parser.set_defaults(**values)
 
 
 def run(main: Callable[[Any], Any], spec, argv=None, prog: Optional[str] = None, description: Optional[str] = None,

@@ -21,7 +21,9 @@ from cli import UserError
 from training.data import DataError, fingerprint, load_splits
 from training.rundir import RunDir
 from training.problems import SingleLabel
-from training.train import TrainConfig, eager_probs, last_checkpoint, main, make_trainer_class, samples_per_second
+from training.summary import summary
+from training.train import (TrainConfig, eager_probs, last_checkpoint, learning_rate_for, main, make_trainer_class,
+                            samples_per_second)
 
 # Insertion order pos, neg, mid: the run's labels must still come out sorted.
 STRING_TRAIN = {"pos": 24, "neg": 14, "mid": 8}
@@ -285,6 +287,53 @@ def test_resume_continues_from_last_checkpoint(tmp_path, tiny_roberta_dir, caplo
     assert any(entry.get("resume_marker") for entry in final["log_history"])
 
 
+# ---------------------------------------------------------------------------------------------- default recipe
+
+@pytest.mark.parametrize("hidden, expected", [(384, 1e-4), (768, 2.5e-5), (1024, 1.40625e-5), (2048, 1e-5),
+                                              (256, 2e-4), (32, 2e-4)])
+def test_default_learning_rate_follows_encoder_width(hidden, expected):
+    assert learning_rate_for(hidden) == pytest.approx(expected)
+
+
+def test_run_records_the_learning_rate_it_used(roberta_run, tmp_path, tiny_roberta_dir):
+    run = read_json(roberta_run / "run" / "run.json")
+    hidden = read_json(Path(tiny_roberta_dir) / "config.json")["hidden_size"]
+    assert run["config"]["learning_rate"] is None
+    assert run["plan"]["learning_rate"] == learning_rate_for(hidden)
+    # the Trainer's logged schedule peaks at that rate (warm-up then linear decay), never above it
+    state = read_json(next((roberta_run / "run" / "checkpoints").glob("checkpoint-*")) / "trainer_state.json")
+    assert max(e["learning_rate"] for e in state["log_history"] if "learning_rate" in e) <= learning_rate_for(hidden)
+
+
+def test_defaults_budget_ten_epochs_and_stop_early():
+    c = TrainConfig(output_dir="unused")
+    assert (c.epochs, c.early_stopping_patience, c.evals_per_epoch, c.learning_rate, c.refit) == (10, 3, 2, None, False)
+
+
+def test_refit_trains_on_train_and_validation_for_the_chosen_epochs(tmp_path, tiny_roberta_dir, caplog):
+    data = write_string_data(tmp_path / "data")
+    caplog.set_level(logging.INFO, logger="training.train")
+    metrics = main(roberta_config(tmp_path / "run", data, tiny_roberta_dir, max_steps=-1, epochs=3, refit=True,
+                                  class_weights="none"))
+    refit, run = metrics["train"]["refit"], read_json(tmp_path / "run" / "run.json")
+    rows = run["data"]["rows"]
+    assert refit["rows"] == rows["train"] + rows["validation"]
+    # the epochs of the early-stopped run's best evaluation, in steps of the larger refit data
+    assert 0 < refit["epochs"] <= metrics["train"]["epochs"]
+    assert refit["epochs"] == pytest.approx(refit["best_step"] / run["plan"]["steps_per_epoch"], abs=1e-3)
+    assert refit["plan"]["total_steps"] == math.ceil(refit["epochs"] * refit["plan"]["steps_per_epoch"])
+    assert "refit: training on train + validation" in caplog.text
+    assert "refit on train + validation" in summary(tmp_path / "run")
+    # the saved model is the refit one (not the early-stopped best checkpoint), and it still carries the
+    # temperature fitted on validation by the early-stopped model
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "run" / "model" / "model.safetensors")
+    best = load_file(Path(refit["best_checkpoint"]) / "model.safetensors")
+    assert any(not (saved[k] == best[k]).all() for k in saved)
+    assert read_json(tmp_path / "run" / "model" / "config.json")["calibration_temperature"] == run["temperature"]
+
+
 # ---------------------------------------------------------------------------------------------- real data
 
 def test_real_rt_polarity_slice(shared_data, tiny_roberta_dir, tmp_path):
@@ -322,6 +371,7 @@ def test_real_rt_polarity_slice(shared_data, tiny_roberta_dir, tmp_path):
     ({"validation_fraction": 1.0}, "--validation-fraction"),
     ({"learning_rate": 0.0}, "--learning-rate"),
     ({"early_stopping_patience": -1}, "--early-stopping-patience"),
+    ({"refit": True, "early_stopping_patience": 0}, "--refit"),
     ({"class_weights": "balancd"}, "--class-weights"),
     ({"precision": "fp8"}, "--precision"),
 ])

@@ -65,6 +65,8 @@ class DistillConfig:
             raise UserError(f"--alpha must be between 0 and 1, got {self.alpha}")
         if self.temperature <= 0:
             raise UserError(f"--temperature must be positive, got {self.temperature}")
+        if self.train.refit:  # the cached teacher logits cover the training rows only
+            raise UserError("--refit is not available with distillation: the teacher's logits are cached for train only")
         if self.student_layers is not None:
             if self.train.model != EMBEDDED_MODEL:
                 raise UserError("give the student as --model or as --student-layers, not both")

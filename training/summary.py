@@ -25,7 +25,9 @@ def summary(run_dir: Path) -> str:
     lines = [f"test: {problem.describe(test)}",
              f"validation: {problem.describe(metrics['validation'])}",
              f"training: {train['examples']} examples, {train['steps']} steps, {train['seconds']:.0f} s, "
-             + (f"{train['samples_per_second']:.1f} samples/s" if train.get("samples_per_second") else "resumed"),
+             + (f"{train['samples_per_second']:.1f} samples/s" if train.get("samples_per_second") else "resumed")
+             + f", best of {train['epochs']:g} epochs"
+             + (f"; refit on train + validation for {train['refit']['epochs']:g} epochs" if "refit" in train else ""),
              f"{'label':<{width}} {'precision':>9} {'recall':>7} {'F1':>6} {'support':>8}"]
     for name, row in shown:
         lines.append(f"{shorten(name):<{width}} {row['precision']:>9.3f} {row['recall']:>7.3f} {row['f1-score']:>6.3f} "

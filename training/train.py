@@ -47,7 +47,9 @@ class TrainConfig:
         "multi-label: comma-separated 0/1 columns, one per label (e.g. toxic,obscene,threat)", None)
     multi_label: bool = option("force multi-label (a list-typed label column, --label-separator or --label-columns "
                                "switch it on by themselves)", False)
-    epochs: float = option("training epochs (upper bound with early stopping)", 3.0)
+    epochs: float = option(
+        "most training epochs: a budget, early stopping usually ends sooner (easy binary data after 2-4, many-class "
+        "data after 6-10)", 10.0)
     max_steps: int = option("stop after this many optimizer steps (-1: use --epochs)", -1)
     max_train_samples: int | None = option(
         "stratified subset of train, for quick runs (a carved validation split shrinks in proportion)", None)
@@ -56,7 +58,9 @@ class TrainConfig:
     max_length: int = option("truncate texts to this many tokens (also used in serving)", 128)
     batch_size: int = option("per-device training batch size", 32)
     eval_batch_size: int = option("evaluation batch size", 64)
-    learning_rate: float = option("peak learning rate", 5e-5)
+    learning_rate: float | None = option(
+        "peak learning rate (default: by encoder width, 1e-4 x (384 / hidden size)^2 within [1e-5, 2e-4]: 1e-4 for "
+        "MiniLM, 2.5e-5 for base-size encoders such as roberta-base, 1.4e-5 for large ones)", None)
     weight_decay: float = option("AdamW weight decay", 0.01)
     warmup_fraction: float = option("fraction of steps for linear warm-up", 0.06)
     grad_accum: int = option("gradient accumulation steps", 1)
@@ -66,8 +70,11 @@ class TrainConfig:
     seed: int = option("seed for data splits, initialisation and shuffling", 13)
     early_stopping_patience: int = option(
         "evaluations without validation macro-F1 improvement before stopping (multi-label: at the thresholds tuned "
-        "on validation; 0 disables)", 2)
-    evals_per_epoch: int = option("validation passes per epoch", 1)
+        "on validation; 0 disables)", 3)
+    evals_per_epoch: int = option("validation passes per epoch (early stopping can act every half epoch)", 2)
+    refit: bool = option(
+        "after early stopping, train again from the pretrained weights on train + validation for the epochs it "
+        "chose; thresholds and temperature stay those fitted on validation by the first model", False)
     group_by_length: bool = option("batch texts of similar length (less padding)", True)
     precision: Literal["auto", "fp32", "bf16", "fp16"] = option(
         "auto: bf16 on a bf16-capable GPU, fp16 on other GPUs, fp32 on CPU", "auto")
@@ -86,6 +93,8 @@ class TrainConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
         if self.epochs <= 0 and self.max_steps <= 0:
             raise UserError("set --epochs > 0 or --max-steps > 0")
+        if self.refit and not self.early_stopping_patience:
+            raise UserError("--refit retrains for the epochs early stopping chose; it needs --early-stopping-patience > 0")
         if self.early_stopping_patience < 0:
             raise UserError(f"--early-stopping-patience must be >= 0 (0 disables), got {self.early_stopping_patience}")
         check_sample_limits(self.max_train_samples, self.max_eval_samples)
@@ -93,7 +102,7 @@ class TrainConfig:
             raise UserError(f"--warmup-fraction must be in [0, 1), got {self.warmup_fraction}")
         if not 0 < self.validation_fraction < 1:
             raise UserError(f"--validation-fraction must be in (0, 1), got {self.validation_fraction}")
-        if self.learning_rate <= 0:
+        if self.learning_rate is not None and self.learning_rate <= 0:
             raise UserError(f"--learning-rate must be positive, got {self.learning_rate}")
 
 
@@ -213,46 +222,87 @@ def metrics_for(problem):
     return compute_metrics
 
 
-def schedule(config: TrainConfig, n_train: int) -> dict:
-    """Optimizer steps, evaluation interval and warm-up steps from the data size."""
+def learning_rate_for(hidden_size: int) -> float:
+    """The default peak learning rate: 1e-4 x (384 / width)^2, within [1e-5, 2e-4].
+
+    Why by width: small distilled encoders want larger steps than base-size ones. MiniLM-L6 (width 384) on
+    banking77 reached 91% accuracy at 1e-4 against 65% at 5e-5 in the same epochs, while BERT and RoBERTa
+    (768) are fine-tuned at 1e-5 to 5e-5 in their papers and large models (1024) at 1e-5 to 2e-5 (higher
+    often diverges). The inverse square passes through those points; bench/results/train.md measures it.
+    """
+    return float(min(2e-4, max(1e-5, 1e-4 * (384 / hidden_size) ** 2)))
+
+
+def schedule(config: TrainConfig, n_train: int, epochs: float | None = None) -> dict:
+    """Optimizer steps, evaluation interval and warm-up steps from the data size (`epochs`: a refit's)."""
     steps_per_epoch = max(1, math.ceil(n_train / (config.batch_size * config.grad_accum)))
-    total = config.max_steps if config.max_steps > 0 else math.ceil(config.epochs * steps_per_epoch)
+    if epochs is not None:
+        total = max(1, math.ceil(epochs * steps_per_epoch))
+    else:
+        total = config.max_steps if config.max_steps > 0 else math.ceil(config.epochs * steps_per_epoch)
     eval_steps = max(1, min(total, steps_per_epoch // config.evals_per_epoch))
-    return {"total_steps": total, "eval_steps": eval_steps, "warmup_steps": math.ceil(config.warmup_fraction * total)}
+    return {"total_steps": total, "steps_per_epoch": steps_per_epoch, "eval_steps": eval_steps,
+            "warmup_steps": math.ceil(config.warmup_fraction * total)}
 
 
-def build_trainer(config: TrainConfig, splits: Splits, model_path: str, problem, weights, student=None):
+def build_trainer(config: TrainConfig, splits: Splits, model_path: str, problem, weights, student=None,
+                  callbacks=(), refit_epochs: float | None = None):
+    """The Trainer for one run. `refit_epochs`: train on train + validation for that many epochs, without
+    evaluation or checkpoints (--refit); `callbacks`: extra TrainerCallbacks (training.tune's pruning)."""
+    import pandas as pd
     import torch
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, TrainingArguments
 
     run_dir = RunDir(config.output_dir)
     labels = splits.labels
     tokenizer, model = load_pretrained(model_path, labels, problem.name)
-    train_targets = problem.targets(splits.train, labels)
+    train = splits.train if refit_epochs is None else pd.concat([splits.train, splits.validation], ignore_index=True)
+    train_targets = problem.targets(train, labels)
     problem.init_head(model, train_targets)
     loss = problem
     if student is not None:  # distillation (training/distill.py): targets carry the teacher's logits
         train_targets, loss = student.train_targets(run_dir, splits, train_targets), student.loss(problem)
-    train_ds = to_dataset(tokenizer, splits.train, train_targets, config.max_length)
+    train_ds = to_dataset(tokenizer, train, train_targets, config.max_length)
     val_ds = to_dataset(tokenizer, splits.validation, problem.targets(splits.validation, labels), config.max_length)
-    plan = schedule(config, len(train_ds))
+    plan = schedule(config, len(train_ds), refit_epochs)
+    plan["learning_rate"] = config.learning_rate or learning_rate_for(model.config.hidden_size)
+    if refit_epochs is None:
+        evaluation = dict(eval_strategy="steps", eval_steps=plan["eval_steps"], save_strategy="steps",
+                          save_steps=plan["eval_steps"], save_total_limit=2, load_best_model_at_end=True,
+                          metric_for_best_model="macro_f1", greater_is_better=True)
+        callbacks = [*callbacks, *([EarlyStoppingCallback(config.early_stopping_patience)]
+                                   if config.early_stopping_patience else [])]
+    else:
+        evaluation = dict(eval_strategy="no", save_strategy="no")
     args = TrainingArguments(
         output_dir=str(run_dir.checkpoints_dir), max_steps=plan["total_steps"],
         per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.eval_batch_size,
-        gradient_accumulation_steps=config.grad_accum, learning_rate=config.learning_rate,
+        gradient_accumulation_steps=config.grad_accum, learning_rate=plan["learning_rate"],
         weight_decay=config.weight_decay, warmup_steps=plan["warmup_steps"], lr_scheduler_type="linear",
-        eval_strategy="steps", eval_steps=plan["eval_steps"], save_strategy="steps", save_steps=plan["eval_steps"],
-        save_total_limit=2, load_best_model_at_end=True, metric_for_best_model="macro_f1", greater_is_better=True,
         logging_steps=max(1, plan["eval_steps"] // 4), seed=config.seed, data_seed=config.seed,
         train_sampling_strategy="group_by_length" if config.group_by_length else "random",
         length_column_name="length", report_to="none", disable_tqdm=not config.progress,
-        dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(), **precision_flags(config.precision))
-    callbacks = [EarlyStoppingCallback(config.early_stopping_patience)] if config.early_stopping_patience else []
+        dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(), **evaluation,
+        **precision_flags(config.precision))
     trainer = make_trainer_class()(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tokenizer,
-        data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=metrics_for(problem), callbacks=callbacks,
-        problem=loss, class_weights=weights)
+        data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=metrics_for(problem),
+        callbacks=list(callbacks), problem=loss, class_weights=weights)
     return trainer, tokenizer, plan
+
+
+def refit(config: TrainConfig, splits: Splits, model_path: str, problem, weights, first, plan: dict):
+    """--refit: the early-stopped run's epoch count, trained again on train + validation. Returns the new
+    trainer, its train result and what the run directory records about it."""
+    best_step = first.state.best_global_step or first.state.global_step
+    epochs = round(best_step / plan["steps_per_epoch"], 3)
+    log.info("refit: training on train + validation (%d rows) for %.2f epochs, the best of the early-stopped run",
+             len(splits.train) + len(splits.validation), epochs)
+    trainer, _, refit_plan = build_trainer(config, splits, model_path, problem, weights, refit_epochs=epochs)
+    started = time.perf_counter()
+    result = trainer.train()
+    return trainer, result, {"epochs": epochs, "best_step": best_step, "best_checkpoint": first.state.best_model_checkpoint, "seconds": round(time.perf_counter() - started, 2),
+                             "rows": len(splits.train) + len(splits.validation), "plan": refit_plan}
 
 
 def last_checkpoint(out: Path) -> str | None:
@@ -289,6 +339,20 @@ def eager_probs(model, tokenizer, texts: list[str], max_length: int, batch_size:
                          max_length, batch_size, device=device, activation=problem.probabilities)
 
 
+def load_data(config: TrainConfig):
+    """The splits, their problem type and the class weights the config asks for (training.tune shares them)."""
+    splits = load_splits(config.data, config.text_column, config.label_column, seed=config.seed,
+                         validation_fraction=config.validation_fraction, max_train_samples=config.max_train_samples,
+                         max_eval_samples=config.max_eval_samples, label_separator=config.label_separator,
+                         label_columns=_columns(config.label_columns), multi_label=config.multi_label)
+    problem = problem_for(splits.multi_label, len(splits.labels))
+    log.info("data %s: %d train / %d validation / %d test, %d labels (%s)", splits.source, len(splits.train),
+             len(splits.validation), len(splits.test), len(splits.labels), problem.name)
+    weights = (problem.balanced_weights(problem.targets(splits.train, splits.labels), len(splits.labels))
+               if config.class_weights == "balanced" else None)
+    return splits, problem, weights
+
+
 def main(config: TrainConfig, student=None) -> dict:
     """Train, evaluate on the test split, write the run directory; return metrics. `student`: a
     training.distill.Distillation, which supplies the student, the teacher's logits and the loss."""
@@ -299,16 +363,11 @@ def main(config: TrainConfig, student=None) -> dict:
     model_path = resolve_model(config.model)  # before the data: a missing hub fails in seconds
     if student is not None:
         model_path = student.model_path(run_dir, model_path)
-    splits = load_splits(config.data, config.text_column, config.label_column, seed=config.seed,
-                         validation_fraction=config.validation_fraction, max_train_samples=config.max_train_samples,
-                         max_eval_samples=config.max_eval_samples, label_separator=config.label_separator,
-                         label_columns=_columns(config.label_columns), multi_label=config.multi_label)
-    labels, problem = splits.labels, problem_for(splits.multi_label, len(splits.labels))
-    log.info("data %s: %d train / %d validation / %d test, %d labels (%s)", splits.source, len(splits.train),
-             len(splits.validation), len(splits.test), len(labels), problem.name)
-    weights = (problem.balanced_weights(problem.targets(splits.train, labels), len(labels))
-               if config.class_weights == "balanced" else None)
+    splits, problem, weights = load_data(config)
+    labels = splits.labels
     trainer, tokenizer, plan = build_trainer(config, splits, model_path, problem, weights, student)
+    log.info("learning rate %g (%s), at most %d steps, validation every %d", plan["learning_rate"],
+             "--learning-rate" if config.learning_rate else "by encoder width", plan["total_steps"], plan["eval_steps"])
     resume_from = last_checkpoint(run_dir.path) if config.resume else None
     if resume_from:
         log.info("resuming from %s", resume_from)
@@ -318,15 +377,25 @@ def main(config: TrainConfig, student=None) -> dict:
 
     # The best checkpoint is loaded (load_best_model_at_end); its decision thresholds are fitted on validation
     # before it is saved, so they travel in config.json next to id2label.
-    probs = {split: eager_probs(trainer.model, tokenizer, getattr(splits, split)["text"].tolist(), config.max_length,
-                                config.eval_batch_size, problem) for split in ("validation", "test")}
+    def predict(split: str):
+        return eager_probs(trainer.model, tokenizer, getattr(splits, split)["text"].tolist(), config.max_length,
+                           config.eval_batch_size, problem)
+
+    probs = {"validation": predict("validation")}
     targets = {split: problem.targets(getattr(splits, split), labels) for split in ("validation", "test")}
     fitted = problem.fit(probs["validation"], targets["validation"])
     if fitted:
         log.info("%s", fitted)
+    temperature = problem.calibrate(probs["validation"], targets["validation"])
+    trained = {"seconds": round(train_seconds, 2), "steps": result.global_step, "epochs": round(trainer.state.epoch, 3),
+               "samples_per_second": samples_per_second(trainer.state.epoch, len(splits.train), train_seconds, resume_from),
+               "examples": len(splits.train), "loss": round(result.training_loss, 4)}
+    if config.refit:  # validation is training data from here on: nothing more is fitted on it
+        trainer, result, trained["refit"] = refit(config, splits, model_path, problem, weights, trainer, plan)
+        trained["refit"]["loss"] = round(result.training_loss, 4)
     if problem.thresholds is not None:
         setattr(trainer.model.config, THRESHOLDS_KEY, problem.thresholds)
-    uncalibrated, temperature = probs["test"], problem.calibrate(probs["validation"], targets["validation"])
+    probs["test"] = uncalibrated = predict("test")
     if temperature is not None:  # confidences, not decisions: an argmax is the same at every temperature
         probs = {split: rescale(p, temperature) for split, p in probs.items()}
         # Not `temperature`: transformers reserves that name for text generation and refuses to save it.
@@ -345,10 +414,9 @@ def main(config: TrainConfig, student=None) -> dict:
     metrics = {
         "problem_type": problem.name,
         "test": test_metrics,
+        # With --refit these are the early-stopped model's: the refit one has trained on validation.
         "validation": problem.headline(targets["validation"], probs["validation"]),
-        "train": {"seconds": round(train_seconds, 2), "steps": result.global_step, "epochs": round(trainer.state.epoch, 3),
-                  "samples_per_second": samples_per_second(trainer.state.epoch, len(splits.train), train_seconds, resume_from),
-                  "examples": len(splits.train), "loss": round(result.training_loss, 4)},
+        "train": trained,
     }
     run_dir.write_test(splits.test)
     run_dir.write_run({
