@@ -2,6 +2,7 @@
 one `error: ...` line with exit code 2 and no traceback (in process and as real subprocesses)."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -139,3 +140,33 @@ def test_run_reports_user_errors_and_failures_and_passes_through_bugs(capsys):
     seen = []
     assert run(seen.append, TrainConfig, argv, show=lambda result: "shown") == 0
     assert seen == [TrainConfig(output_dir="o")] and capsys.readouterr().out == "shown\n"
+
+
+def test_config_file_gives_defaults_that_flags_override(tmp_path, capsys):
+    from training.tune import TuneConfig  # a nested dataclass (its `train`): the file nests it as an object
+    from tsclient.drift import DriftConfig
+
+    recipe = tmp_path / "recipe.json"
+    recipe.write_text(json.dumps({"learning_rate": 3e-4, "epochs": 4, "output_dir": "from-file"}))
+    c = parse_config(TrainConfig, ["--config", str(recipe), "--epochs", "2"])
+    assert (c.learning_rate, c.epochs, c.output_dir) == (3e-4, 2, "from-file")  # a required option may come from it
+    nested = tmp_path / "nested.json"
+    nested.write_text(json.dumps({"train": {"epochs": 5}, "trials": 3}))
+    tune = parse_config(TuneConfig, ["--config", str(nested), "--output-dir", "x"])
+    assert (tune.train.epochs, tune.trials, tune.train.output_dir) == (5, 3, "x")
+    recipe.write_text(json.dumps({"epochs": 4, "learnig_rate": 1}))
+    with pytest.raises(SystemExit) as info:
+        parse_config(TrainConfig, ["--config", str(recipe), "--output-dir", "x"])
+    assert info.value.code == 2 and "unknown option(s) learnig_rate" in capsys.readouterr().err
+    # tsclient's own --config (the server's config.properties) is left alone
+    assert "--config JSON" not in parse_help(DriftConfig)
+
+
+def parse_help(cls) -> str:
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+        parse_config(cls, ["--help"])
+    return out.getvalue()
