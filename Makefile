@@ -28,7 +28,7 @@ TOP_K   ?=
 # Targets documented with `## text` after their prerequisites are listed by `make help`.
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  \033[1m%-17s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "Variables: DATA MODEL RUN EXPORT TEACHER FEEDBACK QUEUE NEXT ARGS NAME VERSION WORKERS TEXT TOP_K MODELS (see README.md)"
+	@echo "Variables: DATA MODEL RUN NPROC EXPORT TEACHER FEEDBACK QUEUE NEXT ARGS NAME VERSION WORKERS TEXT TOP_K MODELS (see README.md)"
 
 install: $(STAMP) ## create .venv and install the pinned dependencies (Java checked, installed through apt if missing)
 
@@ -51,8 +51,8 @@ test: install ## the whole test suite: unit + live TorchServe (+ GPU tests where
 test-fast: install ## the test suite without the live TorchServe layer
 	$(PY) -m pytest tests -m "not live"
 
-train: install ## fine-tune: DATA=folder|file|hub-id MODEL=dir|hub-id RUN=runs/NAME ARGS="--epochs 4 ..."
-	$(PY) -m training.train --data $(DATA) $(if $(MODEL),--model $(MODEL)) --output-dir $(RUN) $(ARGS)
+train: install ## fine-tune: DATA=folder|file|hub-id MODEL=dir|hub-id RUN=runs/NAME [NPROC=2: torchrun] ARGS="--epochs 4 ..."
+	$(if $(NPROC),$(VENV)/bin/torchrun --nproc-per-node $(NPROC),$(PY)) -m training.train --data $(DATA) $(if $(MODEL),--model $(MODEL)) --output-dir $(RUN) $(ARGS)
 
 tune: install ## Optuna search of lr, epoch cap, batch, warm-up, weight decay: DATA= [RUN=runs/tune] ARGS="--trials 20 --minutes 60"
 	$(PY) -m training.tune --data $(DATA) $(if $(MODEL),--model $(MODEL)) --output-dir $(if $(call given,RUN),$(RUN),runs/tune) $(ARGS)

@@ -31,7 +31,7 @@ import numpy as np
 
 from cli import UserError, option, run
 from training.rundir import RunDir
-from training.train import EMBEDDED_MODEL, TrainConfig
+from training.train import EMBEDDED_MODEL, TrainConfig, world_size
 
 log = logging.getLogger("training.distill")
 # Encoder layers are numbered in their parameter names: bert.encoder.layer.3., roberta.encoder.layer.3.,
@@ -65,6 +65,8 @@ class DistillConfig:
             raise UserError(f"--alpha must be between 0 and 1, got {self.alpha}")
         if self.temperature <= 0:
             raise UserError(f"--temperature must be positive, got {self.temperature}")
+        if world_size() > 1:  # the student's weights and the teacher's logits are built and cached in one process
+            raise UserError("training.distill runs in one process; start it without torchrun")
         if self.train.refit:  # the cached teacher logits cover the training rows only
             raise UserError("--refit is not available with distillation: the teacher's logits are cached for train only")
         if self.student_layers is not None:

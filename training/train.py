@@ -56,8 +56,10 @@ class TrainConfig:
     max_eval_samples: int | None = option(
         "evaluate on at most this many validation and test texts (seeded sample), for quick runs", None)
     max_length: int = option("truncate texts to this many tokens (also used in serving)", 128)
-    batch_size: int = option("per-device training batch size", 32)
-    eval_batch_size: int = option("evaluation batch size", 64)
+    batch_size: int = option(
+        "training batch size over all processes: under torchrun each of N processes takes batch-size / N of every "
+        "batch, so the recipe is the same at any N", 32)
+    eval_batch_size: int = option("evaluation batch size (over all processes, like --batch-size)", 64)
     learning_rate: float | None = option(
         "peak learning rate (default: by encoder width, 1e-4 x (384 / hidden size)^2 within [1e-5, 2e-4]: 1e-4 for "
         "MiniLM, 2.5e-5 for base-size encoders such as roberta-base, 1.4e-5 for large ones)", None)
@@ -95,6 +97,11 @@ class TrainConfig:
             raise UserError("set --epochs > 0 or --max-steps > 0")
         if self.refit and not self.early_stopping_patience:
             raise UserError("--refit retrains for the epochs early stopping chose; it needs --early-stopping-patience > 0")
+        world = world_size()
+        for name, value in (("batch_size", self.batch_size), ("eval_batch_size", self.eval_batch_size)):
+            if value % world:
+                raise UserError(f"--{name.replace('_', '-')} {value} does not split evenly over {world} processes "
+                                f"(torchrun WORLD_SIZE); use a multiple of {world}")
         if self.early_stopping_patience < 0:
             raise UserError(f"--early-stopping-patience must be >= 0 (0 disables), got {self.early_stopping_patience}")
         check_sample_limits(self.max_train_samples, self.max_eval_samples)
@@ -104,6 +111,11 @@ class TrainConfig:
             raise UserError(f"--validation-fraction must be in (0, 1), got {self.validation_fraction}")
         if self.learning_rate is not None and self.learning_rate <= 0:
             raise UserError(f"--learning-rate must be positive, got {self.learning_rate}")
+
+
+def world_size() -> int:
+    """How many processes train together: torchrun sets WORLD_SIZE in each; 1 without torchrun."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
 
 
 def resolve_model(name: str) -> str:
@@ -253,8 +265,11 @@ def build_trainer(config: TrainConfig, splits: Splits, model_path: str, problem,
     import torch
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, TrainingArguments
 
+    from transformers import set_seed
+
     run_dir = RunDir(config.output_dir)
     labels = splits.labels
+    set_seed(config.seed)  # the new head's initialisation: the Trainer seeds only after the model exists
     tokenizer, model = load_pretrained(model_path, labels, problem.name)
     train = splits.train if refit_epochs is None else pd.concat([splits.train, splits.validation], ignore_index=True)
     train_targets = problem.targets(train, labels)
@@ -276,7 +291,10 @@ def build_trainer(config: TrainConfig, splits: Splits, model_path: str, problem,
         evaluation = dict(eval_strategy="no", save_strategy="no")
     args = TrainingArguments(
         output_dir=str(run_dir.checkpoints_dir), max_steps=plan["total_steps"],
+        # Under torchrun every process draws the same batches and takes its 1/N slice of each (split_batches),
+        # so the data order, the schedule and (averaged over processes) the gradients are those of one process.
         per_device_train_batch_size=config.batch_size, per_device_eval_batch_size=config.eval_batch_size,
+        accelerator_config={"split_batches": True},
         gradient_accumulation_steps=config.grad_accum, learning_rate=plan["learning_rate"],
         weight_decay=config.weight_decay, warmup_steps=plan["warmup_steps"], lr_scheduler_type="linear",
         logging_steps=max(1, plan["eval_steps"] // 4), seed=config.seed, data_seed=config.seed,
@@ -358,7 +376,9 @@ def main(config: TrainConfig, student=None) -> dict:
     training.distill.Distillation, which supplies the student, the teacher's logits and the loss."""
     import torch
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    main_process = int(os.environ.get("RANK", "0")) == 0  # torchrun: process 0 alone reports and writes
+    logging.basicConfig(level=logging.INFO if main_process else logging.WARNING,
+                        format="%(asctime)s %(name)s %(message)s")
     run_dir = RunDir(config.output_dir)
     model_path = resolve_model(config.model)  # before the data: a missing hub fails in seconds
     if student is not None:
@@ -374,6 +394,10 @@ def main(config: TrainConfig, student=None) -> dict:
     started = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=resume_from)
     train_seconds = time.perf_counter() - started
+    if not main_process:  # the others join --refit's training, then leave the evaluation to process 0
+        if config.refit:
+            refit(config, splits, model_path, problem, weights, trainer, plan)
+        return {}
 
     # The best checkpoint is loaded (load_best_model_at_end); its decision thresholds are fitted on validation
     # before it is saved, so they travel in config.json next to id2label.
@@ -422,7 +446,9 @@ def main(config: TrainConfig, student=None) -> dict:
     run_dir.write_run({
         "config": asdict(config), "base_model": config.model, "model_path": model_path, "labels": labels,
         "problem_type": problem.name, "thresholds": problem.thresholds, "temperature": temperature,
-        "max_length": config.max_length, "class_weights": weights, "plan": plan,
+        "max_length": config.max_length, "class_weights": weights, "plan": plan, "world_size": world_size(),
+        "batch": {"global": config.batch_size, "per_process": config.batch_size // world_size(),
+                  "grad_accum": config.grad_accum, "per_optimizer_step": config.batch_size * config.grad_accum},
         "data": {"source": splits.source, "fingerprint": splits.fingerprint, "validation_carved": splits.validation_carved,
                  "rows": {"train": len(splits.train), "validation": len(splits.validation), "test": len(splits.test)}},
         "precision": precision_flags(config.precision), "device": "cuda" if torch.cuda.is_available() else "cpu",
