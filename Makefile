@@ -171,19 +171,26 @@ SOAK_ARGS ?=
 bench-soak: install ## 60 s mixed load with a worker killed and a version switch (results in bench/results)
 	$(PY) -m bench.soak $(SOAK_ARGS)
 
+# ---- Version switches: 200 cycles of register v2 / default v2 / default v1 / unregister v2 under 16
+# concurrent clients, on its own temporary server with a tiny model; counts requests lost (target 0).
+SWITCH_ARGS ?=
+.PHONY: bench-switch
+bench-switch: install ## 200 roll-forward/roll-back cycles under load; lost requests (results in bench/results)
+	$(PY) -m bench.switch_stress $(SWITCH_ARGS)
+
 # ---- Benchmarks (results in bench/results/). bench-train fine-tunes rt-polarity and banking77 with
 # our recipe and the plain tutorial one; its rt-polarity run is the model bench-serve serves.
 # bench-serve compares transformers.pipeline, TorchServe's stock example and our in-process and
 # TorchServe paths on the rt-polarity test texts (about 10 minutes; BENCH_RUN=... serves another run).
 BENCH_RUN ?= runs/bench/rt-polarity
 .PHONY: bench-serve
-bench: bench-train bench-serve bench-soak bench-multilabel bench-distill ## every benchmark (about 3.5 hours on 2 cores)
+bench: bench-train bench-serve bench-soak bench-switch bench-multilabel bench-distill ## every benchmark (about 6 hours on 2 cores)
 
-# Both recipes run one after the other with every core: run it on an otherwise idle machine
-# (about 50 minutes on 2 cores; BENCH_TRAIN_ARGS="--part class-weights" reruns one part), or pass
+# Every recipe runs one after the other with every core: run it on an otherwise idle machine
+# (about 3 hours on 2 cores; a rerun skips finished rows; BENCH_TRAIN_ARGS="--part class-weights" reruns one part), or pass
 # BENCH_TRAIN_ARGS="--threads 1" on a shared machine.
 BENCH_TRAIN_ARGS ?=
-bench-train: install ## fine-tune rt-polarity and banking77, ours vs the plain recipe (about 50 min)
+bench-train: install ## rt-polarity and banking77: our defaults vs plain recipes and a reference sweep (about 3 h)
 	$(PY) -m bench.train_bench $(BENCH_TRAIN_ARGS)
 
 # Multi-label on banking77-multi: TF-IDF + one-vs-rest logistic regression, the plain Hugging Face recipe and

@@ -141,8 +141,8 @@ class Tally:
     labels: Counter = field(default_factory=Counter)
 
 
-async def client(conn: Connection, raw: dict, rng: random.Random, cfg: SoakConfig, tally: Tally, stop_at: float):
-    while time.perf_counter() < stop_at:
+async def client(conn: Connection, raw: dict, rng: random.Random, cfg: SoakConfig, tally: Tally, stop: dict):
+    while time.perf_counter() < stop["at"]:
         kind = rng.choice(INVALID) if rng.random() < cfg.invalid_fraction else rng.choice(VALID)
         t0, attempt, delays = time.perf_counter(), 0, Backoff().delays()  # TorchServeClient's schedule
         while True:
@@ -213,15 +213,23 @@ async def events(cfg: SoakConfig, rest: TorchServeClient, tally: Tally, log: lis
             note(f"set-default {version}")
 
 
-async def load(cfg: SoakConfig, ep: server.Endpoints, key: str, duration: float, rest=None, log=None) -> Tally:
+async def load(cfg, ep: server.Endpoints, key: str, duration: float | None, side=None) -> Tally:
+    """`concurrency` clients for `duration` seconds, with `side(tally)` (the events) running beside them.
+    Without a duration the load stops when `side` returns (bench.switch_stress's cycles)."""
     host, port = ep.inference_url.split("//", 1)[1].rsplit(":", 1)
     raw = {k.name: http_request(k, f"{host}:{port}", key) for k in VALID + INVALID}
     tally, rng = Tally(), random.Random(cfg.seed)
-    stop_at = tally.started + duration
+    stop = {"at": tally.started + duration if duration is not None else float("inf")}
+
+    async def run_side():
+        await side(tally)
+        if duration is None:
+            stop["at"] = time.perf_counter()
+
     conns = [Connection(host, int(port)) for _ in range(cfg.concurrency)]
-    tasks = [client(c, raw, random.Random(rng.random()), cfg, tally, stop_at) for c in conns]
-    if rest is not None:
-        tasks.append(events(cfg, rest, tally, log))
+    tasks = [client(c, raw, random.Random(rng.random()), cfg, tally, stop) for c in conns]
+    if side is not None:
+        tasks.append(run_side())
     await asyncio.gather(*tasks)
     for c in conns:
         c.close()
@@ -322,7 +330,7 @@ def main(cfg: SoakConfig) -> dict:
         before_pids, rss = worker_pids(rest), {"before": rss_mb(scfg)}
         logger.info("soak %.0fs at concurrency %d; RSS before %s MB", cfg.duration_s, cfg.concurrency, rss["before"])
         log, cpu0 = [], resource.getrusage(resource.RUSAGE_SELF)
-        tally = asyncio.run(load(cfg, ep, key, cfg.duration_s, rest, log))
+        tally = asyncio.run(load(cfg, ep, key, cfg.duration_s, lambda t: events(cfg, rest, t, log)))
         cpu1 = resource.getrusage(resource.RUSAGE_SELF)
         time.sleep(2)  # let the last batches finish before measuring memory
         rss["after"] = rss_mb(scfg)

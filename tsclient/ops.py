@@ -300,33 +300,8 @@ def _set_default(c: SetDefaultConfig) -> Any:
     return c.target.client().set_default(c.name, c.version)
 
 
-DRAIN_TIMEOUT_S = 30.0
-
-
 def _unregister(c: UnregisterConfig) -> Any:
-    client = c.target.client()
-    _drain(client, c.name, c.version)
-    return client.unregister(c.name, c.version)
-
-
-def _drain(client: TorchServeClient, name: str, version: str) -> None:
-    """Wait until nothing is queued for a version about to be unregistered. TorchServe 0.12 answers requests
-    in flight on its workers with "Worker died." (the clients retry them on the default version) but never
-    answers those still queued or waiting for their batch to fill: over gRPC they hang until the client's
-    deadline. Once the version is not the default it gets no new unversioned requests and drains at once."""
-    try:
-        (default,) = client.describe(name)
-        if default["modelVersion"] == version:
-            return  # TorchServe refuses to unregister the default version; let it say so
-        deadline, empty_polls = time.monotonic() + DRAIN_TIMEOUT_S, 0
-        while empty_polls < 2 and time.monotonic() < deadline:
-            (described,) = client.describe(name, version)
-            empty_polls = empty_polls + 1 if described["jobQueueStatus"]["pendingRequests"] == 0 else 0
-            time.sleep(0.05)
-        # A batch leaves the queue when its first request is taken and reaches a worker up to maxBatchDelay later.
-        time.sleep(described["maxBatchDelay"] / 1000 + 0.1)
-    except (TorchServeError, KeyError, ValueError):
-        return  # unknown model or version: unregister reports it
+    return c.target.client().unregister(c.name, c.version)  # drains the version first (TorchServeClient.drain)
 
 
 def _models(c: ModelsConfig) -> Any:
