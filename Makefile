@@ -178,13 +178,20 @@ SWITCH_ARGS ?=
 bench-switch: install ## 200 roll-forward/roll-back cycles under load; lost requests (results in bench/results)
 	$(PY) -m bench.switch_stress $(SWITCH_ARGS)
 
+# ---- One simulated feedback cycle on rt-polarity: v1 on half of train, the other half as live traffic
+# with review capture, a scripted review, retrain and the promotion gate (about 40 minutes on 2 cores).
+BENCH_FEEDBACK_ARGS ?=
+.PHONY: bench-feedback
+bench-feedback: install ## feedback cycle on rt-polarity: capture, review, retrain, gate (results in bench/results)
+	$(PY) -m bench.feedback_bench $(BENCH_FEEDBACK_ARGS)
+
 # ---- Benchmarks (results in bench/results/). bench-train fine-tunes rt-polarity and banking77 with
 # our recipe and the plain tutorial one; its rt-polarity run is the model bench-serve serves.
 # bench-serve compares transformers.pipeline, TorchServe's stock example and our in-process and
 # TorchServe paths on the rt-polarity test texts (about 10 minutes; BENCH_RUN=... serves another run).
 BENCH_RUN ?= runs/bench/rt-polarity
 .PHONY: bench-serve
-bench: bench-train bench-serve bench-soak bench-switch bench-multilabel bench-distill ## every benchmark (about 6 hours on 2 cores)
+bench: bench-train bench-serve bench-soak bench-switch bench-feedback bench-multilabel bench-distill ## every benchmark (about 6 hours on 2 cores)
 
 # Every recipe runs one after the other with every core: run it on an otherwise idle machine
 # (about 3 hours on 2 cores; a rerun skips finished rows; BENCH_TRAIN_ARGS="--part class-weights" reruns one part), or pass
