@@ -8,8 +8,9 @@ with exponential backoff a bounded number of times when the server could not ans
 full, no worker yet), "Worker died." (0.12 answers 507 to every request in flight on a worker that
 crashed or was killed, which TorchServe then restarts, and 500 to those in flight on the workers of a
 version being unregistered; sent again, an unversioned request reaches the default version) and
-connection errors (server restarting). Management calls are never retried, nor is a request that
-timed out (it may still be running). A server that cannot be reached (after the retries a prediction
+connection errors (server restarting). So are the read-only management calls (describe, list), which
+0.12 may also answer with 500 ConcurrentModificationException while a worker starts or stops. Management
+calls that change something are never retried, nor is a request that timed out (it may still be running). A server that cannot be reached (after the retries a prediction
 is allowed; at once for anything else) is reported as ServerUnreachable, one line like every error here:
 they are all cli.Failure, so an entry point prints `error: ...` and exits 1.
 """
@@ -95,11 +96,13 @@ def pause(delays: Iterator[float]) -> bool:
 
 
 def retryable(status: int, body: bytes | str = b"") -> bool:
-    """Whether a prediction answered with `status` may simply be sent again (see the module docstring)."""
+    """Whether a prediction (or a read-only management call) answered with `status` may simply be sent
+    again (see the module docstring). TorchServe 0.12 also answers 500 ConcurrentModificationException
+    when a describe races a worker starting or stopping (seen under load while versions switch)."""
     if status == 503:
         return True
     text = body.decode("utf-8", "replace") if isinstance(body, (bytes, bytearray)) else body
-    return status in (500, 507) and "Worker died" in text[:500]
+    return status in (500, 507) and ("Worker died" in text[:500] or "ConcurrentModificationException" in text[:500])
 
 
 def error_from_response(r: requests.Response, key_file: Path) -> TorchServeError:
@@ -291,7 +294,8 @@ class TorchServeClient:
         models, token = [], None
         while True:
             params = {"limit": 100, **({"next_page_token": token} if token else {})}
-            page = self._json(self.request("management", "GET", f"{self.management_url}/models", params=params))
+            page = self._json(self.request("management", "GET", f"{self.management_url}/models", params=params,
+                                           retry=True))
             models += page.get("models", [])
             token = page.get("nextPageToken")
             if not token:
@@ -299,4 +303,5 @@ class TorchServeClient:
 
     def describe(self, name: str, version: str | None = None) -> list[dict]:
         """One entry per version: `version` None describes the default one, "all" every version."""
-        return self._json(self.request("management", "GET", f"{self.management_url}/models/{_path(name, version)}"))
+        return self._json(self.request("management", "GET", f"{self.management_url}/models/{_path(name, version)}",
+                                       retry=True))  # read-only, so safe to send again
