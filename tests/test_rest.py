@@ -119,14 +119,23 @@ def test_other_errors_are_not_retried(key_file, sleeps, status, body):
 
 
 @pytest.mark.parametrize("call", [lambda c: c.register("clf", "clf-1.0.mar"), lambda c: c.scale("clf", "1.0", 2),
-                                  lambda c: c.unregister("clf", "1.0"), lambda c: c.list_models(),
-                                  lambda c: c.describe("clf"), lambda c: c.health()],
-                         ids=["register", "scale", "unregister", "models", "describe", "health"])
+                                  lambda c: c.unregister("clf", None), lambda c: c.set_default("clf", "1.0"),
+                                  lambda c: c.health()],
+                         ids=["register", "scale", "unregister", "set-default", "health"])
 def test_management_and_health_are_never_retried(key_file, sleeps, call):
     session = FakeSession((503, {"code": 503, "message": "busy"}))
     with pytest.raises(TorchServeError, match="TorchServe 503: busy"):
         call(client(session, key_file))
     assert len(session.sent) == 1 and sleeps == []
+
+
+@pytest.mark.parametrize("call, answer", [(lambda c: c.describe("clf"), []), (lambda c: c.list_models(), {"models": []})],
+                         ids=["describe", "models"])
+def test_read_only_management_calls_retry_a_concurrent_modification(key_file, sleeps, call, answer):
+    """TorchServe 0.12 answers a describe that races a worker starting or stopping with this 500."""
+    session = FakeSession((500, {"code": 500, "type": "ConcurrentModificationException"}), (200, answer))
+    call(client(session, key_file))
+    assert len(session.sent) == 2 and sleeps == [0.5]
 
 
 def test_a_timeout_is_never_sent_again(key_file, sleeps):
@@ -154,7 +163,7 @@ def test_prediction_to_a_server_that_stays_down_is_unreachable_after_the_retries
     assert len(session.sent) == 4 and sleeps == [0.5, 1.0, 2.0]
 
 
-@pytest.mark.parametrize("call, url", [(lambda c: c.list_models(), MGMT), (lambda c: c.health(), INF)])
+@pytest.mark.parametrize("call, url", [(lambda c: c.set_default("clf", "1.0"), MGMT), (lambda c: c.health(), INF)])
 def test_other_calls_to_a_server_that_is_down_fail_at_once(key_file, sleeps, call, url):
     session = FakeSession(requests.ConnectionError("refused"))
     with pytest.raises(ServerUnreachable, match=f"^cannot reach TorchServe at {url} "):
