@@ -22,12 +22,12 @@ WORKERS ?=
 TEXT    ?= What a wonderful day!
 TOP_K   ?=
 
-.PHONY: help install java-check test test-fast demo train tune distill review retrain teacher-model export archive serve stop register scale \
+.PHONY: help install java-check test test-fast demo train tune distill k8s-render k8s-check review retrain teacher-model export archive serve stop register scale \
         set-default unregister models predict drift health bench bench-train bench-soak grpc-stubs clean
 
 # Targets documented with `## text` after their prerequisites are listed by `make help`.
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z-]*:.*## / {printf "  \033[1m%-17s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z0-9-]*:.*## / {printf "  \033[1m%-17s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "Variables: DATA MODEL RUN NPROC EXPORT TEACHER FEEDBACK QUEUE NEXT ARGS NAME VERSION WORKERS TEXT TOP_K MODELS (see README.md)"
 
 install: $(STAMP) ## create .venv and install the pinned dependencies (Java checked, installed through apt if missing)
@@ -46,6 +46,7 @@ java-check: ## check for Java 11+ (TorchServe needs it)
 	@bash scripts/ensure_java.sh
 
 test: install ## the whole test suite: unit + live TorchServe (+ GPU tests where CUDA is present)
+	@bash scripts/ensure_test_tools.sh
 	$(PY) -m pytest tests
 
 test-fast: install ## the test suite without the live TorchServe layer
@@ -163,6 +164,16 @@ MODELS ?=
 .PHONY: serve-locked
 serve-locked: install ## production mode: model API off, MODELS= archives loaded at start
 	$(OPS) serve --config config.locked.properties $(if $(MODELS),--load-models '$(MODELS)')
+
+# ---- Kubernetes (deploy/k8s: kustomize base + cpu/gpu overlays, nginx auth sidecar; README "Deploy on Kubernetes").
+OVERLAY ?= cpu
+
+k8s-render: ## print the manifests of OVERLAY=cpu|gpu (kubectl kustomize; pipe into `kubectl apply -f -`)
+	@command -v kubectl > /dev/null || { echo "error: kubectl not found (kubectl >= 1.27, kustomize v5)"; exit 2; }
+	kubectl kustomize deploy/k8s/overlays/$(OVERLAY)
+
+k8s-check: install ## validate the manifests offline (Kubernetes 1.32 schemas) and run the auth sidecar for real (nginx + TorchServe)
+	$(PY) -m pytest tests/test_k8s.py tests/live/test_auth_sidecar.py
 
 # ---- Soak: 60 s of mixed valid/invalid load at concurrency 32 on two workers, one worker killed
 # (SIGKILL) at 20 s and a version switch at 40 s, on its own temporary server (tiny model unless
