@@ -433,3 +433,22 @@ def test_temperature_is_fitted_on_validation_and_reported(roberta_run):
     assert calibration["temperature"] == meta["temperature"] and calibration["bins"] == 15
     assert {"ece_before", "ece_after", "brier_before", "brier_after"} <= set(calibration)
     assert (run / "report" / "reliability.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_calibration_report_scales_the_test_probabilities_once(roberta_run):
+    """The report's "before" is the saved model at temperature 1 and "after" the same at the fitted
+    temperature: each figure recomputed from the model must match (a second scaling would not)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from training.problems import rescale
+    from training.report import calibration
+
+    run = roberta_run / "run"
+    meta, reported = read_json(run / "run.json"), read_json(run / "metrics.json")["test"]["calibration"]
+    model = AutoModelForSequenceClassification.from_pretrained(run / "model")
+    tokenizer = AutoTokenizer.from_pretrained(run / "model")
+    test = RunDir(run).read_test()
+    raw = eager_probs(model, tokenizer, test["text"].tolist(), meta["max_length"], 16, SingleLabel())
+    truth = [meta["labels"].index(label) for label in test["label"].astype(str)]
+    assert calibration(truth, raw)["ece"] == pytest.approx(reported["ece_before"], abs=1e-5)
+    assert calibration(truth, rescale(raw, meta["temperature"]))["ece"] == pytest.approx(reported["ece_after"], abs=1e-5)

@@ -140,9 +140,10 @@ class SingleLabel:
         """A fresh softmax head starts fine at zero bias."""
 
     def calibrate(self, probs: np.ndarray, targets) -> float:
-        """Fit the temperature on validation probabilities computed at temperature 1; returns it."""
-        self.temperature = fit_temperature(probs, targets)
-        return self.temperature
+        """The temperature fitted on validation probabilities computed at temperature 1. It is returned, not
+        kept: training.train goes on computing probabilities at temperature 1 (the test split's included,
+        after --refit) and rescales them itself, so no probability is scaled twice."""
+        return fit_temperature(probs, targets)
 
     def describe(self, m: dict) -> str:
         return f"accuracy {100 * m['accuracy']:.1f}%, macro-F1 {100 * m['macro_f1']:.1f} on {m['samples']} texts"
