@@ -165,6 +165,20 @@ MODELS ?=
 serve-locked: install ## production mode: model API off, MODELS= archives loaded at start
 	$(OPS) serve --config config.locked.properties $(if $(MODELS),--load-models '$(MODELS)')
 
+# ---- Container image (deploy/Dockerfile; its entry point and environment contract: tsclient/container.py).
+# Built with podman for hosts without an image registry: the base image comes from the Debian archive
+# (localhost/debian-base, made once with mmdebstrap) and deploy/containers.conf works around the build
+# VMs' quirks. MODELS=a-1.0.mar,b-1.0.mar bakes archives of model-archive/store in (default: none, mount a
+# store at run time). With Docker: docker build -f deploy/Dockerfile . (README, "Container image").
+IMAGE ?= localhost/textclf-torchserve:latest
+PODMAN_ENV = IMAGE='$(IMAGE)' CONTAINERS_CONF='$(CURDIR)/deploy/containers.conf'
+.PHONY: image image-test
+image: install ## build the serving image with podman: IMAGE= [MODELS=a.mar,b.mar baked in]
+	$(PODMAN_ENV) BASE_IMAGE=localhost/debian-base MODELS='$(MODELS)' bash deploy/image.sh build
+
+image-test: image ## run IMAGE on a tiny archive: healthcheck, predict, model API locked, clean stop (slow)
+	$(PODMAN_ENV) bash deploy/image.sh test
+
 # ---- Kubernetes (deploy/k8s: kustomize base + cpu/gpu overlays, nginx auth sidecar; README "Deploy on Kubernetes").
 OVERLAY ?= cpu
 

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # Works around these VMs' quirks (ulimits, runc, cgroupfs) without touching the host's own config.
 export CONTAINERS_CONF="${CONTAINERS_CONF:-$PWD/deploy/containers.conf}"
-IMAGE="${IMAGE:-localhost/text-classifier-serve:latest}"
+IMAGE="${IMAGE:-localhost/textclf-torchserve:latest}"
 BASE_IMAGE="${BASE_IMAGE:-localhost/debian-base}"
 PY="${PY:-.venv/bin/python}"
 
@@ -56,12 +56,22 @@ build() {
   local start=$SECONDS
   # docker format: the OCI format has no HEALTHCHECK. Host network: pip reaches the index as the host does.
   podman build --network host --format docker -f deploy/Dockerfile -t "$IMAGE" "${args[@]}" "${mounts[@]}" .
-  echo "built $IMAGE in $((SECONDS - start)) s, $(podman image inspect --format '{{.Size}}' "$IMAGE" | numfmt --to=si)B"
+  echo "built $IMAGE in $((SECONDS - start)) s, $(( $(podman image inspect --format "{{.Size}}" "$IMAGE") / 1000000 )) MB"
+}
+
+# refused MESSAGE COMMAND...: COMMAND exits with 2 and prints one line, "error: MESSAGE...".
+refused() {
+  local message=$1 out code=0
+  shift
+  out=$("$@" 2>&1) || code=$?
+  out=$(grep -v systemd <<< "$out" || true)  # podman's note that no systemd times the HEALTHCHECK here
+  [[ $code == 2 && $out == "error: $message"* && $(wc -l <<< "$out") == 1 ]] \
+    || { echo "error: expected exit 2 and 'error: $message...', got $code: $out" >&2; exit 1; }
 }
 
 image_test() {
   need podman
-  local start=$SECONDS
+  local start=$SECONDS total=$SECONDS
   name="image-test-$$" tmp=$(mktemp -d)  # global: the EXIT trap uses them
   trap 'podman rm -f -t 0 "$name" > /dev/null 2>&1 || true; rm -rf "$tmp"' EXIT
   # A tiny random classifier, archived as the live tests do.
@@ -75,6 +85,12 @@ with tempfile.TemporaryDirectory() as bundle:
 EOF
   # The state dir is mounted so that this host can read the keys TorchServe writes (uid 1000 in the image).
   mkdir "$tmp/state" && chown 1000:1000 "$tmp/state"
+  # Bad settings end the container at once with one error line (exit 2), before anything starts.
+  refused "no model archive (*.mar) in MODEL_STORE=" podman run --rm "$IMAGE"
+  refused "TOKEN_AUTH=off needs a loopback BIND_ADDRESS" podman run --rm -e TOKEN_AUTH=off \
+    -v "$tmp/store:/home/model-server/model-store:ro" "$IMAGE"
+  echo "bad settings refused: exit 2, one error line"
+  start=$SECONDS
   # No systemd here to time the HEALTHCHECK: the loop below runs it (podman healthcheck run).
   podman run -d --name "$name" --health-interval disable -v "$tmp/store:/home/model-server/model-store:ro" \
     -v "$tmp/state:/home/model-server/state" -p 127.0.0.1::8080 -p 127.0.0.1::8081 "$IMAGE" > /dev/null
@@ -84,7 +100,7 @@ EOF
     (( SECONDS - start < 300 )) || { echo "error: not healthy after 300 s" >&2; podman logs "$name"; exit 1; }
     sleep 2
   done
-  echo "healthy after $((SECONDS - start)) s"
+  echo "healthy $((SECONDS - start)) s after podman run"
   [[ $(podman exec "$name" id -u) == 1000 ]] || { echo "error: the server does not run as uid 1000" >&2; exit 1; }
   "$PY" - "$(podman port "$name" 8080)" "$(podman port "$name" 8081)" "$tmp/state/key_file.json" <<'EOF'
 import sys
@@ -105,7 +121,7 @@ EOF
   podman stop -t 20 "$name" > /dev/null
   local code
   code=$(podman inspect --format '{{.State.ExitCode}}' "$name")
-  echo "stopped in $((SECONDS - stop)) s, exit code $code; image test took $((SECONDS - start)) s"
+  echo "stopped in $((SECONDS - stop)) s, exit code $code; image test took $((SECONDS - total)) s"
   [[ $code == 0 ]] || { podman logs "$name"; exit 1; }
 }
 
