@@ -31,6 +31,7 @@ from typing import Optional
 
 import pandas as pd
 
+from bench import write_results
 from cli import UserError, check_int, option, run
 
 log = logging.getLogger("bench.feedback_bench")
@@ -176,10 +177,7 @@ def main(config: FeedbackBenchConfig) -> dict:
               "finished": time.strftime("%Y-%m-%d", time.gmtime()),
               "command": "python -m bench.feedback_bench" + (f" --max-train-samples {config.max_train_samples}"
                                                              if config.max_train_samples else "")}
-    suffix = "" if config.max_train_samples is None else "-smoke"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"feedback{suffix}.json").write_text(json.dumps(result, indent=2, default=str) + "\n")
-    (RESULTS / f"feedback{suffix}.md").write_text(markdown(result))
+    write_results(RESULTS, "feedback" + ("" if config.max_train_samples is None else "-smoke"), result, markdown(result))
     return result
 
 

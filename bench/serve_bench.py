@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from bench import serve_report
+from bench import serve_report, write_results
 from bench.serve_report import cpu_class
 from bench.flops import MATMUL_N, FlopModel, best_limit, compute_limit, limit_for
 from bench.serve_runs import (Measured, archive_noop, archive_ours, archive_stock, bundle_classifier,
@@ -385,9 +385,7 @@ def machine() -> dict:
 
 
 def write(results: dict, out: Path, stem: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{stem}.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / f"{stem}.md").write_text(serve_report.markdown(results))
+    write_results(out, stem, results, serve_report.markdown(results))
     serve_report.plot(results, out / f"{stem}.png")
     log.info("results in %s.{json,md,png}", out / stem)
     print(serve_report.table(results))

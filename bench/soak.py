@@ -30,6 +30,7 @@ from typing import Optional
 
 import psutil
 
+from bench import write_results
 from bench.loadgen import Connection, LoadError, post
 from cli import UserError, check_int, option, run
 from tsclient import server
@@ -338,9 +339,7 @@ def main(cfg: SoakConfig) -> dict:
         restarts = sum(len(set(after_pids.get(v, [])) - set(p)) for v, p in before_pids.items())
         cpu_s = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
         result = summarize(cfg, tally, log, rss, restarts, cpu_s)
-    cfg.out_dir.mkdir(parents=True, exist_ok=True)
-    (cfg.out_dir / "soak.json").write_text(json.dumps(result, indent=2) + "\n")
-    (cfg.out_dir / "soak.md").write_text(markdown(result))
+    write_results(cfg.out_dir, "soak", result, markdown(result))
     return result
 
 

@@ -25,7 +25,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from bench import soak
+from bench import soak, write_results
 from cli import check_int, option, run
 from tsclient import server
 
@@ -124,9 +124,7 @@ def stress(cfg: StressConfig) -> dict:
 
 def main(cfg: StressConfig) -> dict:
     result = stress(cfg)
-    cfg.out_dir.mkdir(parents=True, exist_ok=True)
-    (cfg.out_dir / "switch_stress.json").write_text(json.dumps(result, indent=2) + "\n")
-    (cfg.out_dir / "switch_stress.md").write_text(markdown(result))
+    write_results(cfg.out_dir, "switch_stress", result, markdown(result))
     return result
 
 
