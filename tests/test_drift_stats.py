@@ -53,3 +53,44 @@ def test_same_traffic_is_stable_and_shifted_traffic_alerts():
 def test_too_little_traffic_is_said_not_judged():
     out = drift_stats.compare(profile(500), profile(drift_stats.MIN_TEXTS - 1, confidence=0.45))
     assert out["verdict"] == "too little traffic" and out["features"]["confidence"]["level"] == "alert"
+
+
+def test_an_rt_polarity_model_is_stable_on_movie_reviews_and_alerts_on_banking_questions(shared_data, tmp_path):
+    """A MiniLM briefly fine-tuned on rt-polarity: half of rt-polarity's test split against the other half is
+    stable, banking77 questions against it alert on the confidence and the length of the texts."""
+    import json
+
+    import pandas as pd
+
+    from handlers.profile import profile_of
+    from training.problems import SingleLabel, rescale
+    from training.train import TrainConfig, eager_probs, main
+
+    rt = pd.read_csv(shared_data / "rt-polarity" / "train.csv").sample(frac=1.0, random_state=0)
+    data = tmp_path / "data"
+    data.mkdir()
+    rt.iloc[:800].to_csv(data / "train.csv", index=False)
+    rt.iloc[800:900].to_csv(data / "validation.csv", index=False)
+    rt.iloc[900:950].to_csv(data / "test.csv", index=False)
+    run = tmp_path / "run"
+    main(TrainConfig(output_dir=str(run), data=str(data), max_steps=60, batch_size=16, max_length=64,
+                     early_stopping_patience=0, progress=False))
+    meta = json.loads((run / "run.json").read_text())
+
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(run / "model")
+    tokenizer = AutoTokenizer.from_pretrained(run / "model")
+
+    def profile(texts: list[str]) -> dict:
+        probs = rescale(eager_probs(model, tokenizer, texts, 64, 64, SingleLabel()), meta["temperature"])
+        return profile_of(probs, meta["labels"], tokenizer, texts, 64).to_json()
+
+    movies = pd.read_csv(shared_data / "rt-polarity" / "test.csv")["text"].tolist()
+    banking = pd.read_csv(shared_data / "banking77" / "test.csv")["text"].sample(500, random_state=0).tolist()
+    reference = profile(movies[:500])
+    same = drift_stats.compare(reference, profile(movies[500:1000]))
+    assert same["verdict"] == "stable", same
+    other = drift_stats.compare(reference, profile(banking))
+    assert other["verdict"] == "alert"
+    assert other["features"]["confidence"]["level"] == other["features"]["tokens"]["level"] == "alert", other
