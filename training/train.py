@@ -263,9 +263,7 @@ def build_trainer(config: TrainConfig, splits: Splits, model_path: str, problem,
     evaluation or checkpoints (--refit); `callbacks`: extra TrainerCallbacks (training.tune's pruning)."""
     import pandas as pd
     import torch
-    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, TrainingArguments
-
-    from transformers import set_seed
+    from transformers import DataCollatorWithPadding, EarlyStoppingCallback, TrainingArguments, set_seed
 
     run_dir = RunDir(config.output_dir)
     labels = splits.labels
@@ -319,7 +317,8 @@ def refit(config: TrainConfig, splits: Splits, model_path: str, problem, weights
     trainer, _, refit_plan = build_trainer(config, splits, model_path, problem, weights, refit_epochs=epochs)
     started = time.perf_counter()
     result = trainer.train()
-    return trainer, result, {"epochs": epochs, "best_step": best_step, "best_checkpoint": first.state.best_model_checkpoint, "seconds": round(time.perf_counter() - started, 2),
+    return trainer, result, {"epochs": epochs, "best_step": best_step, "best_checkpoint": first.state.best_model_checkpoint,
+                             "seconds": round(time.perf_counter() - started, 2),
                              "rows": len(splits.train) + len(splits.validation), "plan": refit_plan}
 
 
