@@ -146,8 +146,8 @@ def targets(r: dict) -> list[str]:
 def markdown(r: dict) -> str:
     rows, test = r["rows"], r["test"]
     lines = [f"# Feedback cycle on rt-polarity ({r['cpu_class']} CPU, {r['finished']})", "",
-             f"`{r['command']}`. v1: the default recipe on {rows['v1_train']} rows (half of train). Live traffic: the "
-             f"other {rows['traffic']} rows through TorchServe with review capture (calibrated top-1 below "
+             f"`{r['command']}`. v1: the default recipe on {rows['v1_train']} rows from one half of train. Live traffic: "
+             f"{rows['traffic']} rows from the other half through TorchServe with review capture (calibrated top-1 below "
              f"{r['capture']['review_below']:g}, plus {100 * r['capture']['review_sample']:g}% of the rest): "
              f"{rows['captured']} captured, reviewed with their true labels ({rows['reviewed']['accepted']} accepted, "
              f"{rows['reviewed']['corrected']} corrected); {r['feedback']['used_for_training']} added to training, "
