@@ -105,12 +105,13 @@ def settings_text(r: dict) -> str:
 def targets(rows: dict, name: str) -> list[str]:
     """The issue's targets against what this dataset measured; a row not yet run leaves its target open."""
     out, ours_row = [], rows.get("ours")
-    swept = [r for k, r in rows.items() if k.startswith("sweep") or k == "ours"]
+    swept = [r for k, r in rows.items() if k.startswith("sweep")]
     if ours_row and swept:
-        best = max(r["test"]["macro_f1"] for r in swept)
+        best = max(r["test"]["macro_f1"] for r in swept + [ours_row])
         gap = 100 * (best - ours_row["test"]["macro_f1"])
+        verdict = ("missed" if gap > 1 else "met") if len(swept) == len(SWEEP) else "open until every point has run"
         out.append(f"defaults within 1 point macro-F1 of the sweep's best ({100 * best:.1f}, {len(swept)} of "
-                   f"{len(SWEEP)} points run): {gap:.1f} below, {'met' if gap <= 1 else 'missed'}")
+                   f"{len(SWEEP)} points run): {gap:.1f} below, {verdict}")
     if ours_row and name == "banking77":
         acc = 100 * ours_row["test"]["accuracy"]
         out.append(f"banking77 accuracy >= 90%: {acc:.1f}%, {'met' if acc >= 90 else 'missed'}")
