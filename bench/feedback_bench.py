@@ -20,7 +20,6 @@ bench/results/feedback.{json,md} (feedback-smoke.* with --max-train-samples).
 from __future__ import annotations
 
 import io
-import json
 import logging
 import os
 import sys
@@ -83,6 +82,7 @@ def cycle(config: FeedbackBenchConfig) -> dict:
     from training import retrain
     from training.export import ExportConfig, main as export_main
     from training.review import read_queue, review
+    from training.rundir import RunDir
     from training.train import TrainConfig, main as train_main
     from tsclient import server
     from tsclient.archive import ArchiveConfig, build_archive
@@ -112,8 +112,8 @@ def cycle(config: FeedbackBenchConfig) -> dict:
         truth = dict(zip(traffic["text"], traffic["label"].astype(str)))
         feedback = out / "review" / "feedback.csv"
         feedback.unlink(missing_ok=True)
-        counts = review(records, list(json.loads((out / "v1" / "model" / "config.json").read_text())["id2label"].values()),
-                        feedback, scripted_answers(records, truth), io.StringIO())
+        counts = review(records, RunDir(out / "v1").read_labels(), feedback, scripted_answers(records, truth),
+                        io.StringIO())
         t0 = time.perf_counter()
         report = retrain.main(retrain.RetrainConfig(
             run=out / "v1", feedback=feedback, output_dir=out / "v2", name=NAME, version="2.0",

@@ -26,7 +26,7 @@ def summary(run_dir: Path) -> str:
              f"validation: {problem.describe(metrics['validation'])}",
              f"training: {train['examples']} examples, {train['steps']} steps, {train['seconds']:.0f} s, "
              + (f"{train['samples_per_second']:.1f} samples/s" if train.get("samples_per_second") else "resumed")
-             + (f", best of {train['epochs']:g} epochs" if "epochs" in train else "")
+             + (f", {train['epochs']:g} epochs run (the best evaluation kept)" if "epochs" in train else "")
              + (f"; refit on train + validation for {train['refit']['epochs']:g} epochs" if "refit" in train else ""),
              f"{'label':<{width}} {'precision':>9} {'recall':>7} {'F1':>6} {'support':>8}"]
     for name, row in shown:
