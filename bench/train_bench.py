@@ -161,12 +161,15 @@ def group_means(per_class: dict, cut: set[str]) -> dict:
             for g, members in groups.items()}
 
 
-def recipe_jobs(data_root: Path, runs: Path, max_train_samples) -> list[tuple[str, str, Callable[[], dict]]]:
+def recipe_jobs(data_root: Path, runs: Path, max_train_samples,
+                datasets=tuple(DATASETS)) -> list[tuple[str, str, Callable[[], dict]]]:
     """(dataset, row, run) in the order that settles the targets soonest: our defaults, the plain recipes,
     the sweep at cap 10, then at cap 3."""
     jobs = []
     for order in range(len(recipe_rows(""))):
         for name, label_column in DATASETS.items():
+            if name not in datasets:
+                continue
             key, data = recipe_rows(name)[order], str(data_root / name)
             out = runs / name if key == "ours" else runs / f"{name}-{key.replace(' ', '').replace(',', '-')}"
             if key in PLAINS:
@@ -178,8 +181,9 @@ def recipe_jobs(data_root: Path, runs: Path, max_train_samples) -> list[tuple[st
     return jobs
 
 
-def compare_recipes(results: dict, data_root: Path, runs: Path, max_train_samples, save=lambda: None) -> None:
-    for name, key, job in recipe_jobs(data_root, runs, max_train_samples):
+def compare_recipes(results: dict, data_root: Path, runs: Path, max_train_samples, save=lambda: None,
+                    datasets=tuple(DATASETS)) -> None:
+    for name, key, job in recipe_jobs(data_root, runs, max_train_samples, datasets):
         if key in results.setdefault(name, {}):
             continue  # finished in an earlier, interrupted invocation
         if key.startswith("sweep") and same_recipe(results[name].get("ours"), key):
@@ -209,8 +213,10 @@ def compare_class_weights(results: dict, data_root: Path, runs: Path, max_train_
 PARTS = {"recipes": compare_recipes, "class-weights": compare_class_weights}
 
 
-def run_parts(data_root: Path, runs: Path, max_train_samples: int | None = None, parts=tuple(PARTS)) -> dict:
-    """Run the named parts; a part run alone replaces its entry in an existing results file."""
+def run_parts(data_root: Path, runs: Path, max_train_samples: int | None = None, parts=tuple(PARTS),
+              datasets=tuple(DATASETS)) -> dict:
+    """Run the named parts (the recipes part on `datasets`); a part run alone replaces its entry in an
+    existing results file."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     suffix = "" if max_train_samples is None else "-smoke"
     out = RESULTS / f"train{suffix}.json"
@@ -226,7 +232,8 @@ def run_parts(data_root: Path, runs: Path, max_train_samples: int | None = None,
         started = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "load_average_start": os.getloadavg()}
         results.setdefault("runs", {})[part] = {**started, "machine": {**machine(), "torch_threads": torch.get_num_threads()}}
         results["recipes"] = {"plains": PLAINS, "sweep": SWEEP, "class_weights": CLASS_WEIGHTS}
-        PARTS[part](results, data_root, runs, max_train_samples, save)
+        job = functools.partial(compare_recipes, datasets=datasets) if part == "recipes" else PARTS[part]
+        job(results, data_root, runs, max_train_samples, save)
         results["runs"][part]["load_average_end"] = os.getloadavg()
         save()
     if "banking77-imbalanced" in results:
@@ -246,11 +253,16 @@ class TrainBenchConfig:
                                     "machine; default: every core)", None)
     part: Literal["recipes", "class-weights", "all"] = option(
         "recipes: plain vs ours on both sets; class-weights: none vs balanced", "all")
+    datasets: str = option("the recipes part on these datasets only (comma-separated), e.g. rt-polarity to finish "
+                           "its rows first", ",".join(DATASETS))
 
     def __post_init__(self):
         check_choices(self)
         check_int("--max-train-samples", self.max_train_samples, 2, optional=True)
         check_int("--threads", self.threads, 1, optional=True)
+        unknown = set(self.datasets.split(",")) - set(DATASETS)
+        if unknown:
+            raise UserError(f"--datasets: unknown {', '.join(sorted(unknown))} (choose from {', '.join(DATASETS)})")
         if not (Path(self.data_root) / "rt-polarity" / "train.csv").exists():
             raise UserError(f"benchmark data not found under {self.data_root}; pass --data-root")
 
@@ -259,7 +271,8 @@ def main(config: TrainBenchConfig) -> dict:
     if config.threads:
         torch.set_num_threads(config.threads)
     parts = tuple(PARTS) if config.part == "all" else (config.part,)
-    return run_parts(Path(config.data_root), Path(config.runs), config.max_train_samples, parts)
+    return run_parts(Path(config.data_root), Path(config.runs), config.max_train_samples, parts,
+                     tuple(config.datasets.split(",")))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from cli import UserError
-from training.rundir import RunDir, RunDirError
+from training.rundir import CALIBRATION_TEXTS, RunDir, RunDirError
 
 LABELS = ["neg", "pos"]
 
@@ -33,6 +33,7 @@ def test_layout_names(tmp_path):
     assert run.metrics_file == tmp_path / "metrics.json"
     assert run.report_dir == tmp_path / "report"
     assert run.test_file == tmp_path / "data" / "test.parquet"
+    assert run.calibration_file == tmp_path / "data" / "calibration.parquet"
     assert run.checkpoints_dir == tmp_path / "checkpoints"
 
 
@@ -83,6 +84,20 @@ def test_labels_must_agree_between_model_and_run_json(tmp_path):
     run.model_config_file.write_text(json.dumps({"id2label": {}}))
     with pytest.raises(RunDirError, match="no id2label"):
         run.read_labels()
+
+
+def test_calibration_texts_are_a_seeded_sample_of_train(tmp_path):
+    run = RunDir(tmp_path)
+    assert run.read_calibration() is None  # a run trained before calibration texts were saved
+    train = pd.DataFrame({"text": [f"text {i}" for i in range(1000)], "label": ["neg", "pos"] * 500})
+    run.write_calibration(train, seed=13)
+    texts = run.read_calibration()
+    assert len(texts) == CALIBRATION_TEXTS and len(set(texts)) == len(texts) and set(texts) <= set(train["text"])
+    assert texts != train["text"].tolist()[:CALIBRATION_TEXTS]  # sampled, not the head of the file
+    RunDir(tmp_path / "again").write_calibration(train, seed=13)
+    assert RunDir(tmp_path / "again").read_calibration() == texts
+    RunDir(tmp_path / "small").write_calibration(train.head(3), seed=13)
+    assert sorted(RunDir(tmp_path / "small").read_calibration()) == ["text 0", "text 1", "text 2"]
 
 
 def test_run_dir_error_is_a_user_error():

@@ -193,6 +193,9 @@ def test_fingerprint_describes_the_saved_test_split(tmp_path, tiny_roberta_dir):
     assert saved.equals(splits.test)
     assert meta["data"]["fingerprint"] == fingerprint(splits.labels, splits.train, splits.validation, saved)
     assert meta["data"]["fingerprint"] != load_splits(str(data), max_train_samples=30).fingerprint
+    # Static quantisation calibrates on training texts, never on the test split it is then scored on.
+    calibration = run.read_calibration()
+    assert calibration and set(calibration) <= set(splits.train["text"]) and not set(calibration) & set(saved["text"])
 
 
 def test_integer_labels_keep_numeric_order(distilbert_run):

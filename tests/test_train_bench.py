@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from bench import train_bench
-from bench.train_bench import PLAINS, SWEEP, compare_recipes, markdown, recipe_jobs, recipe_rows, sweep_name, targets
+from bench.train_bench import (PLAINS, SWEEP, TrainBenchConfig, compare_recipes, markdown, recipe_jobs, recipe_rows,
+                               sweep_name, targets)
+from cli import UserError
 
 
 def row(accuracy: float, macro_f1: float, seconds: float, settings: dict) -> dict:
@@ -25,6 +29,13 @@ def test_rows_run_targets_first_and_interleave_datasets():
     assert set(recipe_rows("x")) == {"ours", *PLAINS, *(sweep_name(p) for p in SWEEP)}
     # every row writes its own run directory
     assert len({job.args[2] for _, _, job in jobs}) == len(jobs)
+    only = recipe_jobs(Path("data"), Path("runs"), None, datasets=("rt-polarity",))
+    assert [(d, k) for d, k, _ in only] == [(d, k) for d, k, _ in jobs if d == "rt-polarity"]
+
+
+def test_unknown_dataset_refused():
+    with pytest.raises(UserError, match="--datasets: unknown imdb"):
+        TrainBenchConfig(datasets="rt-polarity,imdb")
 
 
 def test_defaults_fill_the_sweep_point_they_are_and_saved_rows_are_skipped(monkeypatch):

@@ -7,6 +7,7 @@ Layout (the names live here and nowhere else):
     metrics.json        validation + test headline metrics, per-class results, training throughput
     report/             confusion_matrix.{csv,png}, misclassified.csv, report.json (test split)
     data/test.parquet   the normalised test split (text, label), so export evaluates without the source
+    data/calibration.parquet  a sample of training texts (text): static int8 quantisation calibrates on them
     checkpoints/        Trainer checkpoints (resumed from automatically)
     distill/            a distilled run only: student-init/ (the student built from teacher layers) and
                         teacher-logits-<data fingerprint>-<teacher weights hash>.npy (one teacher pass, reused)
@@ -29,6 +30,8 @@ WEIGHTS_FILE = "model.safetensors"  # inside model/
 METRICS_FILE = "metrics.json"
 REPORT_DIR = "report"
 TEST_FILE = "data/test.parquet"
+CALIBRATION_FILE = "data/calibration.parquet"
+CALIBRATION_TEXTS = 256  # a few hundred texts fix activation ranges; more only costs export memory
 CHECKPOINTS_DIR = "checkpoints"
 DISTILL_DIR = "distill"
 
@@ -76,6 +79,10 @@ class RunDir:
     @property
     def test_file(self) -> Path:
         return self.path / TEST_FILE
+
+    @property
+    def calibration_file(self) -> Path:
+        return self.path / CALIBRATION_FILE
 
     @property
     def checkpoints_dir(self) -> Path:
@@ -127,6 +134,14 @@ class RunDir:
             raise self._missing(self.test_file)
         return pd.read_parquet(self.test_file)
 
+    def read_calibration(self) -> list[str] | None:
+        """Training texts for static quantisation; None for a run trained before they were saved."""
+        import pandas as pd
+
+        if not self.calibration_file.is_file():
+            return None
+        return pd.read_parquet(self.calibration_file)["text"].tolist()
+
     # ------------------------------------------------------------------------------------------ writing
 
     def write_run(self, run: dict) -> None:
@@ -138,6 +153,12 @@ class RunDir:
     def write_test(self, test) -> None:
         self.test_file.parent.mkdir(parents=True, exist_ok=True)
         test.to_parquet(self.test_file, index=False)
+
+    def write_calibration(self, train, seed: int) -> None:
+        """A seeded sample of training texts, never test ones: calibrating on the test split would leak it."""
+        sample = train[["text"]].sample(n=min(CALIBRATION_TEXTS, len(train)), random_state=seed)
+        self.calibration_file.parent.mkdir(parents=True, exist_ok=True)
+        sample.to_parquet(self.calibration_file, index=False)
 
     def _missing(self, path: Path) -> RunDirError:
         return RunDirError(f"{path}: missing; is {self.path} a finished training run?")

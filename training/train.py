@@ -442,6 +442,7 @@ def main(config: TrainConfig, student=None) -> dict:
         "train": trained,
     }
     run_dir.write_test(splits.test)
+    run_dir.write_calibration(splits.train, config.seed)
     run_dir.write_run({
         "config": asdict(config), "base_model": config.model, "model_path": model_path, "labels": labels,
         "problem_type": problem.name, "thresholds": problem.thresholds, "temperature": temperature,
