@@ -371,20 +371,20 @@ class OnnxFormat:
             yield Built(OnnxModel(fused, threads, [CPU]), fused, reference=make_variant(model, "fp32"),
                         info={"fused_ops": fused_ops})
             return
-        # int8 has no eager twin; dynamic first, static (calibrated) only if dynamic is not kept.
-        for method in ("dynamic", "static"):
-            if method == "static" and calibration is None:
-                log.warning("onnx int8: no static fallback: this run has no calibration texts (%s; runs trained "
-                            "since it was added have them)", CALIBRATION_FILE)
-                return
-            quantized = scratch / f"{variant}-{method}.onnx"
-            if method == "dynamic":
-                onnx_build.quantize_dynamic_int8(fused, quantized)
-            else:
-                onnx_build.quantize_static_int8(fused, quantized, calibration)
-            yield Built(OnnxModel(quantized, threads, [CPU]), quantized,
-                        info={"quantization": onnx_build.QUANTIZATION[method], "fused_ops": fused_ops})
-
+        # int8 has no eager twin. Dynamic first; main asks for the next candidate (static, calibrated) only if
+        # dynamic falls short, so static is built only then.
+        dynamic = scratch / f"{variant}-dynamic.onnx"
+        onnx_build.quantize_dynamic_int8(fused, dynamic)
+        yield Built(OnnxModel(dynamic, threads, [CPU]), dynamic,
+                    info={"quantization": onnx_build.QUANTIZATION["dynamic"], "fused_ops": fused_ops})
+        if calibration is None:
+            log.warning("onnx int8: no static fallback: this run has no calibration texts (%s; runs trained "
+                        "since it was added have them)", CALIBRATION_FILE)
+            return
+        static = scratch / f"{variant}-static.onnx"
+        onnx_build.quantize_static_int8(fused, static, calibration)
+        yield Built(OnnxModel(static, threads, [CPU]), static,
+                    info={"quantization": onnx_build.QUANTIZATION["static"], "fused_ops": fused_ops})
 
 FORMATS = {"torchscript": TorchScriptFormat(), "onnx": OnnxFormat()}
 RUNTIME_PACKAGES = {"torchscript": (), "onnx": ("onnx", "onnxscript", "onnxruntime")}

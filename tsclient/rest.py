@@ -11,9 +11,9 @@ version being unregistered; sent again, an unversioned request reaches the defau
 connection errors (server restarting). So are the read-only management calls (describe, list), which
 0.12 may also answer with 500 ConcurrentModificationException while a worker starts or stops. Management
 calls that change something are never retried, nor is a request that timed out (it may still be running).
-A server that cannot be reached (after the retries a prediction
-is allowed; at once for anything else) is reported as ServerUnreachable, one line like every error here:
-they are all cli.Failure, so an entry point prints `error: ...` and exits 1.
+A server that cannot be reached (after the retries a prediction is allowed; at once for anything else) is
+reported as ServerUnreachable, one line like every error here: they are all cli.Failure, so an entry point
+prints `error: ...` and exits 1.
 """
 from __future__ import annotations
 
