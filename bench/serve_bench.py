@@ -34,12 +34,13 @@ import torch
 
 from bench import serve_report, write_results
 from bench.serve_report import cpu_class
-from bench.flops import MATMUL_N, FlopModel, best_limit, compute_limit, limit_for
+from bench.flops import MATMUL_N, FlopModel, best_limit, compute_limit, limit_for, mixed_limit
 from bench.serve_runs import (Measured, archive_noop, archive_ours, archive_stock, bundle_classifier,
                               measure_inprocess, measure_server, pipeline_classifier, torchserve)
 import cli
 from cli import UserError, check_int, option
 from handlers.config import HandlerConfig, parse_chunk_size
+from handlers.bundle import read_card
 from handlers.device import cpu_has_bf16
 from training.export import DEFAULT_TOLERANCE
 from training.rundir import RunDir
@@ -282,12 +283,14 @@ def main(config: ServeBenchConfig) -> dict:
     # Measured before and after the rows, the better of the two: a limit lowered by other work on the
     # host would flatter every row's fraction.
     results["limit"] = limit = best_limit(limit_start, compute_limit())
+    limits = {v: variant_limit(limit, v, bundles[v], flop_model, tokens) for v in variants}
+    results["int8_share"] = {v: share for v, (_, share) in limits.items() if share is not None}
     for r in rows:
-        r["limit_gflops"] = limit_for(limit, precision(r["variant"]))
+        r["limit_gflops"] = limits[r["variant"]][0]
         r["limit_fraction"] = round(r["gflops"] / r["limit_gflops"], 4)
     results["rows"] = rows
     results["checks"] = checks(runs, rows, chosen, invariance)
-    results["targets"] = serve_report.targets(rows, chosen, limit_for(limit, precision(chosen)), results["flops"]["mean_gflop_per_text"],
+    results["targets"] = serve_report.targets(rows, chosen, limits[chosen][0], results["flops"]["mean_gflop_per_text"],
                                               results.get("paired"))
     write(results, out, f"serve-{cpu_class(results['machine']['isa'])}" + ("" if config.max_texts is None else "-quick"))
     failed = [c for c in results["checks"] if not c["ok"]]
@@ -296,6 +299,19 @@ def main(config: ServeBenchConfig) -> dict:
             print(f"CHECK FAILED: {c['name']}: {c['detail']}", file=sys.stderr)
         sys.exit(1)
     return results
+
+
+def variant_limit(limit: dict, variant: str, bundle: Path, flop_model: FlopModel, tokens) -> tuple[float, float | None]:
+    """(the compute limit a variant's rows are measured against, the share of FLOPs it runs in int8 or None).
+    int8 variants are partly fp32 (see bench.flops); static ONNX int8 also keeps the feed-forward outputs in fp32,
+    as its model card says."""
+    if precision(variant) != "int8":
+        return limit_for(limit, precision(variant)), None
+    from training.onnx_build import QUANTIZATION
+
+    static = read_card(bundle)["export"]["int8"].get("quantization") == QUANTIZATION["static"]
+    share = flop_model.int8_share(tokens, flop_model.p_narrow if static else 0)
+    return mixed_limit(limit, share), round(share, 4)
 
 
 def measure_floor(srv, bodies: list[bytes], config: ServeBenchConfig) -> dict:

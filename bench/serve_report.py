@@ -92,6 +92,17 @@ def table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def _mixed(results: dict) -> str:
+    """int8 variants run only their Linear layers in int8 (see bench.flops): their limit mixes the two peaks."""
+    limits = {r["variant"]: r["limit_gflops"] for r in results["rows"]}
+    shares = results.get("int8_share", {})
+    if not shares:
+        return ""
+    return ("; an int8 variant runs only part of its FLOPs in int8 (attention products and the head stay fp32, and "
+            "static ONNX int8 also keeps the feed-forward outputs), so its limit mixes the two: " + ", ".join(
+                f"{v} {100 * share:.0f}% int8, {limits[v]} GFLOP/s" for v, share in shares.items()))
+
+
 def markdown(results: dict) -> str:
     m, lim, fl = results["machine"], results["limit"], results["flops"]
     out = ["# Serving benchmark", "",
@@ -138,7 +149,7 @@ def markdown(results: dict) -> str:
             f"fp32 {lim['fp32_gflops']} GFLOP/s, bf16 {lim['bf16_gflops'] or 'not measured (no bf16 instructions)'}"
             f"{' GFLOP/s' if lim['bf16_gflops'] else ''}, int8 {lim['int8_gflops']} GFLOP/s "
             f"({lim.get('int8_kernel', 'torch._int_mm, int8 x int8 -> int32')}). Each row is compared with the limit of "
-            "its own arithmetic.", "",
+            "its own arithmetic" + _mixed(results) + ".", "",
             f"Model FLOPs per text: `{fl['formula']}` with p_tok = {fl['p_tok']:,}, p_head = {fl['p_head']:,}, "
             f"layers = {fl['layers']}, hidden = {fl['hidden']}; mean {fl['mean_tokens']} tokens, "
             f"{fl['mean_gflop_per_text']} GFLOP per text. Only real tokens count: padding is work the machine does "

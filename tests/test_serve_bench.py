@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from bench import serve_report
-from bench.flops import limit_for
+from bench.flops import FlopModel, limit_for, mixed_limit
 from bench.serve_bench import available_variants, batch_invariance, choose_variant
 from bench.serve_report import cpu_class
 from bench.serve_runs import Measured
@@ -74,6 +74,24 @@ def test_rows_without_their_own_limit_are_measured_against_fp32():
     limit = {"fp32_gflops": 170.0, "bf16_gflops": None, "int8_gflops": 300.0}
     assert limit_for(limit, "int8") == 300.0
     assert limit_for(limit, "bf16") == 170.0
+
+
+def test_an_int8_variant_is_measured_against_the_mix_of_its_int8_and_fp32_work():
+    limit = {"fp32_gflops": 100.0, "bf16_gflops": None, "int8_gflops": 300.0}
+    assert (mixed_limit(limit, 1.0), mixed_limit(limit, 0.0), mixed_limit(limit, 0.5)) == (300.0, 100.0, 150.0)
+    # One text of 2 tokens: Linears 2 * 12 * 2 = 48 FLOPs, attention 4 * 1 * 1 * 2^2 = 16.
+    model = FlopModel(p_tok=12, p_head=0, layers=1, hidden=1, p_narrow=4)
+    assert model.int8_share([2]) == 0.75
+    assert model.int8_share([2], fp32_params=model.p_narrow) == 0.5  # static ONNX int8: FFN outputs stay fp32
+
+
+def test_the_feed_forward_outputs_are_the_encoders_narrowing_linears():
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=40)
+    model = FlopModel.of(BertForSequenceClassification(config))
+    assert model.p_narrow == 2 * 40 * 16
+    assert model.p_tok == 2 * (4 * 16 * 16 + 2 * 40 * 16)
 
 
 def test_report_says_which_variants_were_not_measured_and_why():
