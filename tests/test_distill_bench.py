@@ -36,3 +36,22 @@ def test_table_gives_speed_against_the_fine_tuned_minilm_and_says_why_rows_were_
     table = distill_bench.markdown(results, DistillBenchConfig(data_root=data_root))
     assert "| rt-polarity | b | 3-layer student of (a) | 3 | 79.00% |" in table and "| 2.00x |" in table
     assert "skipped: teacher model not installed" in table and "avx2 CPU" in table
+
+
+def test_targets_compare_the_student_and_the_distilled_minilm_with_the_fine_tuned_one(data_root):
+    row = {"accuracy": 0.80, "macro_f1": 0.8, "train_seconds": 1, "train_samples_per_second": 1.0, "layers": 6,
+           "torchscript_texts_per_second": 100, "onnx_texts_per_second": 100}
+    results = {"machine": {"isa": ["avx2"], "cpu": "test CPU", "cpus": 2},
+               "rt-polarity": {"a": row, "b": {**row, "accuracy": 0.79, "torchscript_texts_per_second": 200,
+                                               "onnx_texts_per_second": 170},
+                               "d": {**row, "accuracy": 0.815}},
+               "banking77": {"a": row, "c": {"skipped": "no teacher"}, "d": {"skipped": "no teacher"}}}
+    found = {(t["dataset"], t["name"][:3]): t for t in distill_bench.targets(results)}
+    assert set(found) == {("rt-polarity", "(b)"), ("rt-polarity", "(d)")}
+    assert not found["rt-polarity", "(b)"]["met"]  # 1 point lost is fine, but ONNX Runtime is only 1.7x
+    assert "TorchScript 2.00x, ONNX Runtime 1.70x" in found["rt-polarity", "(b)"]["detail"]
+    assert found["rt-polarity", "(d)"]["met"] and found["rt-polarity", "(d)"]["detail"] == "+1.50 points"
+    results["rt-polarity"]["b"]["onnx_texts_per_second"] = 180
+    assert distill_bench.targets(results)[0]["met"]
+    assert "| rt-polarity | (d) >= (a) + 1 point | +1.50 points | **met** |" in distill_bench.markdown(
+        results, DistillBenchConfig(data_root=data_root))
