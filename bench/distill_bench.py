@@ -23,7 +23,7 @@ import logging
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -93,6 +93,27 @@ def train_config(config: DistillBenchConfig, dataset: str, out: Path, model: str
                        model=model, max_train_samples=config.max_train_samples, resume=False, progress=False, **RECIPE)
 
 
+def finished_run(run_dir: Path, train: TrainConfig, teacher: Path | None = None) -> dict | None:
+    """The metrics of a run that finished here with the same training settings (and, for a student, after its
+    teacher last finished), else None: a rerun after a failure in a later step, such as an export, resumes
+    instead of training a 109M-parameter teacher again."""
+    from training.rundir import RunDir, RunDirError
+
+    done = RunDir(run_dir)
+    try:
+        done.check_finished()
+        recorded = done.read_run().get("config", {})
+    except RunDirError:
+        return None
+    if any(recorded.get(k) != v for k, v in asdict(train).items() if k not in ("resume", "progress")):
+        return None
+    if teacher is not None:
+        teacher_done = RunDir(teacher).metrics_file
+        if not teacher_done.is_file() or teacher_done.stat().st_mtime > done.metrics_file.stat().st_mtime:
+            return None
+    return done.read_metrics()
+
+
 def row(metrics: dict, run_dir: Path) -> dict:
     """Accuracy, macro-F1 and training cost of a finished run, and in-process speed of its fp32 exports."""
     out = {"run": str(run_dir), "accuracy": metrics["test"]["accuracy"], "macro_f1": metrics["test"]["macro_f1"],
@@ -146,15 +167,16 @@ def run_rows(config: DistillBenchConfig) -> dict:
             started = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "load_average_start": os.getloadavg()}
             log.info("%s: %s (%s)", dataset, part, PARTS[part])
             run_dir, at = runs / RUN_NAMES[part], {k: runs / v for k, v in RUN_NAMES.items()}
-            if part == "a":
-                metrics = train_main(train_config(config, dataset, run_dir))
-            elif part == "b":
-                metrics = distill_main(DistillConfig(teacher=str(at["a"]), student_layers=STUDENT_LAYERS,
-                                                     train=train_config(config, dataset, run_dir)))
-            elif part == "c":
-                metrics = train_main(train_config(config, dataset, run_dir, model=str(config.teacher_model)))
-            else:
-                metrics = distill_main(DistillConfig(teacher=str(at["c"]), train=train_config(config, dataset, run_dir)))
+            teacher = {"b": at["a"], "d": at["c"]}.get(part)
+            train = train_config(config, dataset, run_dir, model=str(config.teacher_model) if part == "c" else "embedded")
+            metrics = finished_run(run_dir, train, teacher)
+            if metrics is not None:
+                log.info("%s: %s finished earlier with the same settings, reused", dataset, run_dir)
+            elif part in "ac":
+                metrics = train_main(train)
+            else:  # b: a 3-layer copy of (a); d: MiniLM-L6 from (c)
+                layers = STUDENT_LAYERS if part == "b" else None
+                metrics = distill_main(DistillConfig(teacher=str(teacher), student_layers=layers, train=train))
             rows[part] = {"what": PARTS[part], **row(metrics, run_dir), **started, "load_average_end": os.getloadavg()}
             RESULTS.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(results, indent=2) + "\n")  # every finished row survives an interruption

@@ -129,3 +129,13 @@ def test_shortcomings_name_the_lost_points_and_the_moving_answers():
         "answers move with their batch neighbours (|Δlogit| up to 6.40e-01 > 1e-03; 2 of 8 labels changed)"]
     # No label flipped among the texts checked, yet the logits moved: still a reason to try the next candidate.
     assert len(export.shortcomings(variant(0.82, 0.64), fp32, "accuracy", config)) == 1
+
+
+def test_every_layer_must_fuse_its_attention_unless_the_architecture_cannot():
+    fused = {"Attention": 0, "SkipLayerNormalization": 25, "BiasGelu": 12}  # what MPNet's 12 layers give
+    with pytest.raises(onnx_build.FusionError, match="fused 0 attention blocks"):
+        onnx_build.check_fusion(fused, 12, "bert")
+    onnx_build.check_fusion(fused, 12, "mpnet")  # relative position bias: attention cannot fuse, the rest did
+    with pytest.raises(onnx_build.FusionError):
+        onnx_build.check_fusion({**fused, "BiasGelu": 0}, 12, "mpnet")
+    onnx_build.check_fusion({**fused, "Attention": 12}, 12, "bert")

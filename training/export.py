@@ -363,7 +363,7 @@ class OnnxFormat:
             log.info("onnx: fused %s", ", ".join(f"{op} {n}" for op, n in counts.items()))
             if config.require_fusion:
                 try:
-                    onnx_build.check_fusion(counts, model.config.num_hidden_layers)
+                    onnx_build.check_fusion(counts, model.config.num_hidden_layers, model.config.model_type)
                 except onnx_build.FusionError as e:
                     raise ExportError(f"{e}; pass --no-require-fusion to export it anyway") from None
         threads, fused_ops = torch.get_num_threads(), onnx_build.op_counts(fused)
