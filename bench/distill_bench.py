@@ -93,23 +93,27 @@ def train_config(config: DistillBenchConfig, dataset: str, out: Path, model: str
                        model=model, max_train_samples=config.max_train_samples, resume=False, progress=False, **RECIPE)
 
 
-def finished_run(run_dir: Path, train: TrainConfig, teacher: Path | None = None) -> dict | None:
-    """The metrics of a run that finished here with the same training settings (and, for a student, after its
-    teacher last finished), else None: a rerun after a failure in a later step, such as an export, resumes
-    instead of training a 109M-parameter teacher again."""
+def finished_run(run_dir: Path, train: TrainConfig, distill: DistillConfig | None = None) -> dict | None:
+    """The metrics of a run that finished here with the same training settings (and, for a student, the same
+    teacher, alpha, temperature and layers, after its teacher last finished), else None: a rerun after a
+    failure in a later step, such as an export, resumes instead of training a 109M-parameter teacher again."""
     from training.rundir import RunDir, RunDirError
 
     done = RunDir(run_dir)
     try:
         done.check_finished()
-        recorded = done.read_run().get("config", {})
+        recorded = done.read_run()
     except RunDirError:
         return None
-    if any(recorded.get(k) != v for k, v in asdict(train).items() if k not in ("resume", "progress")):
+    if any(recorded.get("config", {}).get(k) != v for k, v in asdict(train).items() if k not in ("resume", "progress")):
         return None
-    if teacher is not None:
-        teacher_done = RunDir(teacher).metrics_file
-        if not teacher_done.is_file() or teacher_done.stat().st_mtime > done.metrics_file.stat().st_mtime:
+    if distill is not None:
+        wanted = {"teacher": distill.teacher, "alpha": distill.alpha, "temperature": distill.temperature,
+                  "student_layers": distill.student_layers}
+        got = recorded.get("distillation") or {}
+        teacher_done = RunDir(distill.teacher).metrics_file
+        if any(got.get(k) != v for k, v in wanted.items()) or not teacher_done.is_file() \
+                or teacher_done.stat().st_mtime > done.metrics_file.stat().st_mtime:
             return None
     return done.read_metrics()
 
@@ -169,14 +173,13 @@ def run_rows(config: DistillBenchConfig) -> dict:
             run_dir, at = runs / RUN_NAMES[part], {k: runs / v for k, v in RUN_NAMES.items()}
             teacher = {"b": at["a"], "d": at["c"]}.get(part)
             train = train_config(config, dataset, run_dir, model=str(config.teacher_model) if part == "c" else "embedded")
-            metrics = finished_run(run_dir, train, teacher)
+            distill = None if teacher is None else DistillConfig(  # b: a 3-layer copy of (a); d: MiniLM-L6 from (c)
+                teacher=str(teacher), student_layers=STUDENT_LAYERS if part == "b" else None, train=train)
+            metrics = finished_run(run_dir, train, distill)
             if metrics is not None:
                 log.info("%s: %s finished earlier with the same settings, reused", dataset, run_dir)
-            elif part in "ac":
-                metrics = train_main(train)
-            else:  # b: a 3-layer copy of (a); d: MiniLM-L6 from (c)
-                layers = STUDENT_LAYERS if part == "b" else None
-                metrics = distill_main(DistillConfig(teacher=str(teacher), student_layers=layers, train=train))
+            else:
+                metrics = train_main(train) if distill is None else distill_main(distill)
             rows[part] = {"what": PARTS[part], **row(metrics, run_dir), **started, "load_average_end": os.getloadavg()}
             RESULTS.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(results, indent=2) + "\n")  # every finished row survives an interruption

@@ -12,10 +12,11 @@ where P_tok = sum of in*out over the encoder's Linear layers, P_head the same ov
 model's Linear layers, L the layer count and H the hidden size. Embeddings, layer norms, softmax and
 GELU are ignored (under 1% for MiniLM-sized models).
 
-An int8 variant is partly fp32: int8 kernels run the encoder's Linear layers (all of them, or all but the
-feed-forward outputs for static ONNX int8), while attention's T^2 products multiply two activations and stay
-fp32, as does the small head. Its limit is the mixed one (mixed_limit): time = int8 part / int8 peak + rest /
-fp32 peak, so a ceiling drawn from it is one the variant could actually reach.
+An int8 variant is partly fp32: int8 kernels run only the Linear weights it stores in int8 (every encoder
+Linear for TorchScript int8; for ONNX int8, what its graph holds in int8, see training.onnx_build.int8_weights),
+while attention's T^2 products multiply two activations and stay fp32, as does the small head. Its limit is
+the mixed one (mixed_limit): time = int8 part / int8 peak + rest / fp32 peak, so a ceiling drawn from it is one
+the variant could actually reach.
 """
 from __future__ import annotations
 
@@ -91,7 +92,6 @@ class FlopModel:
     p_head: int
     layers: int
     hidden: int
-    p_narrow: int = 0  # the part of p_tok in Linears that narrow (in > out): the feed-forward outputs
 
     @classmethod
     def of(cls, model) -> "FlopModel":
@@ -100,19 +100,17 @@ class FlopModel:
         in_encoder = {id(m) for m in encoder.modules()}
         linears = [(id(m), m.in_features * m.out_features) for m in model.modules() if isinstance(m, torch.nn.Linear)]
         p_tok = sum(n for i, n in linears if i in in_encoder)
-        p_narrow = sum(m.in_features * m.out_features for m in encoder.modules()
-                       if isinstance(m, torch.nn.Linear) and m.in_features > m.out_features)
         return cls(p_tok=p_tok, p_head=sum(n for i, n in linears if i not in in_encoder),
-                   layers=model.config.num_hidden_layers, hidden=model.config.hidden_size, p_narrow=p_narrow)
+                   layers=model.config.num_hidden_layers, hidden=model.config.hidden_size)
 
     def per_text(self, tokens: int) -> float:
         return 2.0 * self.p_tok * tokens + 4.0 * self.layers * self.hidden * tokens ** 2 + 2.0 * self.p_head
 
-    def int8_share(self, tokens, fp32_params: int = 0) -> float:
-        """The share of all FLOPs over texts of these token counts that int8 kernels run: the encoder's Linears
-        less `fp32_params` weights left in fp32 (p_narrow for static ONNX int8; 0 when every Linear is int8)."""
+    def int8_share(self, tokens, int8_params: int) -> float:
+        """The share of all FLOPs over texts of these token counts that int8 kernels run, when `int8_params` of
+        the encoder's p_tok Linear weights are int8."""
         total = sum(self.per_text(int(t)) for t in tokens)
-        return 2.0 * (self.p_tok - fp32_params) * float(sum(int(t) for t in tokens)) / total
+        return 2.0 * min(int8_params, self.p_tok) * float(sum(int(t) for t in tokens)) / total
 
     def describe(self) -> dict:
         return {**asdict(self), "formula": "2*p_tok*T + 4*layers*hidden*T^2 + 2*p_head, T = real tokens of the text"}

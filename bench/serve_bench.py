@@ -40,7 +40,6 @@ from bench.serve_runs import (Measured, archive_noop, archive_ours, archive_stoc
 import cli
 from cli import UserError, check_int, option
 from handlers.config import HandlerConfig, parse_chunk_size
-from handlers.bundle import read_card
 from handlers.device import cpu_has_bf16
 from training.export import DEFAULT_TOLERANCE
 from training.rundir import RunDir
@@ -303,14 +302,16 @@ def main(config: ServeBenchConfig) -> dict:
 
 def variant_limit(limit: dict, variant: str, bundle: Path, flop_model: FlopModel, tokens) -> tuple[float, float | None]:
     """(the compute limit a variant's rows are measured against, the share of FLOPs it runs in int8 or None).
-    int8 variants are partly fp32 (see bench.flops); static ONNX int8 also keeps the feed-forward outputs in fp32,
-    as its model card says."""
+    int8 variants are partly fp32 (see bench.flops): TorchScript int8 quantises every Linear; an ONNX int8
+    graph is read for what it holds in int8 (static int8 leaves the fused attention and the feed-forward
+    outputs in fp32)."""
     if precision(variant) != "int8":
         return limit_for(limit, precision(variant)), None
-    from training.onnx_build import QUANTIZATION
+    from handlers.bundle import ONNX_FILE
+    from training.onnx_build import int8_weights
 
-    static = read_card(bundle)["export"]["int8"].get("quantization") == QUANTIZATION["static"]
-    share = flop_model.int8_share(tokens, flop_model.p_narrow if static else 0)
+    onnx_file = bundle / ONNX_FILE
+    share = flop_model.int8_share(tokens, int8_weights(onnx_file) if onnx_file.is_file() else flop_model.p_tok)
     return mixed_limit(limit, share), round(share, 4)
 
 

@@ -98,8 +98,9 @@ def _mixed(results: dict) -> str:
     shares = results.get("int8_share", {})
     if not shares:
         return ""
-    return ("; an int8 variant runs only part of its FLOPs in int8 (attention products and the head stay fp32, and "
-            "static ONNX int8 also keeps the feed-forward outputs), so its limit mixes the two: " + ", ".join(
+    return ("; an int8 variant runs only part of its FLOPs in int8 (attention products and the head stay fp32; "
+            "static ONNX int8 also keeps the fused attention's projections and the feed-forward outputs), so its "
+            "limit mixes the two: " + ", ".join(
                 f"{v} {100 * share:.0f}% int8, {limits[v]} GFLOP/s" for v, share in shares.items()))
 
 

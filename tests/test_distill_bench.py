@@ -60,29 +60,33 @@ def test_targets_compare_the_student_and_the_distilled_minilm_with_the_fine_tune
 def test_a_rerun_reuses_a_run_finished_with_the_same_settings_after_its_teacher(data_root, tmp_path):
     import json
     import os
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
 
+    from training.distill import DistillConfig
     from training.rundir import RunDir
 
     config = DistillBenchConfig(data_root=data_root)
 
-    def finish(run, train, mtime):
+    def finish(run, train, mtime, distillation=None):
         done = RunDir(run)
         done.model_config_file.parent.mkdir(parents=True)
         done.model_config_file.write_text("{}")
         done.test_file.parent.mkdir(parents=True, exist_ok=True)
         done.test_file.write_text("text,label\n")
-        done.run_file.write_text(json.dumps({"config": asdict(train), "labels": ["a", "b"], "max_length": 8}))
+        done.run_file.write_text(json.dumps({"config": asdict(train), "labels": ["a", "b"], "max_length": 8,
+                                             "distillation": distillation}))
         done.metrics_file.write_text(json.dumps({"test": {"accuracy": 0.9}}))
         os.utime(done.metrics_file, (mtime, mtime))
 
     teacher, student = tmp_path / "runs" / "mpnet", tmp_path / "runs" / "minilm-from-mpnet"
     train = distill_bench.train_config(config, "rt-polarity", student)
-    assert distill_bench.finished_run(student, train, teacher) is None  # never ran
     finish(teacher, distill_bench.train_config(config, "rt-polarity", teacher, model="mpnet"), 1_000)
-    finish(student, train, 2_000)
-    assert distill_bench.finished_run(student, train, teacher) == {"test": {"accuracy": 0.9}}
+    distill = DistillConfig(teacher=str(teacher), train=train)
+    assert distill_bench.finished_run(student, train, distill) is None  # never ran
+    finish(student, train, 2_000, {"teacher": str(teacher), "alpha": 0.5, "temperature": 2.0, "student_layers": None})
+    assert distill_bench.finished_run(student, train, distill) == {"test": {"accuracy": 0.9}}
     other = distill_bench.train_config(DistillBenchConfig(data_root=data_root, max_train_samples=100), "rt-polarity", student)
-    assert distill_bench.finished_run(student, other, teacher) is None  # other settings: train again
-    os.utime(teacher / "metrics.json", (3_000, 3_000))
-    assert distill_bench.finished_run(student, train, teacher) is None  # the teacher changed since
+    assert distill_bench.finished_run(student, other, distill) is None  # other training settings: train again
+    assert distill_bench.finished_run(student, train, replace(distill, alpha=0.7)) is None  # other distillation
+    os.utime(RunDir(teacher).metrics_file, (3_000, 3_000))
+    assert distill_bench.finished_run(student, train, distill) is None  # the teacher changed since

@@ -136,6 +136,7 @@ def test_every_layer_must_fuse_its_attention_unless_the_architecture_cannot():
     with pytest.raises(onnx_build.FusionError, match="fused 0 attention blocks"):
         onnx_build.check_fusion(fused, 12, "bert")
     onnx_build.check_fusion(fused, 12, "mpnet")  # relative position bias: attention cannot fuse, the rest did
-    with pytest.raises(onnx_build.FusionError):
-        onnx_build.check_fusion({**fused, "BiasGelu": 0}, 12, "mpnet")
+    for missing in ("BiasGelu", "SkipLayerNormalization"):
+        with pytest.raises(onnx_build.FusionError):
+            onnx_build.check_fusion({**fused, missing: 0}, 12, "mpnet")
     onnx_build.check_fusion({**fused, "Attention": 12}, 12, "bert")

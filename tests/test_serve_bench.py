@@ -80,18 +80,33 @@ def test_an_int8_variant_is_measured_against_the_mix_of_its_int8_and_fp32_work()
     limit = {"fp32_gflops": 100.0, "bf16_gflops": None, "int8_gflops": 300.0}
     assert (mixed_limit(limit, 1.0), mixed_limit(limit, 0.0), mixed_limit(limit, 0.5)) == (300.0, 100.0, 150.0)
     # One text of 2 tokens: Linears 2 * 12 * 2 = 48 FLOPs, attention 4 * 1 * 1 * 2^2 = 16.
-    model = FlopModel(p_tok=12, p_head=0, layers=1, hidden=1, p_narrow=4)
-    assert model.int8_share([2]) == 0.75
-    assert model.int8_share([2], fp32_params=model.p_narrow) == 0.5  # static ONNX int8: FFN outputs stay fp32
+    model = FlopModel(p_tok=12, p_head=0, layers=1, hidden=1)
+    assert model.int8_share([2], int8_params=12) == 0.75  # every Linear int8: attention still fp32
+    assert model.int8_share([2], int8_params=4) == 0.25
 
 
-def test_the_feed_forward_outputs_are_the_encoders_narrowing_linears():
-    from transformers import BertConfig, BertForSequenceClassification
+def test_the_int8_weights_of_an_onnx_graph_are_its_matmul_weights_not_its_embeddings(tmp_path):
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper
 
-    config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=40)
-    model = FlopModel.of(BertForSequenceClassification(config))
-    assert model.p_narrow == 2 * 40 * 16
-    assert model.p_tok == 2 * (4 * 16 * 16 + 2 * 40 * 16)
+    from training.onnx_build import int8_weights
+
+    def int8(name, rows, cols):
+        return helper.make_tensor(name, TensorProto.INT8, [rows, cols], [0] * rows * cols)
+
+    scalar = [helper.make_tensor("scale", TensorProto.FLOAT, [], [0.1]), helper.make_tensor("zero", TensorProto.INT8, [], [0])]
+    nodes = [helper.make_node("DequantizeLinear", ["table_q", "scale", "zero"], ["table"]),  # quantised embeddings
+             helper.make_node("Gather", ["table", "ids"], ["x"]),
+             helper.make_node("DequantizeLinear", ["w_q", "scale", "zero"], ["w"]),  # static QDQ weight
+             helper.make_node("MatMul", ["x", "w"], ["h"]),
+             helper.make_node("MatMul", ["h", "w_fp32"], ["y"])]  # left in fp32
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])],
+        [int8("table_q", 10, 4), int8("w_q", 4, 3), helper.make_tensor("w_fp32", TensorProto.FLOAT, [3, 2], [0.0] * 6),
+         *scalar])
+    onnx.save(helper.make_model(graph), tmp_path / "model.onnx")
+    assert int8_weights(tmp_path / "model.onnx") == 4 * 3
 
 
 def test_report_says_which_variants_were_not_measured_and_why():

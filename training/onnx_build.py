@@ -96,16 +96,18 @@ UNFUSABLE_ATTENTION = {"mpnet": "MPNet adds a relative position bias to its atte
 
 
 def check_fusion(counts: dict[str, int], layers: int, model_type: str = "") -> None:
-    """Every layer's attention fused (or, for UNFUSABLE_ATTENTION encoders, every feed-forward GELU);
-    raises FusionError otherwise."""
-    if model_type in UNFUSABLE_ATTENTION and counts.get("BiasGelu", 0) >= layers:
+    """Every layer's attention fused (or, for UNFUSABLE_ATTENTION encoders, both residual LayerNorms and the
+    feed-forward GELU of every layer); raises FusionError otherwise."""
+    if counts.get("Attention", 0) >= layers:
+        return
+    rest_fused = counts.get("SkipLayerNormalization", 0) >= 2 * layers and counts.get("BiasGelu", 0) >= layers
+    if model_type in UNFUSABLE_ATTENTION and rest_fused:
         log.warning("onnx: attention left unfused (%s); the LayerNorm and GELU fusions are in place",
                     UNFUSABLE_ATTENTION[model_type])
         return
-    if counts.get("Attention", 0) < layers:
-        found = ", ".join(f"{op} {n}" for op, n in counts.items())
-        raise FusionError(f"the ONNX graph of this {layers}-layer encoder fused {counts.get('Attention', 0)} "
-                          f"attention blocks ({found}); onnxruntime would run the slow unfused path")
+    found = ", ".join(f"{op} {n}" for op, n in counts.items())
+    raise FusionError(f"the ONNX graph of this {layers}-layer encoder fused {counts.get('Attention', 0)} "
+                      f"attention blocks ({found}); onnxruntime would run the slow unfused path")
 
 
 # The calibrator keeps every quantised MatMul's input and output for every calibration token in memory: up to
@@ -151,6 +153,30 @@ def quantize_static_int8(source: Path, target: Path, calibration: dict) -> None:
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.Percentile, op_types_to_quantize=["MatMul"],
                         nodes_to_exclude=feed_forward_outputs(source), extra_options={"CalibPercentile": 99.999})
+
+
+def int8_weights(path: Path) -> int:
+    """How many of the graph's matrix-product weights are stored in int8: 2-D int8 initializers, whether an
+    integer kernel takes them (dynamic) or a DequantizeLinear in front of a MatMul (static QDQ); embedding
+    lookups (Gather) aside. The serving benchmark divides this by all Linear weights for the share of the
+    model's FLOPs that int8 kernels run, so the count comes from the graph that is served, not from a rule."""
+    import math
+
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    consumers = collections.defaultdict(list)
+    for node in graph.node:
+        for name in node.input:
+            consumers[name].append(node)
+
+    def looked_up(name: str) -> bool:
+        return any(n.op_type == "Gather" or (n.op_type == "DequantizeLinear" and looked_up(n.output[0]))
+                   for n in consumers[name])
+
+    int8 = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    return sum(math.prod(t.dims) for t in graph.initializer
+               if t.data_type in int8 and len(t.dims) == 2 and not looked_up(t.name))
 
 
 def feed_forward_outputs(path: Path) -> list[str]:
