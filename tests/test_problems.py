@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.problems import MultiLabel, SingleLabel, f1_scores, problem_for, tune_thresholds
+from training.problems import (MultiLabel, SingleLabel, choose_thresholds, f1_scores, macro_f1, problem_for,
+                               shared_threshold, tune_thresholds)
 
 
 def test_bce_with_pos_weight_is_the_weighted_formula_and_changes_the_loss():
@@ -32,9 +33,40 @@ def test_threshold_tuning_picks_the_f1_optimal_threshold():
     truth = np.array([[1, 1], [1, 0], [0, 0], [0, 0], [0, 0], [1, 0], [1, 0], [1, 0]])
     thresholds, fell_back = tune_thresholds(probs, truth)
     assert thresholds == [pytest.approx(0.35), 0.5] and fell_back == 1
-    problem = MultiLabel(2)
-    assert "tuned on validation for 1 of 2 labels; 1 with fewer than" in problem.fit(probs, truth)
-    assert f1_scores(truth[:, :1], problem.decide(probs)[:, :1])["micro_f1"] == 1.0
+    assert tune_thresholds(probs, truth, fallback=0.3)[0][1] == 0.3
+
+
+def test_per_label_thresholds_are_kept_where_labels_need_different_ones():
+    # Label 0's positives score about 0.2 (negatives 0.05), label 1's about 0.9 (negatives 0.6): no one
+    # threshold separates both, per-label ones separate each perfectly, in every fold.
+    rng = np.random.default_rng(0)
+    truth = rng.random((200, 2)) < 0.3
+    probs = np.where(truth, [0.2, 0.9], [0.05, 0.6]) + rng.uniform(-0.02, 0.02, truth.shape)
+    thresholds, said = choose_thresholds(probs, truth)
+    assert f1_scores(truth, probs >= np.asarray(thresholds))["macro_f1"] == 1.0
+    assert thresholds[0] < 0.2 < 0.6 < thresholds[1] and "tuned on validation for 2 of 2 labels" in said
+
+
+def test_a_shared_threshold_replaces_per_label_ones_that_fit_noise():
+    # 40 labels drawn alike, a dozen positives each: every per-label optimum is the noise of its few
+    # examples, so out of fold one shared threshold scores higher and is kept for all labels.
+    rng = np.random.default_rng(1)
+    truth = rng.random((150, 40)) < 0.08
+    probs = np.clip(np.where(truth, rng.normal(0.45, 0.2, truth.shape), rng.normal(0.2, 0.15, truth.shape)), 0, 1)
+    thresholds, said = choose_thresholds(probs, truth)
+    assert thresholds == [shared_threshold(probs, truth)] * 40
+    assert said.startswith("one shared decision threshold") and "out of 5 validation folds" in said
+    problem = MultiLabel(40)
+    assert problem.fit(probs, truth) == said and problem.thresholds == thresholds
+
+
+def test_macro_f1_matches_scikit_learn():
+    from sklearn.metrics import f1_score
+
+    rng = np.random.default_rng(2)
+    truth, pred = rng.random((50, 6)) < 0.2, rng.random((50, 6)) < 0.2
+    truth[:, 5] = pred[:, 5] = False  # a label never true nor predicted scores 0 in both
+    assert macro_f1(truth, pred) == pytest.approx(f1_score(truth, pred, average="macro", zero_division=0))
 
 
 def test_f1_scores_on_a_hand_made_example():
