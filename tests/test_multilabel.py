@@ -54,6 +54,7 @@ def test_run_records_the_problem_type_thresholds_and_pos_weight(multilabel_run):
     assert config["problem_type"] == meta["problem_type"] == metrics["problem_type"] == "multi_label_classification"
     assert config["label_thresholds"] == meta["thresholds"] and len(meta["thresholds"]) == len(LABELS)
     assert all(0 < t < 1 for t in meta["thresholds"])
+    assert "out of" in meta["thresholds_chosen"] and "validation" in meta["thresholds_chosen"]
     assert meta["labels"] == LABELS
     # pos_weight = negatives / positives per label, over the training rows actually used (validation carved).
     splits = load_splits(str(run.parent / "data"), label_column="labels", label_separator="|",

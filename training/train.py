@@ -446,6 +446,7 @@ def main(config: TrainConfig, student=None) -> dict:
     run_dir.write_run({
         "config": asdict(config), "base_model": config.model, "model_path": model_path, "labels": labels,
         "problem_type": problem.name, "thresholds": problem.thresholds, "temperature": temperature,
+        **({"thresholds_chosen": fitted} if fitted else {}),  # which kind of threshold was kept, and why
         "max_length": config.max_length, "class_weights": weights, "plan": plan, "world_size": world_size(),
         "batch": {"global": config.batch_size, "per_process": config.batch_size // world_size(),
                   "grad_accum": config.grad_accum, "per_optimizer_step": config.batch_size * config.grad_accum},
