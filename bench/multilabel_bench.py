@@ -110,7 +110,8 @@ def ours(folder: Path, runs: Path, max_train_samples: int | None, class_weights:
     from training.train import TrainConfig
     from training.train import main as train_main
 
-    config = TrainConfig(output_dir=str(runs / f"{DATASET}-ours-{class_weights}"), data=str(folder),
+    out = runs / f"{DATASET}-ours-{class_weights}"
+    config = TrainConfig(output_dir=str(out), data=str(folder),
                          label_column=LABEL_COLUMN, label_separator=SEPARATOR, max_train_samples=max_train_samples,
                          class_weights=class_weights, seed=SEED, resume=False, progress=True, **OURS)
     metrics = train_main(config)
@@ -118,7 +119,7 @@ def ours(folder: Path, runs: Path, max_train_samples: int | None, class_weights:
     train = metrics["train"]
     return {"test": {k: metrics["test"][k] for k in keys}, "train_seconds": train["seconds"],
             "train_examples": train["examples"], "samples_per_second": train["samples_per_second"],
-            "epochs": train["epochs"]}
+            "epochs": train["epochs"], "thresholds_chosen": json.loads((out / "run.json").read_text())["thresholds_chosen"]}
 
 
 def run_recipe(part: str, folder: Path, runs: Path, max_train_samples: int | None, class_weights: str) -> tuple[str, dict]:
@@ -202,6 +203,8 @@ def markdown(results: dict) -> str:
         notes.append("TF-IDF's threshold was picked on the test set, which flatters the baseline; at each threshold: "
                      + "; ".join(f"{t}: micro-F1 {100 * s['micro_f1']:.1f}, macro-F1 {100 * s['macro_f1']:.1f}, "
                                  f"subset accuracy {100 * s['subset_accuracy']:.1f}%" for t, s in by.items()) + ".")
+    notes += [f"{key}'s decision thresholds: {results[key]['thresholds_chosen']}." for key in _rows(results)
+              if "thresholds_chosen" in results[key]]
     if any(results[k].get("max_train_samples") for k in _rows(results)):
         notes.append("Smoke run: training rows limited by --max-train-samples; the targets are for the full run.")
     return "\n".join(rows + notes) + "\n"

@@ -3,6 +3,7 @@ results merging, config validation, and the plain recipe end to end on a tiny ra
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -184,7 +185,15 @@ def test_ours_trains_through_training_train_with_the_multilabel_contract(tmp_pat
     test = {"micro_f1": 0.9, "macro_f1": 0.89, "samples_f1": 0.9, "subset_accuracy": 0.7, "hamming_loss": 0.003,
             "samples": 3000, "per_label": {}}
     train = {"seconds": 500.0, "samples_per_second": 80.0, "epochs": 7.0, "examples": 9000, "steps": 1970}
-    monkeypatch.setattr(training.train, "main", lambda config: seen.update(config=config) or {"test": test, "train": train})
+    said = "one shared decision threshold 0.30 for all 77 labels: ..."
+
+    def fake_main(config):
+        seen.update(config=config)
+        Path(config.output_dir).mkdir(parents=True)
+        (Path(config.output_dir) / "run.json").write_text(json.dumps({"thresholds_chosen": said}))
+        return {"test": test, "train": train}
+
+    monkeypatch.setattr(training.train, "main", fake_main)
     row = mb.ours(tmp_path / mb.DATASET, tmp_path / "runs", None, class_weights="balanced")
     c = seen["config"]
     assert (c.label_column, c.label_separator, c.class_weights) == ("labels", "|", "balanced")
@@ -192,3 +201,6 @@ def test_ours_trains_through_training_train_with_the_multilabel_contract(tmp_pat
     assert c.output_dir.endswith("banking77-multi-ours-balanced")
     assert row["test"] == {k: v for k, v in test.items() if k != "per_label"}
     assert (row["train_seconds"], row["samples_per_second"], row["epochs"], row["train_examples"]) == (500.0, 80.0, 7.0, 9000)
+    assert row["thresholds_chosen"] == said
+    assert f"ours-balanced's decision thresholds: {said}." in mb.markdown({**_results(), "ours-balanced": {
+        **_row(0.9, 0.9, 0.7, {**mb.OURS, "class_weights": "balanced"}), "thresholds_chosen": said}})
