@@ -203,7 +203,7 @@ def markdown(results: dict) -> str:
         notes.append("TF-IDF's threshold was picked on the test set, which flatters the baseline; at each threshold: "
                      + "; ".join(f"{t}: micro-F1 {100 * s['micro_f1']:.1f}, macro-F1 {100 * s['macro_f1']:.1f}, "
                                  f"subset accuracy {100 * s['subset_accuracy']:.1f}%" for t, s in by.items()) + ".")
-    notes += [f"{key}'s decision thresholds: {results[key]['thresholds_chosen']}." for key in _rows(results)
+    notes += [f"Decision thresholds of {key}: {results[key]['thresholds_chosen']}." for key in _rows(results)
               if "thresholds_chosen" in results[key]]
     if any(results[k].get("max_train_samples") for k in _rows(results)):
         notes.append("Smoke run: training rows limited by --max-train-samples; the targets are for the full run.")

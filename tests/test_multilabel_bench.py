@@ -202,5 +202,5 @@ def test_ours_trains_through_training_train_with_the_multilabel_contract(tmp_pat
     assert row["test"] == {k: v for k, v in test.items() if k != "per_label"}
     assert (row["train_seconds"], row["samples_per_second"], row["epochs"], row["train_examples"]) == (500.0, 80.0, 7.0, 9000)
     assert row["thresholds_chosen"] == said
-    assert f"ours-balanced's decision thresholds: {said}." in mb.markdown({**_results(), "ours-balanced": {
+    assert f"Decision thresholds of ours-balanced: {said}." in mb.markdown({**_results(), "ours-balanced": {
         **_row(0.9, 0.9, 0.7, {**mb.OURS, "class_weights": "balanced"}), "thresholds_chosen": said}})
