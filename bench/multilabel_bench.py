@@ -107,6 +107,7 @@ def plain(folder: Path, runs: Path, max_train_samples: int | None) -> dict:
 
 
 def ours(folder: Path, runs: Path, max_train_samples: int | None, class_weights: str = "none") -> dict:
+    from training.rundir import RunDir
     from training.train import TrainConfig
     from training.train import main as train_main
 
@@ -119,7 +120,7 @@ def ours(folder: Path, runs: Path, max_train_samples: int | None, class_weights:
     train = metrics["train"]
     return {"test": {k: metrics["test"][k] for k in keys}, "train_seconds": train["seconds"],
             "train_examples": train["examples"], "samples_per_second": train["samples_per_second"],
-            "epochs": train["epochs"], "thresholds_chosen": json.loads((out / "run.json").read_text())["thresholds_chosen"]}
+            "epochs": train["epochs"], "thresholds_chosen": RunDir(out).read_run()["thresholds_chosen"]}
 
 
 def run_recipe(part: str, folder: Path, runs: Path, max_train_samples: int | None, class_weights: str) -> tuple[str, dict]:

@@ -3,7 +3,6 @@ results merging, config validation, and the plain recipe end to end on a tiny ra
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -12,6 +11,7 @@ import pytest
 from bench import multilabel_bench as mb
 from cli import UserError, parse_config
 from training.problems import f1_scores
+from training.rundir import RunDir
 
 F1_KEYS = set(f1_scores(np.eye(2, dtype=int), np.eye(2, dtype=int)))
 TOPICS = {"card": ["card", "arrived", "delivery"], "refund": ["refund", "money", "back"],
@@ -189,8 +189,9 @@ def test_ours_trains_through_training_train_with_the_multilabel_contract(tmp_pat
 
     def fake_main(config):
         seen.update(config=config)
-        Path(config.output_dir).mkdir(parents=True)
-        (Path(config.output_dir) / "run.json").write_text(json.dumps({"thresholds_chosen": said}))
+        run_dir = RunDir(config.output_dir)
+        run_dir.path.mkdir(parents=True)
+        run_dir.write_run({"labels": ["a", "b"], "max_length": 128, "thresholds_chosen": said})
         return {"test": test, "train": train}
 
     monkeypatch.setattr(training.train, "main", fake_main)

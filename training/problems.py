@@ -29,6 +29,19 @@ MIN_POSITIVES_TO_TUNE = 5
 THRESHOLD_FOLDS = 5
 
 
+def label_f1(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """F1 per label of 0/1 matrices [texts, labels]; a label never true nor predicted scores 0, as in
+    scikit-learn."""
+    y_true, y_pred = np.asarray(y_true, dtype=bool), np.asarray(y_pred, dtype=bool)
+    tp = (y_true & y_pred).sum(axis=0)
+    return 2 * tp / np.maximum(y_true.sum(axis=0) + y_pred.sum(axis=0), 1)
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Mean per-label F1 of 0/1 matrices [texts, labels]."""
+    return float(np.mean(label_f1(y_true, y_pred)))
+
+
 def f1_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
     """micro-, macro- and samples-F1, subset accuracy and Hamming loss of 0/1 matrices [texts, labels]."""
     from sklearn.metrics import f1_score, hamming_loss
@@ -52,30 +65,13 @@ def tune_thresholds(probs: np.ndarray, y_true: np.ndarray, grid=THRESHOLD_GRID,
     than `min_positives` positives. Returns (thresholds, how many fell back). Ties go to the threshold
     nearest 0.5, so an uninformative label keeps the neutral choice."""
     probs, y_true = np.asarray(probs), np.asarray(y_true, dtype=bool)
-    thresholds, fell_back = [], 0
-    order = sorted(grid, key=lambda t: abs(t - 0.5))
-    for j in range(probs.shape[1]):
-        positives = int(y_true[:, j].sum())
-        if positives < min_positives:
-            thresholds.append(float(fallback))
-            fell_back += 1
-            continue
-        best, best_f1 = 0.5, -1.0
-        for t in order:
-            pred = probs[:, j] >= t
-            tp = int((pred & y_true[:, j]).sum())
-            f1 = 2 * tp / (int(pred.sum()) + positives)
-            if f1 > best_f1 + 1e-12:
-                best, best_f1 = float(t), f1
-        thresholds.append(best)
-    return thresholds, fell_back
-
-
-def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Mean per-label F1 of 0/1 matrices (a label never true nor predicted scores 0, as in scikit-learn)."""
-    y_true, y_pred = np.asarray(y_true, dtype=bool), np.asarray(y_pred, dtype=bool)
-    tp = (y_true & y_pred).sum(axis=0)
-    return float(np.mean(2 * tp / np.maximum(y_true.sum(axis=0) + y_pred.sum(axis=0), 1)))
+    best, best_f1 = np.full(probs.shape[1], 0.5), np.full(probs.shape[1], -1.0)
+    for t in sorted(grid, key=lambda t: abs(t - 0.5)):
+        f1 = label_f1(y_true, probs >= t)
+        better = f1 > best_f1 + 1e-12
+        best[better], best_f1[better] = t, f1[better]
+    few = y_true.sum(axis=0) < min_positives
+    return [float(t) for t in np.where(few, fallback, best)], int(few.sum())
 
 
 def shared_threshold(probs: np.ndarray, y_true: np.ndarray, grid=THRESHOLD_GRID) -> float:
