@@ -76,6 +76,7 @@ def test_f1_scores_on_a_hand_made_example():
     assert m["subset_accuracy"] == 0.5  # rows 0 and 2 exact; the empty row predicted empty counts
     assert m["hamming_loss"] == pytest.approx(3 / 12)
     assert m["micro_f1"] == pytest.approx(2 * 3 / (5 + 4))  # tp 3, 5 true, 4 predicted
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 1 + 0) / 3)  # per label: tp 1 of 2 true, 1 pred; 2/2/2; 0/1/1
     assert m["samples_f1"] == pytest.approx((1 + 2 / 3 + 1 + 0.5) / 4)
     assert m["samples"] == 4
 
@@ -129,3 +130,4 @@ def test_multi_label_head_starts_at_the_label_prior(tiny_distilbert_dir):
     MultiLabel(3).init_head(model, targets)
     bias = torch.sigmoid(model.classifier.bias.detach()).numpy()
     assert bias == pytest.approx([0.75, 0.25, 1e-4], rel=1e-3)  # never-positive clipped, not -inf
+
