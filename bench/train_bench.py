@@ -2,10 +2,11 @@
 
     python -m bench.train_bench [--data-root ../shared/data] [--runs runs/bench] [--part recipes|class-weights]
 
-Writes bench/results/train.json and bench/results/train.md. Part `recipes`, on the full rt-polarity and
-banking77: our defaults (no flags), the plain recipe at lr 5e-5 / 2 epochs and at lr 1e-4 / 5 epochs, and
-a reference sweep of our recipe over learning rate {3e-5, 1e-4, 2e-4} x epoch cap {3, 10} with early
-stopping (about 3 hours on 2 cores). Each finished row is saved at once, and a rerun skips saved rows,
+Writes bench/results/train.json and bench/results/train.md. Part `recipes`, on the full rt-polarity,
+banking77 and banking77-multi: our defaults (no flags), the plain recipe at lr 5e-5 / 2 epochs and at
+lr 1e-4 / 5 epochs (single-label sets; banking77-multi's plain rows are bench.multilabel_bench's), and a
+reference sweep of our recipe over learning rate {3e-5, 1e-4, 2e-4} x epoch cap {3, 10} with early
+stopping (about 3 hours a dataset on 2 cores). Each finished row is saved at once, and a rerun skips saved rows,
 so an interrupted part resumes. Part `class-weights`: banking77 with a third of its classes cut to 10%
 of their rows, trained with and without --class-weights balanced (about 15 minutes). A part run alone
 replaces its entry in the existing results.
@@ -37,7 +38,11 @@ from training.train import main as train_main
 
 RESULTS = Path(__file__).parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
-DATASETS = {"rt-polarity": "label", "banking77": "category"}
+# Each dataset's data options for training.train. banking77-multi has no plain rows here: the plain
+# multi-label recipe and TF-IDF are bench/multilabel_bench.py's rows on the same split and encoder.
+DATASETS = {"rt-polarity": {"label_column": "label"}, "banking77": {"label_column": "category"},
+            "banking77-multi": {"label_column": "labels", "label_separator": "|"}}
+MULTI_LABEL = {"banking77-multi"}
 # Two plain references: the tutorial's settings (2 epochs, lr 5e-5) and the settings a user who knows
 # small encoders want larger steps would pick (5 epochs, lr 1e-4), so ours is not compared with a straw man.
 PLAINS = {"plain": {"epochs": 2, "batch_size": 32, "learning_rate": 5e-5},
@@ -50,12 +55,21 @@ SWEEP = [{"learning_rate": lr, "epochs": cap} for cap in (10, 3) for lr in (1e-4
 CLASS_WEIGHTS = {"epochs": 6, "batch_size": 32, "learning_rate": 1e-4}
 
 
-def ours(data: str, label_column: str, out: Path, max_train_samples=None, class_weights="none", recipe=None) -> dict:
-    config = TrainConfig(output_dir=str(out), data=data, label_column=label_column, max_train_samples=max_train_samples,
-                         class_weights=class_weights, resume=False, progress=True, **(recipe or {}))
-    metrics = train_main(config)
-    plan = RunDir(out).read_run()["plan"]
-    return {"test": {k: metrics["test"][k] for k in ("accuracy", "macro_f1", "samples", "per_class")},
+def ours(data: str, options: dict, out: Path, max_train_samples=None, class_weights="none", recipe=None) -> dict:
+    config = TrainConfig(output_dir=str(out), data=data, max_train_samples=max_train_samples,
+                         class_weights=class_weights, resume=False, progress=True, **options, **(recipe or {}))
+    return run_row(config, train_main(config))
+
+
+# A row's test figures: accuracy for single-label runs; subset accuracy (exact match) and micro-F1 for
+# multi-label ones, whose reports have no plain accuracy.
+TEST_KEYS = ("accuracy", "subset_accuracy", "micro_f1", "macro_f1", "samples", "per_class")
+
+
+def run_row(config: TrainConfig, metrics: dict) -> dict:
+    """One results row from a finished run of our recipe."""
+    plan = RunDir(config.output_dir).read_run()["plan"]
+    return {"test": {k: metrics["test"][k] for k in TEST_KEYS if k in metrics["test"]},
             "train_seconds": metrics["train"]["seconds"], "train_examples": metrics["train"]["examples"],
             "samples_per_second": metrics["train"]["samples_per_second"], "epochs": metrics["train"]["epochs"],
             "validation_macro_f1": metrics["validation"]["macro_f1"],
@@ -64,8 +78,8 @@ def ours(data: str, label_column: str, out: Path, max_train_samples=None, class_
                          "evals_per_epoch": config.evals_per_epoch}}
 
 
-def plain(data: str, label_column: str, out: Path, max_train_samples=None, settings=PLAINS["plain"]) -> dict:
-    splits = load_splits(data, label_column=label_column, max_train_samples=max_train_samples)
+def plain(data: str, options: dict, out: Path, max_train_samples=None, settings=PLAINS["plain"]) -> dict:
+    splits = load_splits(data, label_column=options["label_column"], max_train_samples=max_train_samples)
     result = plain_recipe.run(splits, resolve_model("embedded"), out, epochs=settings["epochs"],
                               batch_size=settings["batch_size"], lr=settings["learning_rate"])
     return {**result, "settings": settings}
@@ -91,6 +105,8 @@ def sweep_name(point: dict) -> str:
 def recipe_rows(name: str) -> list[str]:
     """Row names of part `recipes` for one dataset, in the order they run (the targets' rows first)."""
     sweep = [sweep_name(p) for p in SWEEP]
+    if name in MULTI_LABEL:
+        return ["ours", *sweep]
     return ["ours", "plain", *sweep[:3], "plain-lr1e-4-5ep", *sweep[3:]]
 
 
@@ -128,8 +144,13 @@ def ratio(r: dict, base: float | None) -> str:
 def markdown(results: dict) -> str:
     rows = []
     for name in DATASETS:
-        done = results.get(name, {})
-        rows += [f"### {name}", "", "| recipe | settings | epochs run | accuracy | macro-F1 | validation macro-F1 "
+        done, accuracy = results.get(name, {}), "subset_accuracy" if name in MULTI_LABEL else "accuracy"
+        if name in MULTI_LABEL:
+            rows += [f"### {name}", "", "Multi-label: accuracy is subset accuracy (every label of a text right); the "
+                     "plain multi-label recipe and TF-IDF on this split are in `multilabel.md`.", ""]
+        else:
+            rows += [f"### {name}", ""]
+        rows += ["| recipe | settings | epochs run | accuracy | macro-F1 | validation macro-F1 "
                  "| train wall (s) | wall vs plain |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         for key in recipe_rows(name):
             if key not in done:
@@ -137,7 +158,7 @@ def markdown(results: dict) -> str:
                 continue
             r, base = done[key], done.get("plain", {}).get("train_seconds")
             val = f"{100 * r['validation_macro_f1']:.1f}" if "validation_macro_f1" in r else "-"
-            rows.append(f"| {key} | {settings_text(r)} | {r['epochs']:.2f} | {100 * r['test']['accuracy']:.1f}% "
+            rows.append(f"| {key} | {settings_text(r)} | {r['epochs']:.2f} | {100 * r['test'][accuracy]:.1f}% "
                         f"| {100 * r['test']['macro_f1']:.1f} | {val} | {r['train_seconds']:.0f} "
                         f"| {ratio(r, base)} |")
         rows += [""] + [f"- {t}" for t in targets(done, name)] + [""]
@@ -166,17 +187,17 @@ def recipe_jobs(data_root: Path, runs: Path, max_train_samples,
     """(dataset, row, run) in the order that settles the targets soonest: our defaults, the plain recipes,
     the sweep at cap 10, then at cap 3."""
     jobs = []
-    for order in range(len(recipe_rows(""))):
-        for name, label_column in DATASETS.items():
-            if name not in datasets:
+    for order in range(max(len(recipe_rows(name)) for name in DATASETS)):
+        for name, options in DATASETS.items():
+            if name not in datasets or order >= len(recipe_rows(name)):
                 continue
             key, data = recipe_rows(name)[order], str(data_root / name)
             out = runs / name if key == "ours" else runs / f"{name}-{key.replace(' ', '').replace(',', '-')}"
             if key in PLAINS:
-                job = functools.partial(plain, data, label_column, out, max_train_samples, PLAINS[key])
+                job = functools.partial(plain, data, options, out, max_train_samples, PLAINS[key])
             else:
                 point = next((p for p in SWEEP if sweep_name(p) == key), None)
-                job = functools.partial(ours, data, label_column, out, max_train_samples, recipe=point)
+                job = functools.partial(ours, data, options, out, max_train_samples, recipe=point)
             jobs.append((name, key, job))
     return jobs
 
@@ -204,7 +225,7 @@ def compare_class_weights(results: dict, data_root: Path, runs: Path, max_train_
     imbalanced, cut = imbalanced_banking77(data_root / "banking77", runs / "data" / "banking77-imbalanced")
     part = {"recipe": CLASS_WEIGHTS}
     for w in ("none", "balanced"):
-        part[w] = ours(str(imbalanced), "category", runs / f"banking77-imbalanced-{w}", max_train_samples,
+        part[w] = ours(str(imbalanced), DATASETS["banking77"], runs / f"banking77-imbalanced-{w}", max_train_samples,
                        class_weights=w, recipe=CLASS_WEIGHTS)
         part[w]["groups"] = group_means(part[w]["test"]["per_class"], cut)
     results["banking77-imbalanced"] = part
@@ -230,11 +251,14 @@ def run_parts(data_root: Path, runs: Path, max_train_samples: int | None = None,
 
     for part in parts:
         started = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "load_average_start": os.getloadavg()}
-        results.setdefault("runs", {})[part] = {**started, "machine": {**machine(), "torch_threads": torch.get_num_threads()}}
+        # One record per invocation's scope, so finishing one dataset keeps the others' records
+        key = f"{part}: {','.join(datasets)}" if part == "recipes" and set(datasets) != set(DATASETS) else part
+        record = results.setdefault("runs", {})[key] = {
+            **started, "machine": {**machine(), "torch_threads": torch.get_num_threads()}}
         results["recipes"] = {"plains": PLAINS, "sweep": SWEEP, "class_weights": CLASS_WEIGHTS}
         job = functools.partial(compare_recipes, datasets=datasets) if part == "recipes" else PARTS[part]
         job(results, data_root, runs, max_train_samples, save)
-        results["runs"][part]["load_average_end"] = os.getloadavg()
+        record["load_average_end"] = os.getloadavg()
         save()
     if "banking77-imbalanced" in results:
         print(markdown(results))
@@ -243,16 +267,18 @@ def run_parts(data_root: Path, runs: Path, max_train_samples: int | None = None,
 
 @dataclass
 class TrainBenchConfig:
-    """Training benchmark: our recipe against the plain tutorial one on rt-polarity and banking77, and class
-    weights on a banking77 copy with a third of its classes cut to a tenth of their rows."""
+    """Training benchmark: our recipe against plain ones and a sweep on rt-polarity, banking77 and
+    banking77-multi, and class weights on a banking77 copy with a third of its classes cut to a tenth of
+    their rows."""
 
-    data_root: Path = option("folder holding rt-polarity/ and banking77/", ROOT.parent / "shared" / "data")
+    data_root: Path = option("folder holding rt-polarity/, banking77/ and banking77-multi/",
+                             ROOT.parent / "shared" / "data")
     runs: Path = option("where the benchmark's run directories go", Path("runs/bench"))
     max_train_samples: Optional[int] = option("smoke-test the benchmark on a subset", None)
     threads: Optional[int] = option("torch threads for both recipes (1 keeps the comparison fair on a shared "
                                     "machine; default: every core)", None)
     part: Literal["recipes", "class-weights", "all"] = option(
-        "recipes: plain vs ours on both sets; class-weights: none vs balanced", "all")
+        "recipes: ours vs plain recipes and the sweep; class-weights: none vs balanced", "all")
     datasets: str = option("the recipes part on these datasets only (comma-separated), e.g. rt-polarity to finish "
                            "its rows first", ",".join(DATASETS))
 

@@ -23,10 +23,15 @@ OURS_SETTINGS = {"learning_rate": 1e-4, "epochs": 10, "batch_size": 32, "early_s
 
 def test_rows_run_targets_first_and_interleave_datasets():
     jobs = recipe_jobs(Path("data"), Path("runs"), None)
-    assert [(d, k) for d, k, _ in jobs[:4]] == [("rt-polarity", "ours"), ("banking77", "ours"),
-                                                 ("rt-polarity", "plain"), ("banking77", "plain")]
-    assert len(jobs) == 2 * (1 + len(PLAINS) + len(SWEEP))
+    assert [(d, k) for d, k, _ in jobs[:5]] == [("rt-polarity", "ours"), ("banking77", "ours"),
+                                                 ("banking77-multi", "ours"), ("rt-polarity", "plain"),
+                                                 ("banking77", "plain")]
+    # banking77-multi has no plain rows here (bench.multilabel_bench has them), only ours and the sweep
+    assert len(jobs) == 2 * (1 + len(PLAINS) + len(SWEEP)) + 1 + len(SWEEP)
     assert set(recipe_rows("x")) == {"ours", *PLAINS, *(sweep_name(p) for p in SWEEP)}
+    assert recipe_rows("banking77-multi") == ["ours", *(sweep_name(p) for p in SWEEP)]
+    multi = [job for d, _, job in jobs if d == "banking77-multi"]
+    assert all(job.args[1] == {"label_column": "labels", "label_separator": "|"} for job in multi)
     # every row writes its own run directory
     assert len({job.args[2] for _, _, job in jobs}) == len(jobs)
     only = recipe_jobs(Path("data"), Path("runs"), None, datasets=("rt-polarity",))
@@ -74,3 +79,16 @@ def test_markdown_marks_rows_not_run():
     text = markdown(results)
     assert "| ours | lr 0.0001, cap 10 epochs, patience 3 (of 2/epoch) | 3.00 | 85.0% | 85.0 | - | 100 | - |" in text
     assert "| plain | not run |" in text and "| balanced | 70.0% |" in text
+
+
+def test_multi_label_rows_show_subset_accuracy():
+    multi = {"test": {"subset_accuracy": 0.66, "micro_f1": 0.86, "macro_f1": 0.857}, "train_seconds": 1766,
+             "epochs": 10.0, "settings": OURS_SETTINGS}
+    results = {"banking77-multi": {"ours": multi},
+               "banking77-imbalanced": {"recipe": {"epochs": 6, "learning_rate": 1e-4, "batch_size": 32},
+                                        **{k: {"test": {"accuracy": 0.7, "macro_f1": 0.6},
+                                               "groups": {"cut": {"f1": 0.3, "recall": 0.2}, "other": {"f1": 0.8}}}
+                                           for k in ("none", "balanced")}}}
+    text = markdown(results)
+    assert "| ours | lr 0.0001, cap 10 epochs, patience 3 (of 2/epoch) | 10.00 | 66.0% | 85.7 | - | 1766 | - |" in text
+    assert "accuracy is subset accuracy" in text and "| plain |" not in text.split("### banking77-multi")[1]
