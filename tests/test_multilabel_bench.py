@@ -57,7 +57,7 @@ def _results(ours_macro=0.90, ours_subset=0.70):
           "0.2": {"micro_f1": 0.767, "macro_f1": 0.764, "subset_accuracy": 0.439}}
     return {"tfidf": _row(0.767, 0.764, 0.439, mb.TFIDF, threshold=0.2, by_threshold=by, epochs=None),
             "plain": _row(0.88, 0.87, 0.65, mb.PLAIN),
-            "ours": _row(0.91, ours_macro, ours_subset, {**mb.OURS, "class_weights": "none"})}
+            "ours": _row(0.91, ours_macro, ours_subset, {**mb.OURS, "learning_rate": 2e-4, "class_weights": "none"})}
 
 
 def test_load_binarizes_label_lists_with_train_labels(data_root):
@@ -124,7 +124,7 @@ def test_markdown_states_settings_targets_and_that_the_baseline_threshold_saw_te
 
 
 def test_balanced_ours_gets_its_own_row_and_targets():
-    results = {**_results(), "ours-balanced": _row(0.9, 0.9, 0.7, {**mb.OURS, "class_weights": "balanced"})}
+    results = {**_results(), "ours-balanced": _row(0.9, 0.9, 0.7, {**mb.OURS, "learning_rate": 2e-4, "class_weights": "balanced"})}
     names = [t["name"] for t in mb.targets(results)]
     assert "ours-balanced macro-F1 >= plain + 1 point" in names and "ours macro-F1 >= plain + 1 point" in names
     assert "class weights balanced" in mb.markdown(results)
@@ -191,17 +191,20 @@ def test_ours_trains_through_training_train_with_the_multilabel_contract(tmp_pat
         seen.update(config=config)
         run_dir = RunDir(config.output_dir)
         run_dir.path.mkdir(parents=True)
-        run_dir.write_run({"labels": ["a", "b"], "max_length": 128, "thresholds_chosen": said})
+        run_dir.write_run({"labels": ["a", "b"], "max_length": 128, "thresholds_chosen": said,
+                           "plan": {"learning_rate": 2e-4}})
         return {"test": test, "train": train}
 
     monkeypatch.setattr(training.train, "main", fake_main)
     row = mb.ours(tmp_path / mb.DATASET, tmp_path / "runs", None, class_weights="balanced")
     c = seen["config"]
     assert (c.label_column, c.label_separator, c.class_weights) == ("labels", "|", "balanced")
-    assert (c.learning_rate, c.epochs, c.batch_size, c.resume) == (1e-4, 10, 32, False)
+    # the product's defaults: no learning rate passed, the one the run used is recorded
+    assert (c.learning_rate, c.epochs, c.batch_size, c.resume) == (None, 10, 32, False)
+    assert row["learning_rate"] == 2e-4
     assert c.output_dir.endswith("banking77-multi-ours-balanced")
     assert row["test"] == {k: v for k, v in test.items() if k != "per_label"}
     assert (row["train_seconds"], row["samples_per_second"], row["epochs"], row["train_examples"]) == (500.0, 80.0, 7.0, 9000)
     assert row["thresholds_chosen"] == said
     assert f"Decision thresholds of ours-balanced: {said}." in mb.markdown({**_results(), "ours-balanced": {
-        **_row(0.9, 0.9, 0.7, {**mb.OURS, "class_weights": "balanced"}), "thresholds_chosen": said}})
+        **_row(0.9, 0.9, 0.7, {**mb.OURS, "learning_rate": 2e-4, "class_weights": "balanced"}), "thresholds_chosen": said}})

@@ -298,6 +298,15 @@ def test_default_learning_rate_follows_encoder_width(hidden, expected):
     assert learning_rate_for(hidden) == pytest.approx(expected)
 
 
+@pytest.mark.parametrize("hidden, expected", [(384, 2e-4), (768, 5e-5), (1024, 2.8125e-5), (4096, 1e-5)])
+def test_multi_label_doubles_the_default_learning_rate_within_the_same_bounds(hidden, expected):
+    from training.problems import problem_for
+
+    multi, single = problem_for(True, 3), problem_for(False, 3)
+    assert learning_rate_for(hidden, multi.learning_rate_scale) == pytest.approx(expected)
+    assert learning_rate_for(hidden, single.learning_rate_scale) == learning_rate_for(hidden)
+
+
 def test_run_records_the_learning_rate_it_used(roberta_run, tmp_path, tiny_roberta_dir):
     run = read_json(roberta_run / "run" / "run.json")
     hidden = read_json(Path(tiny_roberta_dir) / "config.json")["hidden_size"]

@@ -62,7 +62,8 @@ class TrainConfig:
     eval_batch_size: int = option("evaluation batch size (over all processes, like --batch-size)", 64)
     learning_rate: float | None = option(
         "peak learning rate (default: by encoder width, 1e-4 x (384 / hidden size)^2 within [1e-5, 2e-4]: 1e-4 for "
-        "MiniLM, 2.5e-5 for base-size encoders such as roberta-base, 1.4e-5 for large ones)", None)
+        "MiniLM, 2.5e-5 for base-size encoders such as roberta-base, 1.4e-5 for large ones; twice that for "
+        "multi-label)", None)
     weight_decay: float = option("AdamW weight decay", 0.01)
     warmup_fraction: float = option("fraction of steps for linear warm-up", 0.06)
     grad_accum: int = option("gradient accumulation steps", 1)
@@ -234,15 +235,16 @@ def metrics_for(problem):
     return compute_metrics
 
 
-def learning_rate_for(hidden_size: int) -> float:
-    """The default peak learning rate: 1e-4 x (384 / width)^2, within [1e-5, 2e-4].
+def learning_rate_for(hidden_size: int, scale: float = 1.0) -> float:
+    """The default peak learning rate: 1e-4 x (384 / width)^2 x the problem type's scale (2 for
+    multi-label, see training/problems.py), within [1e-5, 2e-4].
 
     Why by width: small distilled encoders want larger steps than base-size ones. MiniLM-L6 (width 384) on
     banking77 reached 91% accuracy at 1e-4 over 5 epochs against 65% at 5e-5 over 3, while BERT and RoBERTa
     (768) are fine-tuned at 1e-5 to 5e-5 in their papers and large models (1024) at 1e-5 to 2e-5 (higher
     often diverges). The inverse square passes through those points; bench/results/train.md measures it.
     """
-    return float(min(2e-4, max(1e-5, 1e-4 * (384 / hidden_size) ** 2)))
+    return float(min(2e-4, max(1e-5, scale * 1e-4 * (384 / hidden_size) ** 2)))
 
 
 def schedule(config: TrainConfig, n_train: int, epochs: float | None = None) -> dict:
@@ -278,7 +280,8 @@ def build_trainer(config: TrainConfig, splits: Splits, model_path: str, problem,
     train_ds = to_dataset(tokenizer, train, train_targets, config.max_length)
     val_ds = to_dataset(tokenizer, splits.validation, problem.targets(splits.validation, labels), config.max_length)
     plan = schedule(config, len(train_ds), refit_epochs)
-    plan["learning_rate"] = config.learning_rate or learning_rate_for(model.config.hidden_size)
+    plan["learning_rate"] = config.learning_rate or learning_rate_for(model.config.hidden_size,
+                                                                      problem.learning_rate_scale)
     if refit_epochs is None:
         evaluation = dict(eval_strategy="steps", eval_steps=plan["eval_steps"], save_strategy="steps",
                           save_steps=plan["eval_steps"], save_total_limit=2, load_best_model_at_end=True,
