@@ -209,6 +209,7 @@ def markdown(results: dict) -> str:
                                  f"subset accuracy {100 * s['subset_accuracy']:.1f}%" for t, s in by.items()) + ".")
     notes += [f"Decision thresholds of {key}: {results[key]['thresholds_chosen']}." for key in _rows(results)
               if "thresholds_chosen" in results[key]]
+    notes += [f"Row {key} is {results[key]['source']}." for key in _rows(results) if "source" in results[key]]
     if any(results[k].get("max_train_samples") for k in _rows(results)):
         notes.append("Smoke run: training rows limited by --max-train-samples; the targets are for the full run.")
     return "\n".join(rows + notes) + "\n"
