@@ -216,13 +216,14 @@ bench-feedback: install ## feedback cycle on rt-polarity: capture, review, retra
 # TorchServe paths on the rt-polarity test texts (about 10 minutes; BENCH_RUN=... serves another run).
 BENCH_RUN ?= runs/bench/rt-polarity
 .PHONY: bench-serve
-bench: bench-train bench-serve bench-soak bench-switch bench-feedback bench-multilabel bench-distill ## every benchmark (about 6 hours on 2 cores)
+bench: bench-train bench-serve bench-soak bench-switch bench-feedback bench-multilabel bench-distill ## every benchmark (about 10 hours on 2 cores)
 
 # Every recipe runs one after the other with every core: run it on an otherwise idle machine
-# (about 3 hours on 2 cores; a rerun skips finished rows; BENCH_TRAIN_ARGS="--part class-weights" reruns one part), or pass
+# (about 2 hours a dataset on 2 cores; a rerun skips finished rows; BENCH_TRAIN_ARGS="--part class-weights" reruns one
+# part, "--part recipes --datasets banking77-multi" one dataset), or pass
 # BENCH_TRAIN_ARGS="--threads 1" on a shared machine.
 BENCH_TRAIN_ARGS ?=
-bench-train: install ## rt-polarity and banking77: our defaults vs plain recipes and a reference sweep (about 3 h)
+bench-train: install ## rt-polarity, banking77, banking77-multi: our defaults vs plain recipes and a sweep (about 6.5 h)
 	$(PY) -m bench.train_bench $(BENCH_TRAIN_ARGS)
 
 # Multi-label on banking77-multi: TF-IDF + one-vs-rest logistic regression, the plain Hugging Face recipe and
