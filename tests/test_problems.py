@@ -130,4 +130,3 @@ def test_multi_label_head_starts_at_the_label_prior(tiny_distilbert_dir):
     MultiLabel(3).init_head(model, targets)
     bias = torch.sigmoid(model.classifier.bias.detach()).numpy()
     assert bias == pytest.approx([0.75, 0.25, 1e-4], rel=1e-3)  # never-positive clipped, not -inf
-
