@@ -2,12 +2,15 @@
 
     python -m bench.distill_bench [--data-root ../shared/data] [--runs runs/bench/distill] [--parts a,b,c,d]
                                   [--datasets rt-polarity,banking77] [--max-train-samples N] [--threads N]
+                                  [--noisy-copies K]
 
 Per dataset, same splits, one training recipe (RECIPE below) for every model:
   a  MiniLM-L6 fine-tuned (the embedded encoder), as `make train` does today
   b  a 3-layer student holding layers 0, 2, 4 of (a), distilled from (a) (--student-layers 0,2,4)
   c  the all-mpnet-base-v2 teacher fine-tuned (109M parameters; needs `make teacher-model`)
   d  MiniLM-L6 distilled from (c)
+The students (b, d) also learn from --noisy-copies copies of each training text with words dropped or
+swapped, answered by their teacher (training.distill --noisy-copies); an epoch covers the copies.
 Each row: test accuracy and macro-F1, training wall time and samples/s, and in-process texts/s at batch 32 of
 its fp32 export as TorchScript and as ONNX Runtime, as the handler runs them (bench.serve_runs), measured after
 all training in interleaved rounds on the same test texts, the best of --repeats kept: other work on the host
@@ -71,6 +74,8 @@ class DistillBenchConfig:
     max_train_samples: Optional[int] = option("smoke-test on a subset of train (writes distill-smoke.*)", None)
     threads: Optional[int] = option("torch threads (default: every core)", None)
     repeats: int = option("timed passes per bundle, interleaved; the fastest is kept", 3)
+    noisy_copies: int = option("noisy copies of each training text for the students (b, d), answered by "
+                               "their teacher", 2)
 
     def __post_init__(self):
         unknown = set(self.part_list) - set(PARTS) or set(self.dataset_list) - set(DATASETS)
@@ -78,6 +83,7 @@ class DistillBenchConfig:
             raise UserError(f"--parts takes {','.join(PARTS)} and --datasets {','.join(DATASETS)}; got {sorted(unknown)}")
         check_int("--max-train-samples", self.max_train_samples, 2, optional=True)
         check_int("--threads", self.threads, 1, optional=True)
+        check_int("--noisy-copies", self.noisy_copies, 0)
         for name in self.dataset_list:
             if not (Path(self.data_root) / name / "train.csv").exists():
                 raise UserError(f"benchmark data not found: {Path(self.data_root) / name / 'train.csv'} (pass --data-root)")
@@ -112,8 +118,8 @@ def finished_run(run_dir: Path, train: TrainConfig, distill: DistillConfig | Non
         return None
     if distill is not None:
         wanted = {"teacher": distill.teacher, "alpha": distill.alpha, "temperature": distill.temperature,
-                  "student_layers": distill.student_layers}
-        got = recorded.get("distillation") or {}
+                  "student_layers": distill.student_layers, "noisy_copies": distill.noisy_copies}
+        got = {"noisy_copies": 0, **(recorded.get("distillation") or {})}  # runs from before the option had none
         teacher_done = RunDir(distill.teacher).metrics_file
         if any(got.get(k) != v for k, v in wanted.items()) or not teacher_done.is_file() \
                 or teacher_done.stat().st_mtime > done.metrics_file.stat().st_mtime:
@@ -124,7 +130,7 @@ def finished_run(run_dir: Path, train: TrainConfig, distill: DistillConfig | Non
 def row(metrics: dict, run_dir: Path) -> dict:
     """Accuracy, macro-F1 and training cost of a finished run, and in-process speed of its fp32 exports."""
     out = {"run": str(run_dir), "accuracy": metrics["test"]["accuracy"], "macro_f1": metrics["test"]["macro_f1"],
-           "samples": metrics["test"]["samples"],
+           "samples": metrics["test"]["samples"], "validation_accuracy": metrics["validation"]["accuracy"],
            "train_seconds": metrics["train"]["seconds"], "train_samples_per_second": metrics["train"]["samples_per_second"],
            "epochs": metrics["train"]["epochs"], "layers": json.loads((run_dir / "model" / "config.json").read_text())
            .get("num_hidden_layers")}
@@ -177,13 +183,15 @@ def run_rows(config: DistillBenchConfig) -> dict:
             teacher = {"b": at["a"], "d": at["c"]}.get(part)
             train = train_config(config, dataset, run_dir, model=str(config.teacher_model) if part == "c" else "embedded")
             distill = None if teacher is None else DistillConfig(  # b: a 3-layer copy of (a); d: MiniLM-L6 from (c)
-                teacher=str(teacher), student_layers=STUDENT_LAYERS if part == "b" else None, train=train)
+                teacher=str(teacher), student_layers=STUDENT_LAYERS if part == "b" else None, train=train,
+                noisy_copies=config.noisy_copies)
             metrics = finished_run(run_dir, train, distill)
             if metrics is not None:
                 log.info("%s: %s finished earlier with the same settings, reused", dataset, run_dir)
             else:
                 metrics = train_main(train) if distill is None else distill_main(distill)
-            rows[part] = {"what": PARTS[part], **row(metrics, run_dir), **started, "load_average_end": os.getloadavg()}
+            rows[part] = {"what": PARTS[part], **row(metrics, run_dir), **started, "load_average_end": os.getloadavg(),
+                          **({} if distill is None else {"noisy_copies": distill.noisy_copies})}
             RESULTS.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(results, indent=2) + "\n")  # every finished row survives an interruption
     results["speed"] = {"texts": SPEED_TEXTS, "batch": SPEED_BATCH, "repeats": config.repeats,
@@ -202,7 +210,8 @@ def run_rows(config: DistillBenchConfig) -> dict:
 def command(config: DistillBenchConfig) -> str:
     """The command line that reproduces these results (the options that differ from the defaults)."""
     defaults = DistillBenchConfig.__dataclass_fields__
-    args = [f"--{name.replace('_', '-')} {getattr(config, name)}" for name in ("parts", "datasets", "max_train_samples")
+    args = [f"--{name.replace('_', '-')} {getattr(config, name)}" for name in ("parts", "datasets", "max_train_samples",
+                                                                                  "noisy_copies", "repeats")
             if getattr(config, name) != defaults[name].default]
     return " ".join(["python -m bench.distill_bench", *args])
 
@@ -216,8 +225,11 @@ def markdown(results: dict, config: DistillBenchConfig) -> str:
              + ("full training data." if config.max_train_samples is None else f"{config.max_train_samples} training rows."),
              f"Speed: in-process texts/s at batch {SPEED_BATCH} on {SPEED_TEXTS} test texts, fp32 exports, best of "
              f"{results.get('speed', {}).get('repeats', '?')} interleaved passes, after all training.",
-             "", "| dataset | row | model | layers | accuracy | macro-F1 | train s | train samples/s | TorchScript fp32 texts/s "
-             "| ONNX Runtime fp32 texts/s | speed vs (a), ONNX |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "Accuracy and macro-F1 on the test split; validation accuracy (the split early stopping watched) beside "
+             "it shows how far two rows' difference is noise.",
+             "", "| dataset | row | model | layers | accuracy | macro-F1 | validation accuracy | train s | train samples/s "
+             "| TorchScript fp32 texts/s | ONNX Runtime fp32 texts/s | speed vs (a), ONNX |",
+             "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for dataset in DATASETS:
         rows = results.get(dataset, {})
         base = rows.get("a", {}).get("onnx_texts_per_second")
@@ -226,11 +238,13 @@ def markdown(results: dict, config: DistillBenchConfig) -> str:
             if not r:
                 continue
             if "skipped" in r:
-                lines.append(f"| {dataset} | {part} | {PARTS[part]} | | skipped: {r['skipped']} | | | | | | |")
+                lines.append(f"| {dataset} | {part} | {PARTS[part]} | | skipped: {r['skipped']} | | | | | | | |")
                 continue
             speed = f"{r['onnx_texts_per_second'] / base:.2f}x" if base and r.get("onnx_texts_per_second") else ""
-            lines.append(f"| {dataset} | {part} | {PARTS[part]} | {r['layers']} | {100 * r['accuracy']:.2f}% "
-                         f"| {100 * r['macro_f1']:.1f} | {r['train_seconds']:.0f} | {r['train_samples_per_second'] or 0:.1f} "
+            what = PARTS[part] + (f", {r['noisy_copies']} noisy copies per text" if r.get("noisy_copies") else "")
+            lines.append(f"| {dataset} | {part} | {what} | {r['layers']} | {100 * r['accuracy']:.2f}% "
+                         f"| {100 * r['macro_f1']:.1f} | {percent(r.get('validation_accuracy'))} | {r['train_seconds']:.0f} "
+                         f"| {r['train_samples_per_second'] or 0:.1f} "
                          f"| {r.get('torchscript_texts_per_second', 0):.0f} | {r.get('onnx_texts_per_second', 0):.0f} | {speed} |")
     found = targets(results)
     if found:
@@ -238,6 +252,10 @@ def markdown(results: dict, config: DistillBenchConfig) -> str:
         lines += [f"| {t['dataset']} | {t['name']} | {t['detail']} | {'**met**' if t['met'] else 'not met'} |"
                   for t in found]
     return "\n".join(lines) + "\n"
+
+
+def percent(value: float | None) -> str:
+    return "" if value is None else f"{100 * value:.2f}%"
 
 
 def targets(results: dict) -> list[dict]:

@@ -1,5 +1,6 @@
 """training.distill on the tiny runs: the loss is the formula, a layer-copied student holds exactly the chosen
-teacher layers, teacher logits are computed once, and a RoBERTa-BPE teacher distils into a WordPiece student."""
+teacher layers, teacher logits are computed once, a RoBERTa-BPE teacher distils into a WordPiece student, and
+noisy copies of the training texts are answered by the teacher and trained on."""
 from __future__ import annotations
 
 import json
@@ -88,7 +89,8 @@ def test_layer_student_trains_with_cached_teacher_logits(teacher, tmp_path, monk
     metrics = distill.main(student_config(teacher, out, student_layers=[0]))
     run = json.loads((out / "run.json").read_text())
     assert run["distillation"] == {"teacher": str(teacher / "run"), "teacher_model": run["distillation"]["teacher_model"],
-                                   "alpha": 0.5, "temperature": 2.0, "student_layers": [0]}
+                                   "alpha": 0.5, "temperature": 2.0, "student_layers": [0],
+                                   "noisy_copies": 0}
     assert "accuracy" in metrics["test"]
     caches = list((out / "distill").glob("teacher-logits-*.npy"))
     assert len(caches) == 1 and np.load(caches[0]).shape[1] == 3
@@ -118,6 +120,35 @@ def test_bpe_teacher_distils_into_a_wordpiece_student(teacher, tmp_path, tiny_di
     assert json.loads((out / "run.json").read_text())["distillation"]["student_layers"] is None
 
 
+def test_noisy_copies_are_seeded_and_leave_short_texts_alone():
+    texts = ["a film that is neither funny nor moving and far too long", "too short", "great fun"]
+    copies = distill.noisy_copies(texts, 2, seed=13)
+    assert copies == distill.noisy_copies(texts, 2, seed=13) != distill.noisy_copies(texts, 2, seed=14)
+    assert len(copies) == 6 and copies[1::3] == ["too short"] * 2 and copies[2::3] == ["great fun"] * 2
+    long = [copies[0], copies[3]]
+    assert all(c != texts[0] and set(c.split()) <= set(texts[0].split()) for c in long)
+
+
+def test_noisy_copies_are_answered_by_the_teacher_and_trained_on(teacher, tmp_path, monkeypatch):
+    real, answered = distill.teacher_logits, []
+
+    def spy(run, texts, cache):
+        answered.append(list(texts))
+        return real(run, texts, cache)
+
+    monkeypatch.setattr(distill, "teacher_logits", spy)
+    out = tmp_path / "noisy"
+    metrics = distill.main(student_config(teacher, out, student_layers=[0], noisy_copies=2))
+    texts, noisy = answered
+    assert noisy == distill.noisy_copies(texts, 2, seed=13)
+    run = json.loads((out / "run.json").read_text())
+    assert run["distillation"]["noisy_copies"] == 2
+    assert metrics["train"]["examples"] == run["plan"]["train_rows"] == 3 * len(texts)
+    caches = list((out / "distill").glob("teacher-logits-*.npy"))
+    noisy_cache = [p for p in caches if p.name.endswith("-noisy2-seed13.npy")]
+    assert len(caches) == 2 and len(noisy_cache) == 1 and np.load(noisy_cache[0]).shape == (2 * len(texts), 3)
+
+
 def test_config_is_parsed_with_every_training_option(teacher, tmp_path):
     config = parse_config(DistillConfig, ["--teacher", str(teacher / "run"), "--output-dir", str(tmp_path / "s"),
                                           "--data", str(teacher / "data"), "--student-layers", "0,1",
@@ -130,6 +161,7 @@ def test_config_is_parsed_with_every_training_option(teacher, tmp_path):
     ({"temperature": 0}, "--temperature must be positive"),
     ({"student_layers": [0], "model": "some/model"}, "not both"),
     ({"student_layers": [0, 0]}, "distinct layers"),
+    ({"noisy_copies": -1}, "--noisy-copies"),
 ])
 def test_config_validation(teacher, tmp_path, overrides, message):
     with pytest.raises(UserError, match=message):

@@ -22,19 +22,23 @@ def test_parts_and_datasets_are_checked(data_root):
         DistillBenchConfig(data_root=data_root, parts="a,e")
     with pytest.raises(UserError, match="--parts takes"):
         DistillBenchConfig(data_root=data_root, datasets="imdb")
+    with pytest.raises(UserError, match="--noisy-copies must be an integer >= 0"):
+        DistillBenchConfig(data_root=data_root, noisy_copies=-1)
     with pytest.raises(UserError, match="benchmark data not found"):
         DistillBenchConfig(data_root=data_root / "nowhere")
 
 
 def test_table_gives_speed_against_the_fine_tuned_minilm_and_says_why_rows_were_skipped(data_root):
-    row = {"accuracy": 0.8, "macro_f1": 0.79, "train_seconds": 100, "train_samples_per_second": 50.0,
-           "torchscript_texts_per_second": 100, "layers": 6}
+    row = {"accuracy": 0.8, "macro_f1": 0.79, "validation_accuracy": 0.805, "train_seconds": 100,
+           "train_samples_per_second": 50.0, "torchscript_texts_per_second": 100, "layers": 6}
     results = {"machine": {"isa": ["avx2"], "cpu": "test CPU", "cpus": 2},
                "rt-polarity": {"a": {**row, "onnx_texts_per_second": 120},
-                               "b": {**row, "layers": 3, "accuracy": 0.79, "onnx_texts_per_second": 240},
+                               "b": {**row, "layers": 3, "accuracy": 0.79, "onnx_texts_per_second": 240,
+                                     "noisy_copies": 2},
                                "c": {"skipped": "teacher model not installed"}}}
     table = distill_bench.markdown(results, DistillBenchConfig(data_root=data_root))
-    assert "| rt-polarity | b | 3-layer student of (a) | 3 | 79.00% |" in table and "| 2.00x |" in table
+    assert "| rt-polarity | b | 3-layer student of (a), 2 noisy copies per text | 3 | 79.00% | 79.0 | 80.50% |" in table
+    assert "| rt-polarity | a | MiniLM-L6 fine-tuned | 6 |" in table and "| 2.00x |" in table
     assert "skipped: teacher model not installed" in table and "avx2 CPU" in table
 
 
@@ -88,5 +92,6 @@ def test_a_rerun_reuses_a_run_finished_with_the_same_settings_after_its_teacher(
     other = distill_bench.train_config(DistillBenchConfig(data_root=data_root, max_train_samples=100), "rt-polarity", student)
     assert distill_bench.finished_run(student, other, distill) is None  # other training settings: train again
     assert distill_bench.finished_run(student, train, replace(distill, alpha=0.7)) is None  # other distillation
+    assert distill_bench.finished_run(student, train, replace(distill, noisy_copies=2)) is None  # a run without copies
     os.utime(RunDir(teacher).metrics_file, (3_000, 3_000))
     assert distill_bench.finished_run(student, train, distill) is None  # the teacher changed since

@@ -2,6 +2,7 @@
 
     python -m training.distill --teacher runs/teacher --data DIR --output-dir runs/student
                                [--model DIR|ID | --student-layers 0,2,4] [--alpha 0.5] [--temperature 2]
+                               [--noisy-copies K]
                                [every option of training.train: --epochs, --max-train-samples, columns, ...]
 
 The loss (Hinton et al., 2015) mixes the hard labels with the teacher's softened distribution:
@@ -15,13 +16,18 @@ teacher's layers with its embeddings and head, as DistilBERT was initialised), e
 shuffling, length grouping or column pruning), and the loss (the trainer's one loss override). Teacher
 logits are computed once per training text with the teacher's own tokenizer, so teacher and student may
 tokenize differently, and are cached in the run directory keyed by the data fingerprint and the teacher's
-weights hash. A student run is an ordinary run: the same report, export, archive and serving.
-Single-label only: a multi-label teacher is refused.
+weights hash. --noisy-copies K adds K copies of every training text with a few words dropped or swapped,
+each answered by the teacher: a teacher has nearly memorised the texts it was trained on, so on those its soft
+labels say little more than the hard ones, while on texts it has not seen they carry its judgement (the data
+augmentation of TinyBERT, Jiao et al., 2020, without its word-vector replacements). A copy keeps its text's
+label; an epoch covers the copies too. A student run is an ordinary run: the same report, export, archive
+and serving. Single-label only: a multi-label teacher is refused.
 """
 from __future__ import annotations
 
 import logging
 import os
+import random
 import re
 import sys
 from dataclasses import dataclass
@@ -29,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cli import UserError, option, run
+from cli import UserError, check_int, option, run
 from training.rundir import RunDir
 from training.train import EMBEDDED_MODEL, TrainConfig, world_size
 
@@ -58,6 +64,8 @@ class DistillConfig:
         "instead of --model", None, parse=parse_layers)
     alpha: float = option("weight of the hard-label cross-entropy; 1 - alpha goes to the teacher's soft labels", 0.5)
     temperature: float = option("softmax temperature of the soft labels (both teacher and student)", 2.0)
+    noisy_copies: int = option("add this many copies of each training text with words dropped or swapped, "
+                               "answered by the teacher (each costs one teacher pass and one more row per epoch)", 0)
 
     def __post_init__(self):
         RunDir(self.teacher).check_finished()
@@ -65,6 +73,7 @@ class DistillConfig:
             raise UserError(f"--alpha must be between 0 and 1, got {self.alpha}")
         if self.temperature <= 0:
             raise UserError(f"--temperature must be positive, got {self.temperature}")
+        check_int("--noisy-copies", self.noisy_copies, 0)
         if world_size() > 1:  # the student's weights and the teacher's logits are built and cached in one process
             raise UserError("training.distill runs in one process; start it without torchrun")
         if self.train.refit:  # the cached teacher logits cover the training rows only
@@ -130,6 +139,27 @@ def student_from_layers(teacher_dir: Path, layers: list[int], out_dir: Path) -> 
     return out_dir
 
 
+def noisy_copies(texts: list[str], copies: int, seed: int) -> list[str]:
+    """`copies` noisy versions of each text, copy by copy: each drops about 15% of its words or swaps about
+    one adjacent pair in ten (a coin toss per text). Texts under four words are kept as they are, since
+    dropping a word there often changes what they say. Seeded: the same call gives the same texts."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(copies):
+        for text in texts:
+            words = text.split()
+            if len(words) >= 4:
+                if rng.random() < 0.5:
+                    kept = [w for w in words if rng.random() > 0.15]
+                    words = kept if len(kept) >= 2 else words
+                else:
+                    for _ in range(max(1, len(words) // 10)):
+                        i = rng.randrange(len(words) - 1)
+                        words[i], words[i + 1] = words[i + 1], words[i]
+            out.append(" ".join(words))
+    return out
+
+
 def teacher_logits(teacher: RunDir, texts: list[str], cache: Path) -> np.ndarray:
     """The teacher's logits [texts, labels], computed once with its own tokenizer and max_length, then read back."""
     if cache.is_file():
@@ -166,16 +196,26 @@ class Distillation:
             return default
         return str(student_from_layers(self.teacher.model_dir, self.config.student_layers, out.student_init_dir))
 
-    def train_targets(self, out: RunDir, splits, hard: np.ndarray) -> np.ndarray:
-        """[label, teacher logits...] per training row."""
+    def train_rows(self, out: RunDir, splits, train, hard: np.ndarray):
+        """The training rows (with --noisy-copies, the copies after the texts) and their targets,
+        [label, teacher logits...] per row."""
         if splits.labels != self.labels:
             raise UserError(f"the data's labels {splits.labels[:5]} differ from the teacher's {self.labels[:5]}: "
                             "distil on data with the teacher's label set")
         from handlers.bundle import sha256_file
 
-        cache = out.teacher_logits_file(splits.fingerprint, sha256_file(self.teacher.weights_file))
-        soft = teacher_logits(self.teacher, splits.train["text"].tolist(), cache)
-        return np.concatenate([hard.reshape(-1, 1).astype(np.float32), soft.astype(np.float32)], axis=1)
+        teacher_sha, texts = sha256_file(self.teacher.weights_file), train["text"].tolist()
+        soft = teacher_logits(self.teacher, texts, out.teacher_logits_file(splits.fingerprint, teacher_sha))
+        copies, seed = self.config.noisy_copies, self.config.train.seed
+        if copies:  # cached apart from the texts' own answers, so changing the number of copies reuses those
+            noisy = noisy_copies(texts, copies, seed)
+            cache = out.teacher_logits_file(splits.fingerprint, teacher_sha, f"noisy{copies}-seed{seed}")
+            soft = np.concatenate([soft, teacher_logits(self.teacher, noisy, cache)])
+            train = train.iloc[np.tile(np.arange(len(train)), copies + 1)].reset_index(drop=True)
+            train["text"] = texts + noisy
+            hard = np.tile(hard, copies + 1)
+            log.info("%d noisy copies of each of %d training texts: %d rows", copies, len(texts), len(train))
+        return train, np.concatenate([hard.reshape(-1, 1).astype(np.float32), soft.astype(np.float32)], axis=1)
 
     def loss(self, problem) -> DistilledLoss:
         return DistilledLoss(problem, self.config.alpha, self.config.temperature)
@@ -184,7 +224,7 @@ class Distillation:
         """run.json's `distillation` entry; summary shows student vs teacher from it."""
         return {"teacher": str(self.teacher.path), "teacher_model": self.teacher_run.get("base_model"),
                 "alpha": self.config.alpha, "temperature": self.config.temperature,
-                "student_layers": self.config.student_layers}
+                "student_layers": self.config.student_layers, "noisy_copies": self.config.noisy_copies}
 
 
 def main(config: DistillConfig) -> dict:

@@ -92,8 +92,10 @@ class RunDir:
     def student_init_dir(self) -> Path:
         return self.path / DISTILL_DIR / "student-init"
 
-    def teacher_logits_file(self, data_fingerprint: str, teacher_sha256: str) -> Path:
-        return self.path / DISTILL_DIR / f"teacher-logits-{data_fingerprint[:16]}-{teacher_sha256[:16]}.npy"
+    def teacher_logits_file(self, data_fingerprint: str, teacher_sha256: str, texts: str = "") -> Path:
+        """`texts`: which texts beyond the training rows themselves, such as `noisy2-seed13`."""
+        name = "-".join(filter(None, ("teacher-logits", data_fingerprint[:16], teacher_sha256[:16], texts)))
+        return self.path / DISTILL_DIR / f"{name}.npy"
 
     # ------------------------------------------------------------------------------------------ reading
 

@@ -276,10 +276,11 @@ def build_trainer(config: TrainConfig, splits: Splits, model_path: str, problem,
     problem.init_head(model, train_targets)
     loss = problem
     if student is not None:  # distillation (training/distill.py): targets carry the teacher's logits
-        train_targets, loss = student.train_targets(run_dir, splits, train_targets), student.loss(problem)
+        (train, train_targets), loss = student.train_rows(run_dir, splits, train, train_targets), student.loss(problem)
     train_ds = to_dataset(tokenizer, train, train_targets, config.max_length)
     val_ds = to_dataset(tokenizer, splits.validation, problem.targets(splits.validation, labels), config.max_length)
     plan = schedule(config, len(train_ds), refit_epochs)
+    plan["train_rows"] = len(train_ds)  # a student's noisy copies included
     plan["learning_rate"] = config.learning_rate or learning_rate_for(model.config.hidden_size,
                                                                       problem.learning_rate_scale)
     if refit_epochs is None:
@@ -414,8 +415,8 @@ def main(config: TrainConfig, student=None) -> dict:
         log.info("%s", fitted)
     temperature = problem.calibrate(probs["validation"], targets["validation"])
     trained = {"seconds": round(train_seconds, 2), "steps": result.global_step, "epochs": round(trainer.state.epoch, 3),
-               "samples_per_second": samples_per_second(trainer.state.epoch, len(splits.train), train_seconds, resume_from),
-               "examples": len(splits.train), "loss": round(result.training_loss, 4)}
+               "samples_per_second": samples_per_second(trainer.state.epoch, plan["train_rows"], train_seconds, resume_from),
+               "examples": plan["train_rows"], "loss": round(result.training_loss, 4)}
     if config.refit:  # validation is training data from here on: nothing more is fitted on it
         trainer, result, trained["refit"] = refit(config, splits, model_path, problem, weights, trainer, plan)
         trained["refit"]["loss"] = round(result.training_loss, 4)
