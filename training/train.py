@@ -248,14 +248,15 @@ def learning_rate_for(hidden_size: int, scale: float = 1.0) -> float:
 
 
 def schedule(config: TrainConfig, n_train: int, epochs: float | None = None) -> dict:
-    """Optimizer steps, evaluation interval and warm-up steps from the data size (`epochs`: a refit's)."""
+    """Optimizer steps, evaluation interval and warm-up steps from the rows trained on (a student's noisy
+    copies included; `epochs`: a refit's)."""
     steps_per_epoch = max(1, math.ceil(n_train / (config.batch_size * config.grad_accum)))
     if epochs is not None:
         total = max(1, math.ceil(epochs * steps_per_epoch))
     else:
         total = config.max_steps if config.max_steps > 0 else math.ceil(config.epochs * steps_per_epoch)
     eval_steps = max(1, min(total, steps_per_epoch // config.evals_per_epoch))
-    return {"total_steps": total, "steps_per_epoch": steps_per_epoch, "eval_steps": eval_steps,
+    return {"train_rows": n_train, "total_steps": total, "steps_per_epoch": steps_per_epoch, "eval_steps": eval_steps,
             "warmup_steps": math.ceil(config.warmup_fraction * total)}
 
 
@@ -280,7 +281,6 @@ def build_trainer(config: TrainConfig, splits: Splits, model_path: str, problem,
     train_ds = to_dataset(tokenizer, train, train_targets, config.max_length)
     val_ds = to_dataset(tokenizer, splits.validation, problem.targets(splits.validation, labels), config.max_length)
     plan = schedule(config, len(train_ds), refit_epochs)
-    plan["train_rows"] = len(train_ds)  # a student's noisy copies included
     plan["learning_rate"] = config.learning_rate or learning_rate_for(model.config.hidden_size,
                                                                       problem.learning_rate_scale)
     if refit_epochs is None:
@@ -316,14 +316,14 @@ def refit(config: TrainConfig, splits: Splits, model_path: str, problem, weights
     trainer, its train result and what the run directory records about it."""
     best_step = first.state.best_global_step or first.state.global_step
     epochs = round(best_step / plan["steps_per_epoch"], 3)
-    log.info("refit: training on train + validation (%d rows) for %.2f epochs, the best of the early-stopped run",
-             len(splits.train) + len(splits.validation), epochs)
     trainer, _, refit_plan = build_trainer(config, splits, model_path, problem, weights, refit_epochs=epochs)
+    log.info("refit: training on train + validation (%d rows) for %.2f epochs, the best of the early-stopped run",
+             refit_plan["train_rows"], epochs)
     started = time.perf_counter()
     result = trainer.train()
     return trainer, result, {"epochs": epochs, "best_step": best_step, "best_checkpoint": first.state.best_model_checkpoint,
                              "seconds": round(time.perf_counter() - started, 2),
-                             "rows": len(splits.train) + len(splits.validation), "plan": refit_plan}
+                             "rows": refit_plan["train_rows"], "plan": refit_plan}
 
 
 def last_checkpoint(out: Path) -> str | None:
