@@ -4,13 +4,13 @@
                                   [--datasets rt-polarity,banking77] [--max-train-samples N] [--threads N]
                                   [--noisy-copies K]
 
-Per dataset, same splits, one training recipe (RECIPE below) for every model:
+Per dataset, same splits, one training recipe (RECIPE below) for every model but the 3-layer student (STUDENT_RECIPE):
   a  MiniLM-L6 fine-tuned (the embedded encoder), as `make train` does today
   b  a 3-layer student holding layers 0, 2, 4 of (a), distilled from (a) (--student-layers 0,2,4)
   c  the all-mpnet-base-v2 teacher fine-tuned (109M parameters; needs `make teacher-model`)
   d  MiniLM-L6 distilled from (c)
-The students (b, d) also learn from --noisy-copies copies of each training text with words dropped or
-swapped, answered by their teacher (training.distill --noisy-copies); an epoch covers the copies.
+MiniLM-L6 distilled from mpnet (d) also learns from --noisy-copies copies of each training text with words
+dropped or swapped, answered by its teacher (training.distill --noisy-copies); an epoch covers the copies.
 Each row: test accuracy and macro-F1, training wall time and samples/s, and in-process texts/s at batch 32 of
 its fp32 export as TorchScript and as ONNX Runtime, as the handler runs them (bench.serve_runs), measured after
 all training in interleaved rounds on the same test texts, the best of --repeats kept: other work on the host
@@ -57,6 +57,14 @@ SPEED_TEXTS, SPEED_BATCH = 512, 32  # test texts timed per bundle, in batches of
 # Every model gets the same fixed recipe, so that rows differ only in the model: the one the committed
 # results (results/distill*.md) were measured with, the training defaults of that time.
 RECIPE = {"epochs": 3, "batch_size": 32, "learning_rate": 5e-5}
+# Except the 3-layer student (b), which gets training.distill's defaults for it (`make distill` with no
+# flags). Half of (a)'s layers are gone, so it starts far below (a) (79% validation accuracy after half an
+# epoch on rt-polarity) and needs more and larger steps to recover: under RECIPE it stopped with its
+# validation accuracy still rising; at lr 1e-4 (the default for MiniLM's width) it improved for 7.5 epochs.
+# It learns from the training texts alone: with this recipe the noisy copies lowered its validation
+# accuracy (bench/README.md). (d) starts from the same complete MiniLM-L6 as (a) and keeps (a)'s recipe, so
+# that their difference is the teacher alone.
+STUDENT_RECIPE = {"epochs": 10, "batch_size": 32, "learning_rate": 1e-4}
 # The issue's targets: a 3-layer student within 1.5 points of its 6-layer teacher at >= 1.8x its speed, and
 # MiniLM-L6 distilled from mpnet >= 1 point above MiniLM-L6 fine-tuned alone (accuracy, test split).
 STUDENT_MAX_DROP_POINTS, STUDENT_MIN_SPEEDUP, DISTILLED_MIN_GAIN_POINTS = 1.5, 1.8, 1.0
@@ -74,8 +82,8 @@ class DistillBenchConfig:
     max_train_samples: Optional[int] = option("smoke-test on a subset of train (writes distill-smoke.*)", None)
     threads: Optional[int] = option("torch threads (default: every core)", None)
     repeats: int = option("timed passes per bundle, interleaved; the fastest is kept", 3)
-    noisy_copies: int = option("noisy copies of each training text for the students (b, d), answered by "
-                               "their teacher", 2)
+    noisy_copies: int = option("noisy copies of each training text for MiniLM-L6 distilled from mpnet (d), "
+                               "answered by the teacher", 2)
 
     def __post_init__(self):
         unknown = set(self.part_list) - set(PARTS) or set(self.dataset_list) - set(DATASETS)
@@ -97,9 +105,15 @@ class DistillBenchConfig:
         return [d.strip() for d in self.datasets.split(",") if d.strip()]
 
 
-def train_config(config: DistillBenchConfig, dataset: str, out: Path, model: str = "embedded") -> TrainConfig:
+def recipe(part: str) -> dict:
+    return STUDENT_RECIPE if part == "b" else RECIPE
+
+
+def train_config(config: DistillBenchConfig, dataset: str, out: Path, model: str = "embedded",
+                 part: str = "a") -> TrainConfig:
     return TrainConfig(output_dir=str(out), data=str(Path(config.data_root) / dataset), **DATASETS[dataset],
-                       model=model, max_train_samples=config.max_train_samples, resume=False, progress=False, **RECIPE)
+                       model=model, max_train_samples=config.max_train_samples, resume=False, progress=False,
+                       **recipe(part))
 
 
 def finished_run(run_dir: Path, train: TrainConfig, distill: DistillConfig | None = None) -> dict | None:
@@ -151,7 +165,15 @@ def measure_speed(rows: dict, texts: list[str], repeats: int) -> None:
 
     classifiers = {}
     for part, r in rows.items():
-        if "run" in r:
+        if "run" in r and not (Path(r["run"]) / f"export-{FORMATS[-1]}").is_dir():
+            # A row kept from an earlier invocation whose runs are gone (a fresh clone running some parts):
+            # its old speeds would not be comparable with this pass's, so they are dropped, not kept.
+            log.warning("%s: no exports at %s; its speed is not measured in this pass", part, r["run"])
+            for fmt in FORMATS:
+                r.pop(f"{fmt}_texts_per_second", None)
+            r["speed_skipped"] = "run directory missing when the speeds were measured"
+        elif "run" in r:
+            r.pop("speed_skipped", None)
             max_length = int(RunDir(r["run"]).read_run()["max_length"])
             for fmt in FORMATS:
                 classifiers[part, fmt] = bundle_classifier(Path(r["run"]) / f"export-{fmt}", max_length, None)
@@ -168,7 +190,7 @@ def run_rows(config: DistillBenchConfig) -> dict:
     suffix = "" if config.max_train_samples is None else "-smoke"
     path = RESULTS / f"distill{suffix}.json"
     results = json.loads(path.read_text()) if path.exists() else {}
-    results.update(machine=machine(), recipe=RECIPE, student_layers=STUDENT_LAYERS)
+    results.update(machine=machine(), recipe=RECIPE, student_recipe=STUDENT_RECIPE, student_layers=STUDENT_LAYERS)
     has_teacher = (Path(config.teacher_model) / "config.json").is_file()
     for dataset in config.dataset_list:
         runs = Path(config.runs) / dataset
@@ -181,16 +203,18 @@ def run_rows(config: DistillBenchConfig) -> dict:
             log.info("%s: %s (%s)", dataset, part, PARTS[part])
             run_dir, at = runs / RUN_NAMES[part], {k: runs / v for k, v in RUN_NAMES.items()}
             teacher = {"b": at["a"], "d": at["c"]}.get(part)
-            train = train_config(config, dataset, run_dir, model=str(config.teacher_model) if part == "c" else "embedded")
+            train = train_config(config, dataset, run_dir, model=str(config.teacher_model) if part == "c" else "embedded",
+                                 part=part)
             distill = None if teacher is None else DistillConfig(  # b: a 3-layer copy of (a); d: MiniLM-L6 from (c)
                 teacher=str(teacher), student_layers=STUDENT_LAYERS if part == "b" else None, train=train,
-                noisy_copies=config.noisy_copies)
+                noisy_copies=config.noisy_copies if part == "d" else 0)
             metrics = finished_run(run_dir, train, distill)
             if metrics is not None:
                 log.info("%s: %s finished earlier with the same settings, reused", dataset, run_dir)
             else:
                 metrics = train_main(train) if distill is None else distill_main(distill)
-            rows[part] = {"what": PARTS[part], **row(metrics, run_dir), **started, "load_average_end": os.getloadavg(),
+            rows[part] = {"what": PARTS[part], **row(metrics, run_dir), "recipe": recipe(part), **started,
+                          "load_average_end": os.getloadavg(),
                           **({} if distill is None else {"noisy_copies": distill.noisy_copies})}
             RESULTS.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(results, indent=2) + "\n")  # every finished row survives an interruption
@@ -220,8 +244,8 @@ def markdown(results: dict, config: DistillBenchConfig) -> str:
     m = results["machine"]
     lines = ["# Distillation benchmark", "",
              f"`{command(config)}`, {cpu_class(m['isa'])} CPU ({m['cpu']}, "
-             f"{m['cpus']} CPUs), one fixed recipe for every model (learning rate {RECIPE['learning_rate']:g}, "
-             f"batch {RECIPE['batch_size']}, at most {RECIPE['epochs']:g} epochs with early stopping), "
+             f"{m['cpus']} CPUs), one fixed recipe for every model unless its row names another ({recipe_text(RECIPE)}, "
+             "early stopping on validation), "
              + ("full training data." if config.max_train_samples is None else f"{config.max_train_samples} training rows."),
              f"Speed: in-process texts/s at batch {SPEED_BATCH} on {SPEED_TEXTS} test texts, fp32 exports, best of "
              f"{results.get('speed', {}).get('repeats', '?')} interleaved passes, after all training.",
@@ -241,17 +265,27 @@ def markdown(results: dict, config: DistillBenchConfig) -> str:
                 lines.append(f"| {dataset} | {part} | {PARTS[part]} | | skipped: {r['skipped']} | | | | | | | |")
                 continue
             speed = f"{r['onnx_texts_per_second'] / base:.2f}x" if base and r.get("onnx_texts_per_second") else ""
-            what = PARTS[part] + (f", {r['noisy_copies']} noisy copies per text" if r.get("noisy_copies") else "")
+            what = PARTS[part] + (f", {r['noisy_copies']} noisy copies per text" if r.get("noisy_copies") else "") \
+                + (f", {recipe_text(r['recipe'])}" if r.get("recipe", RECIPE) != RECIPE else "")
             lines.append(f"| {dataset} | {part} | {what} | {r['layers']} | {100 * r['accuracy']:.2f}% "
                          f"| {100 * r['macro_f1']:.1f} | {percent(r.get('validation_accuracy'))} | {r['train_seconds']:.0f} "
                          f"| {r['train_samples_per_second'] or 0:.1f} "
-                         f"| {r.get('torchscript_texts_per_second', 0):.0f} | {r.get('onnx_texts_per_second', 0):.0f} | {speed} |")
+                         f"| {speed_cell(r, 'torchscript')} | {speed_cell(r, 'onnx')} | {speed} |")
     found = targets(results)
     if found:
         lines += ["", "| dataset | target | measured | met |", "| --- | --- | --- | --- |"]
         lines += [f"| {t['dataset']} | {t['name']} | {t['detail']} | {'**met**' if t['met'] else 'not met'} |"
                   for t in found]
     return "\n".join(lines) + "\n"
+
+
+def recipe_text(recipe: dict) -> str:
+    return f"learning rate {recipe['learning_rate']:g}, batch {recipe['batch_size']}, at most {recipe['epochs']:g} epochs"
+
+
+def speed_cell(r: dict, fmt: str) -> str:
+    speed = r.get(f"{fmt}_texts_per_second")
+    return "not measured" if speed is None else f"{speed:.0f}"
 
 
 def percent(value: float | None) -> str:
@@ -267,14 +301,15 @@ def targets(results: dict) -> list[dict]:
         if a and "b" in rows:
             b = rows["b"]
             drop = 100 * (a["accuracy"] - b["accuracy"])
-            speedups = {fmt: b.get(f"{fmt}_texts_per_second", 0) / a[f"{fmt}_texts_per_second"]
-                        for fmt in FORMATS if a.get(f"{fmt}_texts_per_second")}
+            speedups = {fmt: b[f"{fmt}_texts_per_second"] / a[f"{fmt}_texts_per_second"]
+                        for fmt in FORMATS if a.get(f"{fmt}_texts_per_second") and b.get(f"{fmt}_texts_per_second")}
             out.append({"dataset": dataset, "name": f"(b) within {STUDENT_MAX_DROP_POINTS:g} points of (a) at >= "
                                                     f"{STUDENT_MIN_SPEEDUP:g}x its speed",
                         "met": drop <= STUDENT_MAX_DROP_POINTS and bool(speedups)
                         and min(speedups.values()) >= STUDENT_MIN_SPEEDUP,
-                        "detail": f"{drop:.2f} points lost; " + ", ".join(
-                            f"{'TorchScript' if f == 'torchscript' else 'ONNX Runtime'} {x:.2f}x" for f, x in speedups.items())})
+                        "detail": f"{drop:.2f} points lost; " + (", ".join(
+                            f"{'TorchScript' if f == 'torchscript' else 'ONNX Runtime'} {x:.2f}x"
+                            for f, x in speedups.items()) or "speed not measured")})
         if a and "d" in rows:
             gain = 100 * (rows["d"]["accuracy"] - a["accuracy"])
             out.append({"dataset": dataset, "name": f"(d) >= (a) + {DISTILLED_MIN_GAIN_POINTS:g} point",

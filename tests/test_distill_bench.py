@@ -1,6 +1,9 @@
 """The distillation benchmark's own logic: part and dataset selection, skipped teacher rows, the table."""
 from __future__ import annotations
 
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
 
 from bench import distill_bench
@@ -34,10 +37,11 @@ def test_table_gives_speed_against_the_fine_tuned_minilm_and_says_why_rows_were_
     results = {"machine": {"isa": ["avx2"], "cpu": "test CPU", "cpus": 2},
                "rt-polarity": {"a": {**row, "onnx_texts_per_second": 120},
                                "b": {**row, "layers": 3, "accuracy": 0.79, "onnx_texts_per_second": 240,
-                                     "noisy_copies": 2},
+                                     "noisy_copies": 2, "recipe": distill_bench.STUDENT_RECIPE},
                                "c": {"skipped": "teacher model not installed"}}}
     table = distill_bench.markdown(results, DistillBenchConfig(data_root=data_root))
-    assert "| rt-polarity | b | 3-layer student of (a), 2 noisy copies per text | 3 | 79.00% | 79.0 | 80.50% |" in table
+    assert ("| rt-polarity | b | 3-layer student of (a), 2 noisy copies per text, learning rate 0.0001, batch 32, "
+            "at most 10 epochs | 3 | 79.00% | 79.0 | 80.50% |") in table  # its own recipe, named in its row
     assert "| rt-polarity | a | MiniLM-L6 fine-tuned | 6 |" in table and "| 2.00x |" in table
     assert "skipped: teacher model not installed" in table and "avx2 CPU" in table
 
@@ -93,5 +97,50 @@ def test_a_rerun_reuses_a_run_finished_with_the_same_settings_after_its_teacher(
     assert distill_bench.finished_run(student, other, distill) is None  # other training settings: train again
     assert distill_bench.finished_run(student, train, replace(distill, alpha=0.7)) is None  # other distillation
     assert distill_bench.finished_run(student, train, replace(distill, noisy_copies=2)) is None  # a run without copies
+    as_b = distill_bench.train_config(config, "rt-polarity", student, part="b")  # the 3-layer student's longer recipe
+    assert (as_b.learning_rate, as_b.epochs) == (1e-4, 10) and (train.learning_rate, train.epochs) == (5e-5, 3)
+    assert distill_bench.finished_run(student, as_b, distill) is None
     os.utime(RunDir(teacher).metrics_file, (3_000, 3_000))
     assert distill_bench.finished_run(student, train, distill) is None  # the teacher changed since
+
+
+def test_rows_whose_runs_are_gone_lose_their_old_speeds_instead_of_mixing_them_with_this_pass(data_root, tmp_path):
+    # A fresh clone running --parts a keeps the committed b row, whose run directory is not there
+    row = {"accuracy": 0.8, "macro_f1": 0.8, "validation_accuracy": 0.8, "train_seconds": 1,
+           "train_samples_per_second": 1.0, "layers": 3, "torchscript_texts_per_second": 300, "onnx_texts_per_second": 260}
+    rows = {"b": {**row, "run": str(tmp_path / "gone" / "student3")}, "c": {"skipped": "no teacher"}}
+    distill_bench.measure_speed(rows, ["a text"], repeats=1)
+    assert "onnx_texts_per_second" not in rows["b"] and "torchscript_texts_per_second" not in rows["b"]
+    assert "missing" in rows["b"]["speed_skipped"]
+    results = {"machine": {"isa": ["avx2"], "cpu": "test CPU", "cpus": 2},
+               "rt-polarity": {"a": {**row, "layers": 6}, "b": rows["b"]}}
+    assert "| 3 | 80.00% | 80.0 | 80.00% | 1 | 1.0 | not measured | not measured |  |" in distill_bench.markdown(
+        results, DistillBenchConfig(data_root=data_root))
+    target = distill_bench.targets(results)[0]
+    assert not target["met"] and target["detail"] == "0.00 points lost; speed not measured"
+
+
+def test_each_row_trains_with_its_recipe_and_only_d_learns_from_noisy_copies(data_root, tmp_path, monkeypatch):
+    (data_root / "rt-polarity" / "test.csv").write_text("text,label\nfine,positive\n")
+    teacher_model = tmp_path / "mpnet"
+    teacher_model.mkdir()
+    (teacher_model / "config.json").write_text("{}")
+    trained = {}
+    monkeypatch.setattr(distill_bench, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(distill_bench, "finished_run", lambda *args: None)
+    # what the bench asks for, not a real DistillConfig (that one checks the teacher run exists)
+    monkeypatch.setattr(distill_bench, "DistillConfig", lambda **options: SimpleNamespace(**options))
+    monkeypatch.setattr(distill_bench, "train_main", lambda train: trained.setdefault(Path(train.output_dir).name, train))
+    monkeypatch.setattr(distill_bench, "distill_main", lambda d: trained.setdefault(Path(d.train.output_dir).name, d))
+    monkeypatch.setattr(distill_bench, "row", lambda metrics, run_dir: {})
+    monkeypatch.setattr(distill_bench, "measure_speed", lambda rows, texts, repeats: None)
+    monkeypatch.setattr(distill_bench, "markdown", lambda results, config: "")
+    results = distill_bench.run_rows(DistillBenchConfig(data_root=data_root, datasets="rt-polarity",
+                                                        runs=tmp_path / "runs", teacher_model=teacher_model))
+    a, b, c, d = (trained[name] for name in ("minilm", "student3", "mpnet", "minilm-from-mpnet"))
+    assert (b.train.learning_rate, b.train.epochs, b.noisy_copies, b.student_layers) == (1e-4, 10, 0, [0, 2, 4])
+    assert (d.train.learning_rate, d.train.epochs, d.noisy_copies, d.student_layers) == (5e-5, 3, 2, None)
+    assert (a.learning_rate, a.epochs) == (c.learning_rate, c.epochs) == (5e-5, 3) and c.model == str(teacher_model)
+    rows = results["rt-polarity"]
+    assert rows["b"]["recipe"] == distill_bench.STUDENT_RECIPE and rows["b"]["noisy_copies"] == 0
+    assert rows["d"]["recipe"] == distill_bench.RECIPE and rows["d"]["noisy_copies"] == 2

@@ -36,6 +36,7 @@ def test_onnx_targets_compare_runtimes_on_the_same_model():
 
 @pytest.mark.parametrize("isa, expected", [
     (["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8"], "amx"),
+    (["avx2", "avx512f", "avx512_vnni", "avx512_bf16"], "avx512-bf16"),
     (["avx2", "avx512f", "avx512_vnni"], "avx512"),
     (["avx2"], "avx2"),
     ([], "other"),
