@@ -165,13 +165,13 @@ def measure_speed(rows: dict, texts: list[str], repeats: int) -> None:
 
     classifiers = {}
     for part, r in rows.items():
-        if "run" in r and not (Path(r["run"]) / f"export-{FORMATS[-1]}").is_dir():
+        if "run" in r and not all((Path(r["run"]) / f"export-{fmt}").is_dir() for fmt in FORMATS):
             # A row kept from an earlier invocation whose runs are gone (a fresh clone running some parts):
             # its old speeds would not be comparable with this pass's, so they are dropped, not kept.
-            log.warning("%s: no exports at %s; its speed is not measured in this pass", part, r["run"])
+            log.warning("%s: no exports (both formats) at %s; its speed is not measured in this pass", part, r["run"])
             for fmt in FORMATS:
                 r.pop(f"{fmt}_texts_per_second", None)
-            r["speed_skipped"] = "run directory missing when the speeds were measured"
+            r["speed_skipped"] = "run directory or its exports missing when the speeds were measured"
         elif "run" in r:
             r.pop("speed_skipped", None)
             max_length = int(RunDir(r["run"]).read_run()["max_length"])

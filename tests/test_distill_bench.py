@@ -108,10 +108,14 @@ def test_rows_whose_runs_are_gone_lose_their_old_speeds_instead_of_mixing_them_w
     # A fresh clone running --parts a keeps the committed b row, whose run directory is not there
     row = {"accuracy": 0.8, "macro_f1": 0.8, "validation_accuracy": 0.8, "train_seconds": 1,
            "train_samples_per_second": 1.0, "layers": 3, "torchscript_texts_per_second": 300, "onnx_texts_per_second": 260}
-    rows = {"b": {**row, "run": str(tmp_path / "gone" / "student3")}, "c": {"skipped": "no teacher"}}
+    half = tmp_path / "half" / "minilm"  # an export interrupted before its ONNX bundle
+    (half / "export-torchscript").mkdir(parents=True)
+    rows = {"b": {**row, "run": str(tmp_path / "gone" / "student3")}, "c": {"skipped": "no teacher"},
+            "d": {**row, "run": str(half)}}
     distill_bench.measure_speed(rows, ["a text"], repeats=1)
-    assert "onnx_texts_per_second" not in rows["b"] and "torchscript_texts_per_second" not in rows["b"]
-    assert "missing" in rows["b"]["speed_skipped"]
+    for part in "bd":
+        assert "onnx_texts_per_second" not in rows[part] and "torchscript_texts_per_second" not in rows[part]
+        assert "missing" in rows[part]["speed_skipped"]
     results = {"machine": {"isa": ["avx2"], "cpu": "test CPU", "cpus": 2},
                "rt-polarity": {"a": {**row, "layers": 6}, "b": rows["b"]}}
     assert "| 3 | 80.00% | 80.0 | 80.00% | 1 | 1.0 | not measured | not measured |  |" in distill_bench.markdown(
