@@ -165,18 +165,21 @@ def measure_speed(rows: dict, texts: list[str], repeats: int) -> None:
 
     classifiers = {}
     for part, r in rows.items():
-        if "run" in r and not all((Path(r["run"]) / f"export-{fmt}").is_dir() for fmt in FORMATS):
+        if "run" not in r:
+            continue
+        exports = {fmt: Path(r["run"]) / f"export-{fmt}" for fmt in FORMATS}
+        if not all(d.is_dir() for d in exports.values()):
             # A row kept from an earlier invocation whose runs are gone (a fresh clone running some parts):
             # its old speeds would not be comparable with this pass's, so they are dropped, not kept.
             log.warning("%s: no exports (both formats) at %s; its speed is not measured in this pass", part, r["run"])
             for fmt in FORMATS:
                 r.pop(f"{fmt}_texts_per_second", None)
             r["speed_skipped"] = "run directory or its exports missing when the speeds were measured"
-        elif "run" in r:
-            r.pop("speed_skipped", None)
-            max_length = int(RunDir(r["run"]).read_run()["max_length"])
-            for fmt in FORMATS:
-                classifiers[part, fmt] = bundle_classifier(Path(r["run"]) / f"export-{fmt}", max_length, None)
+            continue
+        r.pop("speed_skipped", None)
+        max_length = int(RunDir(r["run"]).read_run()["max_length"])
+        for fmt, bundle in exports.items():
+            classifiers[part, fmt] = bundle_classifier(bundle, max_length, None)
     best = {}
     for _ in range(repeats):
         for key, classify in classifiers.items():
