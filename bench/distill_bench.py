@@ -6,7 +6,8 @@
 
 Per dataset, same splits, one training recipe (RECIPE below) for every model but the 3-layer student (STUDENT_RECIPE):
   a  MiniLM-L6 fine-tuned (the embedded encoder), as `make train` does today
-  b  a 3-layer student holding layers 0, 2, 4 of (a), distilled from (a) (--student-layers 0,2,4)
+  b  a 3-layer student holding layers 0, 2, 4 of (a), distilled from (a)'s logits and hidden states
+     (--student-layers 0,2,4)
   c  the all-mpnet-base-v2 teacher fine-tuned (109M parameters; needs `make teacher-model`)
   d  MiniLM-L6 distilled from (c)
 MiniLM-L6 distilled from mpnet (d) also learns from --noisy-copies copies of each training text with words
@@ -36,7 +37,7 @@ from bench.serve_report import cpu_class
 from bench.serve_bench import machine
 from bench import train_bench
 from cli import UserError, check_int, option, run
-from training.distill import DistillConfig, main as distill_main
+from training.distill import LAYER_STUDENT_HIDDEN_WEIGHT, DistillConfig, main as distill_main
 from training.export import ExportConfig, main as export_main
 from training.teacher_model import NAME as TEACHER_NAME
 from training.train import TrainConfig, main as train_main
@@ -62,8 +63,9 @@ RECIPE = {"epochs": 3, "batch_size": 32, "learning_rate": 5e-5}
 # epoch on rt-polarity) and needs more and larger steps to recover: under RECIPE it stopped with its
 # validation accuracy still rising; at lr 1e-4 (the default for MiniLM's width) it improved for 7.5 epochs.
 # It learns from the training texts alone: with this recipe the noisy copies lowered its validation
-# accuracy (bench/README.md). (d) starts from the same complete MiniLM-L6 as (a) and keeps (a)'s recipe, so
-# that their difference is the teacher alone.
+# accuracy (bench/README.md); and, as training.distill does for a layer-copied student by default, from the
+# teacher's hidden states too (--hidden-weight 1). (d) starts from the same complete MiniLM-L6 as (a) and keeps
+# (a)'s recipe, so that their difference is the teacher alone.
 STUDENT_RECIPE = {"epochs": 10, "batch_size": 32, "learning_rate": 1e-4}
 # The issue's targets: a 3-layer student within 1.5 points of its 6-layer teacher at >= 1.8x its speed, and
 # MiniLM-L6 distilled from mpnet >= 1 point above MiniLM-L6 fine-tuned alone (accuracy, test split).
@@ -132,8 +134,10 @@ def finished_run(run_dir: Path, train: TrainConfig, distill: DistillConfig | Non
         return None
     if distill is not None:
         wanted = {"teacher": distill.teacher, "alpha": distill.alpha, "temperature": distill.temperature,
-                  "student_layers": distill.student_layers, "noisy_copies": distill.noisy_copies}
-        got = {"noisy_copies": 0, **(recorded.get("distillation") or {})}  # runs from before the option had none
+                  "student_layers": distill.student_layers, "noisy_copies": distill.noisy_copies,
+                  "hidden_weight": distill.hidden_weight}
+        # Runs from before an option existed recorded nothing for it: they trained without it.
+        got = {"noisy_copies": 0, "hidden_weight": 0.0, **(recorded.get("distillation") or {})}
         teacher_done = RunDir(distill.teacher).metrics_file
         if any(got.get(k) != v for k, v in wanted.items()) or not teacher_done.is_file() \
                 or teacher_done.stat().st_mtime > done.metrics_file.stat().st_mtime:
@@ -210,7 +214,8 @@ def run_rows(config: DistillBenchConfig) -> dict:
                                  part=part)
             distill = None if teacher is None else DistillConfig(  # b: a 3-layer copy of (a); d: MiniLM-L6 from (c)
                 teacher=str(teacher), student_layers=STUDENT_LAYERS if part == "b" else None, train=train,
-                noisy_copies=config.noisy_copies if part == "d" else 0)
+                noisy_copies=config.noisy_copies if part == "d" else 0,
+                hidden_weight=LAYER_STUDENT_HIDDEN_WEIGHT if part == "b" else 0.0)
             metrics = finished_run(run_dir, train, distill)
             if metrics is not None:
                 log.info("%s: %s finished earlier with the same settings, reused", dataset, run_dir)
@@ -218,7 +223,8 @@ def run_rows(config: DistillBenchConfig) -> dict:
                 metrics = train_main(train) if distill is None else distill_main(distill)
             rows[part] = {"what": PARTS[part], **row(metrics, run_dir), "recipe": recipe(part), **started,
                           "load_average_end": os.getloadavg(),
-                          **({} if distill is None else {"noisy_copies": distill.noisy_copies})}
+                          **({} if distill is None else {"noisy_copies": distill.noisy_copies,
+                                                         "hidden_weight": distill.hidden_weight})}
             RESULTS.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(results, indent=2) + "\n")  # every finished row survives an interruption
     results["speed"] = {"texts": SPEED_TEXTS, "batch": SPEED_BATCH, "repeats": config.repeats,
@@ -269,6 +275,7 @@ def markdown(results: dict, config: DistillBenchConfig) -> str:
                 continue
             speed = f"{r['onnx_texts_per_second'] / base:.2f}x" if base and r.get("onnx_texts_per_second") else ""
             what = PARTS[part] + (f", {r['noisy_copies']} noisy copies per text" if r.get("noisy_copies") else "") \
+                + (f", hidden-state term x {r['hidden_weight']:g}" if r.get("hidden_weight") else "") \
                 + (f", {recipe_text(r['recipe'])}" if r.get("recipe", RECIPE) != RECIPE else "")
             lines.append(f"| {dataset} | {part} | {what} | {r['layers']} | {100 * r['accuracy']:.2f}% "
                          f"| {100 * r['macro_f1']:.1f} | {percent(r.get('validation_accuracy'))} | {r['train_seconds']:.0f} "

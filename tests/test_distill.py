@@ -67,6 +67,49 @@ def test_trainer_loss_uses_the_teacher_only_where_rows_carry_it():
         distillation_loss(logits, rows[:, 1:], labels, 0.5, 2.0).item())
 
 
+def test_layer_pairs_meet_the_teacher_at_the_same_relative_depth():
+    assert distill.layer_pairs(3, 6) == [(0, 1), (1, 3), (2, 5)]
+    assert distill.layer_pairs(1, 2) == [(0, 1)]
+    assert distill.layer_pairs(2, 2) == [(0, 0), (1, 1)]
+
+
+def test_hidden_state_loss_is_the_mean_square_over_real_tokens():
+    teacher = [torch.zeros(1, 3, 2), torch.zeros(1, 3, 2), torch.tensor([[[1.0, 1.0], [3.0, 3.0], [9.0, 9.0]]])]
+    student = [torch.zeros(1, 3, 2), torch.tensor([[[0.0, 0.0], [1.0, 1.0], [0.0, 0.0]]])]
+    mask = torch.tensor([[1, 1, 0]])  # the last token is padding: its distance of 9 must not count
+    expected = (1 + 1 + 4 + 4) / (2 * 2)
+    assert distill.hidden_state_loss(student, teacher, mask, [(0, 1)]).item() == pytest.approx(expected)
+
+
+def test_hidden_state_term_vanishes_for_a_full_copy_and_adds_for_fewer_layers(teacher, tmp_path):
+    """The objective adds hidden_weight x the hidden-state term to the logit loss; a student holding every
+    teacher layer is the teacher, so the term is zero; one layer of two is pulled towards the teacher's last."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from handlers.tokenization import encode
+    from training.problems import SingleLabel
+
+    model_dir = RunDir(teacher / "run").model_dir
+    big = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+    batch = dict(encode(AutoTokenizer.from_pretrained(model_dir), ["a long good film", "bad"], 32))
+    targets = torch.tensor([[1.0, 0.0, 2.0, -1.0], [0.0, 1.0, 0.0, 0.0]])
+    objective = distill.DistilledLoss(SingleLabel(), 0.5, 2.0, teacher=big, hidden_weight=3.0)
+    for layers in ([0, 1], [1]):
+        student = AutoModelForSequenceClassification.from_pretrained(
+            student_from_layers(model_dir, layers, tmp_path / str(layers))).eval()
+        with torch.no_grad():
+            loss, outputs = objective.forward_loss(student, dict(batch), targets)
+            states = student(**batch, output_hidden_states=True).hidden_states
+            taught = big(**batch, output_hidden_states=True).hidden_states
+        hidden = distill.hidden_state_loss(states, taught, batch["attention_mask"], distill.layer_pairs(len(layers), 2))
+        assert loss.item() == pytest.approx((objective.loss(outputs.logits, targets) + 3.0 * hidden).item(), rel=1e-5)
+        assert outputs.hidden_states is None
+        assert (hidden.item() == 0) == (layers == [0, 1])
+    plain = distill.DistilledLoss(SingleLabel(), 0.5, 2.0)  # validation rows and hidden_weight 0: no teacher runs
+    assert plain.forward_loss(student, dict(batch), targets[:, 0].long())[0].item() == pytest.approx(
+        SingleLabel().loss(student(**batch).logits, targets[:, 0].long()).item(), rel=1e-5)
+
+
 def test_student_layers_hold_exactly_the_chosen_teacher_layers(teacher, tmp_path):
     from transformers import AutoModelForSequenceClassification
 
@@ -90,7 +133,7 @@ def test_layer_student_trains_with_cached_teacher_logits(teacher, tmp_path, monk
     run = json.loads((out / "run.json").read_text())
     assert run["distillation"] == {"teacher": str(teacher / "run"), "teacher_model": run["distillation"]["teacher_model"],
                                    "alpha": 0.5, "temperature": 2.0, "student_layers": [0],
-                                   "noisy_copies": 0}
+                                   "noisy_copies": 0, "hidden_weight": 1.0, "hidden_layer_pairs": [[0, 1]]}
     assert "accuracy" in metrics["test"]
     caches = list((out / "distill").glob("teacher-logits-*.npy"))
     assert len(caches) == 1 and np.load(caches[0]).shape[1] == 3
@@ -102,6 +145,22 @@ def test_layer_student_trains_with_cached_teacher_logits(teacher, tmp_path, monk
     monkeypatch.setattr("training.report.predict_probs", teacher_run_again)
     cached = distill.teacher_logits(RunDir(teacher / "run"), ["unused"], caches[0])
     assert np.array_equal(cached, np.load(caches[0]))
+
+
+def test_hidden_state_student_trains_and_records_its_layer_pairs(teacher, tmp_path, monkeypatch):
+    real, terms = distill.hidden_state_loss, []
+
+    def spy(student_states, teacher_states, mask, pairs):
+        terms.append((len(student_states), len(teacher_states), pairs))
+        return real(student_states, teacher_states, mask, pairs)
+
+    monkeypatch.setattr(distill, "hidden_state_loss", spy)
+    out = tmp_path / "hidden"
+    metrics = distill.main(student_config(teacher, out, student_layers=[0], hidden_weight=2.0))
+    run = json.loads((out / "run.json").read_text())
+    assert run["distillation"]["hidden_weight"] == 2.0 and run["distillation"]["hidden_layer_pairs"] == [[0, 1]]
+    # Every training step (not the evaluations) compared the student's one layer with the teacher's last.
+    assert len(terms) == metrics["train"]["steps"] and all(t == (2, 3, [(0, 1)]) for t in terms)
 
 
 def test_bpe_teacher_distils_into_a_wordpiece_student(teacher, tmp_path, tiny_distilbert_dir, monkeypatch):
@@ -162,10 +221,19 @@ def test_config_is_parsed_with_every_training_option(teacher, tmp_path):
     ({"student_layers": [0], "model": "some/model"}, "not both"),
     ({"student_layers": [0, 0]}, "distinct layers"),
     ({"noisy_copies": -1}, "--noisy-copies"),
+    ({"student_layers": [0], "hidden_weight": -1.0}, "--hidden-weight must be 0 or more"),
+    ({"hidden_weight": 1.0}, "needs a student built with --student-layers"),
 ])
 def test_config_validation(teacher, tmp_path, overrides, message):
     with pytest.raises(UserError, match=message):
         student_config(teacher, tmp_path / "s", **overrides)
+
+
+def test_hidden_state_term_is_on_by_default_for_a_layer_copied_student_only(teacher, tmp_path):
+    layered = student_config(teacher, tmp_path / "s", student_layers=[0])
+    assert layered.hidden_weight == distill.LAYER_STUDENT_HIDDEN_WEIGHT == 1.0
+    assert student_config(teacher, tmp_path / "s", student_layers=[0], hidden_weight=0.0).hidden_weight == 0.0
+    assert student_config(teacher, tmp_path / "s").hidden_weight == 0.0  # a --model student
 
 
 def test_teacher_must_be_a_finished_run(tmp_path, teacher):

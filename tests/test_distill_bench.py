@@ -97,6 +97,9 @@ def test_a_rerun_reuses_a_run_finished_with_the_same_settings_after_its_teacher(
     assert distill_bench.finished_run(student, other, distill) is None  # other training settings: train again
     assert distill_bench.finished_run(student, train, replace(distill, alpha=0.7)) is None  # other distillation
     assert distill_bench.finished_run(student, train, replace(distill, noisy_copies=2)) is None  # a run without copies
+    hidden = replace(distill)
+    hidden.hidden_weight = 1.0  # set after validation, which wants a layer-copied student for it
+    assert distill_bench.finished_run(student, train, hidden) is None  # a run without the hidden-state term
     as_b = distill_bench.train_config(config, "rt-polarity", student, part="b")  # the 3-layer student's longer recipe
     assert (as_b.learning_rate, as_b.epochs) == (1e-4, 10) and (train.learning_rate, train.epochs) == (5e-5, 3)
     assert distill_bench.finished_run(student, as_b, distill) is None
@@ -142,9 +145,12 @@ def test_each_row_trains_with_its_recipe_and_only_d_learns_from_noisy_copies(dat
     results = distill_bench.run_rows(DistillBenchConfig(data_root=data_root, datasets="rt-polarity",
                                                         runs=tmp_path / "runs", teacher_model=teacher_model))
     a, b, c, d = (trained[name] for name in ("minilm", "student3", "mpnet", "minilm-from-mpnet"))
-    assert (b.train.learning_rate, b.train.epochs, b.noisy_copies, b.student_layers) == (1e-4, 10, 0, [0, 2, 4])
-    assert (d.train.learning_rate, d.train.epochs, d.noisy_copies, d.student_layers) == (5e-5, 3, 2, None)
+    assert (b.train.learning_rate, b.train.epochs, b.noisy_copies, b.student_layers, b.hidden_weight) == \
+        (1e-4, 10, 0, [0, 2, 4], 1.0)
+    assert (d.train.learning_rate, d.train.epochs, d.noisy_copies, d.student_layers, d.hidden_weight) == \
+        (5e-5, 3, 2, None, 0.0)
     assert (a.learning_rate, a.epochs) == (c.learning_rate, c.epochs) == (5e-5, 3) and c.model == str(teacher_model)
     rows = results["rt-polarity"]
     assert rows["b"]["recipe"] == distill_bench.STUDENT_RECIPE and rows["b"]["noisy_copies"] == 0
+    assert rows["b"]["hidden_weight"] == 1.0 and rows["d"]["hidden_weight"] == 0.0
     assert rows["d"]["recipe"] == distill_bench.RECIPE and rows["d"]["noisy_copies"] == 2

@@ -142,8 +142,18 @@ def rescale(probs: np.ndarray, temperature: float) -> np.ndarray:
     return (out / out.sum(axis=1, keepdims=True)).astype(np.float32)
 
 
+class Objective:
+    """What the trainer minimises on a batch: one forward of the model and the loss of its logits against the
+    batch's targets. The problem types inherit it; training.distill's objective also runs its teacher."""
+
+    def forward_loss(self, model, inputs: dict, targets, weight=None):
+        """(loss, outputs) of one batch; `inputs`: the tokenized batch without its targets."""
+        outputs = model(**inputs)
+        return self.loss(outputs.logits, targets, weight), outputs
+
+
 @dataclass
-class SingleLabel:
+class SingleLabel(Objective):
     """One label per text; probabilities are calibrated by a temperature fitted on validation."""
 
     name: str = SINGLE
@@ -204,7 +214,7 @@ class SingleLabel:
 
 
 @dataclass
-class MultiLabel:
+class MultiLabel(Objective):
     """Any number of labels per text, each decided by its own threshold on its own sigmoid."""
 
     n_labels: int

@@ -184,7 +184,8 @@ def make_trainer_class():
     from transformers import Trainer
 
     class ProblemTrainer(Trainer):
-        """Trainer whose loss is the problem type's (cross-entropy or per-label BCE, optionally weighted)."""
+        """Trainer whose loss is its objective's: the problem type's (cross-entropy or per-label BCE, optionally
+        weighted), or a student's (training.distill)."""
 
         # The loss below is a per-batch mean, not a sum over num_items_in_batch, so the Trainer must still
         # divide it by the accumulation steps (else --grad-accum k scales loss and gradients by k).
@@ -200,9 +201,8 @@ def make_trainer_class():
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs.pop("labels")
-            outputs = model(**inputs)
             weight = None if self.class_weights is None else self.class_weights.to(labels.device)
-            loss = self.problem.loss(outputs.logits, labels, weight)
+            loss, outputs = self.problem.forward_loss(model, inputs, labels, weight)
             return (loss, outputs) if return_outputs else loss
 
     return ProblemTrainer
