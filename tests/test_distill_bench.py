@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 from bench import distill_bench
@@ -31,12 +32,18 @@ def test_parts_and_datasets_are_checked(data_root):
         DistillBenchConfig(data_root=data_root / "nowhere")
 
 
+def measured(accuracy: float, **speeds) -> dict:
+    """A row's `variants` as measure_frontier writes them: variant name -> texts/s, at one accuracy."""
+    return {name.replace("_", "-"): {"texts_per_s": s, "accuracy": accuracy, "batch_invariant": True,
+                                     "max_abs_logit_diff_alone": 0.0} for name, s in speeds.items()}
+
+
 def test_table_gives_speed_against_the_fine_tuned_minilm_and_says_why_rows_were_skipped(data_root):
     row = {"accuracy": 0.8, "macro_f1": 0.79, "validation_accuracy": 0.805, "train_seconds": 100,
-           "train_samples_per_second": 50.0, "torchscript_texts_per_second": 100, "layers": 6}
+           "train_samples_per_second": 50.0, "layers": 6}
     results = {"machine": {"isa": ["avx2"], "cpu": "test CPU", "cpus": 2},
-               "rt-polarity": {"a": {**row, "onnx_texts_per_second": 120},
-                               "b": {**row, "layers": 3, "accuracy": 0.79, "onnx_texts_per_second": 240,
+               "rt-polarity": {"a": {**row, "variants": measured(0.8, fp32=100, onnx_fp32=120)},
+                               "b": {**row, "layers": 3, "accuracy": 0.79, "variants": measured(0.79, fp32=100, onnx_fp32=240),
                                      "noisy_copies": 2, "recipe": distill_bench.STUDENT_RECIPE},
                                "c": {"skipped": "teacher model not installed"}}}
     table = distill_bench.markdown(results, DistillBenchConfig(data_root=data_root))
@@ -48,18 +55,17 @@ def test_table_gives_speed_against_the_fine_tuned_minilm_and_says_why_rows_were_
 
 def test_targets_compare_the_student_and_the_distilled_minilm_with_the_fine_tuned_one(data_root):
     row = {"accuracy": 0.80, "macro_f1": 0.8, "train_seconds": 1, "train_samples_per_second": 1.0, "layers": 6,
-           "torchscript_texts_per_second": 100, "onnx_texts_per_second": 100}
+           "variants": measured(0.8, fp32=100, onnx_fp32=100)}
     results = {"machine": {"isa": ["avx2"], "cpu": "test CPU", "cpus": 2},
-               "rt-polarity": {"a": row, "b": {**row, "accuracy": 0.79, "torchscript_texts_per_second": 200,
-                                               "onnx_texts_per_second": 170},
-                               "d": {**row, "accuracy": 0.815}},
-               "banking77": {"a": row, "c": {"skipped": "no teacher"}, "d": {"skipped": "no teacher"}}}
+               "rt-polarity": {"a": row, "b": {**row, "accuracy": 0.79, "variants": measured(0.79, fp32=200, onnx_fp32=170)},
+                               "d": {**row, "accuracy": 0.815, "variants": {}}},
+               "banking77": {"a": {**row, "variants": {}}, "c": {"skipped": "no teacher"}, "d": {"skipped": "no teacher"}}}
     found = {(t["dataset"], t["name"][:3]): t for t in distill_bench.targets(results)}
-    assert set(found) == {("rt-polarity", "(b)"), ("rt-polarity", "(d)")}
+    assert set(found) == {("rt-polarity", "(b)"), ("rt-polarity", "(d)")}  # no pipeline measured: no target 4
     assert not found["rt-polarity", "(b)"]["met"]  # 1 point lost is fine, but ONNX Runtime is only 1.7x
     assert "TorchScript 2.00x, ONNX Runtime 1.70x" in found["rt-polarity", "(b)"]["detail"]
     assert found["rt-polarity", "(d)"]["met"] and found["rt-polarity", "(d)"]["detail"] == "+1.50 points"
-    results["rt-polarity"]["b"]["onnx_texts_per_second"] = 180
+    results["rt-polarity"]["b"]["variants"]["onnx-fp32"]["texts_per_s"] = 180
     assert distill_bench.targets(results)[0]["met"]
     assert "| rt-polarity | (d) >= (a) + 1 point | +1.50 points | **met** |" in distill_bench.markdown(
         results, DistillBenchConfig(data_root=data_root))
@@ -110,15 +116,14 @@ def test_a_rerun_reuses_a_run_finished_with_the_same_settings_after_its_teacher(
 def test_rows_whose_runs_are_gone_lose_their_old_speeds_instead_of_mixing_them_with_this_pass(data_root, tmp_path):
     # A fresh clone running --parts a keeps the committed b row, whose run directory is not there
     row = {"accuracy": 0.8, "macro_f1": 0.8, "validation_accuracy": 0.8, "train_seconds": 1,
-           "train_samples_per_second": 1.0, "layers": 3, "torchscript_texts_per_second": 300, "onnx_texts_per_second": 260}
-    half = tmp_path / "half" / "minilm"  # an export interrupted before its ONNX bundle
-    (half / "export-torchscript").mkdir(parents=True)
+           "train_samples_per_second": 1.0, "layers": 3, "variants": measured(0.8, fp32=300, onnx_fp32=260)}
+    half = tmp_path / "half" / "minilm"  # training interrupted: the folder is there, the finished run is not
+    (half / "model").mkdir(parents=True)
     rows = {"b": {**row, "run": str(tmp_path / "gone" / "student3")}, "c": {"skipped": "no teacher"},
             "d": {**row, "run": str(half)}}
-    distill_bench.measure_speed(rows, ["a text"], repeats=1)
+    distill_bench.measure_frontier(rows, data_root / "rt-polarity", repeats=1)
     for part in "bd":
-        assert "onnx_texts_per_second" not in rows[part] and "torchscript_texts_per_second" not in rows[part]
-        assert "missing" in rows[part]["speed_skipped"]
+        assert "variants" not in rows[part] and "missing" in rows[part]["speed_skipped"]
     results = {"machine": {"isa": ["avx2"], "cpu": "test CPU", "cpus": 2},
                "rt-polarity": {"a": {**row, "layers": 6}, "b": rows["b"]}}
     assert "| 3 | 80.00% | 80.0 | 80.00% | 1 | 1.0 | not measured | not measured |  |" in distill_bench.markdown(
@@ -140,8 +145,9 @@ def test_each_row_trains_with_its_recipe_and_only_d_learns_from_noisy_copies(dat
     monkeypatch.setattr(distill_bench, "train_main", lambda train: trained.setdefault(Path(train.output_dir).name, train))
     monkeypatch.setattr(distill_bench, "distill_main", lambda d: trained.setdefault(Path(d.train.output_dir).name, d))
     monkeypatch.setattr(distill_bench, "row", lambda metrics, run_dir: {})
-    monkeypatch.setattr(distill_bench, "measure_speed", lambda rows, texts, repeats: None)
+    monkeypatch.setattr(distill_bench, "measure_frontier", lambda rows, data, repeats: None)
     monkeypatch.setattr(distill_bench, "markdown", lambda results, config: "")
+    monkeypatch.setattr(distill_bench, "plot", lambda results, path: None)
     results = distill_bench.run_rows(DistillBenchConfig(data_root=data_root, datasets="rt-polarity",
                                                         runs=tmp_path / "runs", teacher_model=teacher_model))
     a, b, c, d = (trained[name] for name in ("minilm", "student3", "mpnet", "minilm-from-mpnet"))
@@ -154,3 +160,86 @@ def test_each_row_trains_with_its_recipe_and_only_d_learns_from_noisy_copies(dat
     assert rows["b"]["recipe"] == distill_bench.STUDENT_RECIPE and rows["b"]["noisy_copies"] == 0
     assert rows["b"]["hidden_weight"] == 1.0 and rows["d"]["hidden_weight"] == 0.0
     assert rows["d"]["recipe"] == distill_bench.RECIPE and rows["d"]["noisy_copies"] == 2
+
+
+def finished_run_dir(path: Path, labels: list[str]) -> Path:
+    """The files RunDir.check_finished and read_run need, no model: the frontier's exports are faked."""
+    import json
+
+    from training.rundir import RunDir
+
+    done = RunDir(path)
+    done.model_config_file.parent.mkdir(parents=True)
+    done.model_config_file.write_text("{}")
+    done.test_file.parent.mkdir(parents=True, exist_ok=True)
+    done.test_file.write_text("text,label\n")
+    done.run_file.write_text(json.dumps({"config": {}, "labels": labels, "max_length": 8}))
+    done.metrics_file.write_text("{}")
+    return path
+
+
+def test_the_frontier_scores_every_export_on_the_test_texts_and_finds_answers_that_depend_on_the_batch(
+        data_root, tmp_path, monkeypatch):
+    from bench import serve_runs
+
+    texts = [f"good film {i}" if i % 2 else f"bad film {i}" for i in range(40)]
+    (data_root / "rt-polarity" / "test.csv").write_text(
+        "text,label\n" + "".join(f"{t},{'positive' if t.startswith('good') else 'negative'}\n" for t in texts))
+    labels = ["negative", "positive"]
+    runs = {part: finished_run_dir(tmp_path / part, labels) for part in "ab"}
+
+    def logits(batch):  # [negative, positive]: right for every text but the "film 3"s
+        return np.array([[0.0, 1.0] if t.startswith("good") != t.endswith("3") else [1.0, 0.0] for t in batch])
+
+    def classifier(bundle, max_length, chunk_size):
+        if bundle.name == "int8":  # scaled by its batch, as dynamic int8 is: alone differs from in a batch
+            return lambda batch: logits(batch) * (1 + 0.01 * len(batch))
+        return lambda batch: logits(batch) if bundle.parent.parent.name == "a" else logits(batch[:1] * len(batch))
+
+    exported = []
+    monkeypatch.setattr(distill_bench, "available_variants", lambda has_bf16: ("fp32", "int8"))
+    monkeypatch.setattr(distill_bench, "ensure_exports",
+                        lambda run, cache, variants: exported.append(run) or {v: cache / v for v in variants})
+    monkeypatch.setattr(serve_runs, "bundle_classifier", classifier)
+    monkeypatch.setattr(serve_runs, "pipeline_classifier", lambda model_dir, names: lambda batch: logits(batch))
+    rows = {part: {"run": str(run), "variants": {"stale": {}}} for part, run in runs.items()}
+    distill_bench.measure_frontier(rows, data_root / "rt-polarity", repeats=2)
+
+    assert exported == [runs["a"], runs["b"]] and set(rows["a"]["variants"]) == {"fp32", "int8", "pipeline"}
+    a, b = rows["a"]["variants"], rows["b"]["variants"]
+    assert set(b) == {"fp32", "int8"}  # the pipeline is the reference, measured on (a) only
+    assert a["fp32"]["accuracy"] == a["pipeline"]["accuracy"] == 0.9  # wrong on film 3, 13, 23 and 33
+    assert a["fp32"]["batch_invariant"] and a["fp32"]["max_abs_logit_diff_alone"] == 0
+    assert not a["int8"]["batch_invariant"] and a["int8"]["max_abs_logit_diff_alone"] == pytest.approx(0.31)
+    assert b["fp32"]["accuracy"] == 0.5  # answers every text of a batch as its first one
+    assert not b["fp32"]["batch_invariant"]  # and so depends on its batch too
+
+
+def test_the_frontier_keeps_the_points_nothing_beats_and_target_4_serves_only_batch_independent_ones(data_root, tmp_path):
+    same = {"batch_invariant": True, "max_abs_logit_diff_alone": 0.0}
+    variants = {"fp32": {"texts_per_s": 100, "accuracy": 0.85, **same},
+                "bf16": {"texts_per_s": 250, "accuracy": 0.845, **same},
+                "int8": {"texts_per_s": 500, "accuracy": 0.849, "batch_invariant": False, "max_abs_logit_diff_alone": 0.31},
+                "pipeline": {"texts_per_s": 80, "accuracy": 0.85}}
+    student = {"fp32": {"texts_per_s": 200, "accuracy": 0.83, **same}, "bf16": {"texts_per_s": 400, "accuracy": 0.83, **same}}
+    row = {"accuracy": 0.85, "macro_f1": 0.85, "train_seconds": 1, "train_samples_per_second": 1.0, "layers": 6}
+    results = {"machine": {"isa": ["avx512_bf16"], "cpu": "test CPU", "cpus": 2},
+               "rt-polarity": {"a": {**row, "variants": variants}, "b": {**row, "layers": 3, "accuracy": 0.83,
+                                                                         "variants": student}}}
+    found = distill_bench.points(results["rt-polarity"])
+    # int8's answers depend on the batch: drawn, but not on the frontier; slower and no more accurate is beaten
+    assert [p["label"] for p in distill_bench.frontier(found)] == ["b bf16", "a bf16", "a fp32"]
+    target = [t for t in distill_bench.targets(results) if "pipeline" in t["name"]][0]
+    assert not target["met"]  # int8 is faster and accurate, but its answers depend on the batch
+    assert target["detail"] == "(a) TorchScript bf16: 3.12x, 84.50% vs 85.00%"
+    student["bf16"]["accuracy"] = 0.842
+    target = [t for t in distill_bench.targets(results) if "pipeline" in t["name"]][0]
+    assert target["met"] and target["detail"].startswith("(b) TorchScript bf16: 5.00x")
+    table = distill_bench.markdown(results, DistillBenchConfig(data_root=data_root))
+    assert "| a | TorchScript int8 | 84.90% | 500 | 6.25x | 0.31 (depends on the batch) |  |" in table
+    assert "| b | TorchScript bf16 | 84.20% | 400 | 5.00x | 0 (same answers) | yes |" in table
+    assert "| a | HF pipeline, eager fp32 | 85.00% | 80 | 1.00x |  |  |" in table
+    distill_bench.plot(results, tmp_path / "distill.png")
+    assert (tmp_path / "distill.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    distill_bench.plot({**results, "rt-polarity": {}}, tmp_path / "none.png")  # nothing measured: no empty figure
+    assert not (tmp_path / "none.png").exists()
