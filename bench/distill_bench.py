@@ -33,17 +33,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 import torch
 
 from bench.serve_report import cpu_class
-from bench.serve_bench import available_variants, ensure_exports, load_test, machine, precision, runtime_name
+from bench.serve_bench import (answers_alone, available_variants, ensure_exports, load_test, machine, precision,
+                                runtime_name)
 from bench import train_bench
 from cli import UserError, check_int, option, run
 from handlers.config import HandlerConfig
 from handlers.device import cpu_has_bf16
 from training.distill import LAYER_STUDENT_HIDDEN_WEIGHT, DistillConfig, main as distill_main
-from training.export import DEFAULT_TOLERANCE
 from training.rundir import RunDir, RunDirError
 from training.teacher_model import NAME as TEACHER_NAME
 from training.train import TrainConfig, main as train_main
@@ -211,9 +210,8 @@ def measure_frontier(rows: dict, data: Path, repeats: int) -> None:
                  "accuracy": round(float((m.preds == gold[part]).mean()), 4)}
         if variant != PIPELINE:
             alone = measure_inprocess(classifiers[part, variant], texts[:INVARIANCE_TEXTS], 1)
-            diff = float(np.abs(alone.scores - m.scores[:INVARIANCE_TEXTS]).max())
-            point.update(max_abs_logit_diff_alone=round(diff, 6),
-                         batch_invariant=diff <= DEFAULT_TOLERANCE[precision(variant)])
+            check = answers_alone(variant, alone.scores, m.scores[:INVARIANCE_TEXTS])
+            point.update(max_abs_logit_diff_alone=check["max_abs_logit_diff"], batch_invariant=check["ok"])
         rows[part].setdefault("variants", {})[variant] = point
     log.info("frontier: %d texts, %d paths measured", len(texts), len(best))
 
@@ -463,7 +461,7 @@ def plot(results: dict, path: Path) -> None:
         reference, pipe = rows.get("a", {}).get("variants", {}).get("fp32"), speed(rows.get("a", {}), PIPELINE)
         if reference and pipe:
             ax.axvspan(FRONTIER_MIN_SPEEDUP * pipe, max(FRONTIER_MIN_SPEEDUP * pipe, max(p["texts_per_s"] for p in found))
-                       * 1.5, ymin=0, ymax=1, color="tab:green", alpha=0.06)
+                       * 1.5, color="tab:green", alpha=0.06)
             ax.axhline(100 * reference["accuracy"] - FRONTIER_MAX_DROP_POINTS, color="tab:green", ls="--", lw=0.8,
                        label=f"(a) fp32 - {FRONTIER_MAX_DROP_POINTS:g} point; shaded: >= {FRONTIER_MIN_SPEEDUP:g}x the pipeline")
         for part, color in COLORS.items():

@@ -350,13 +350,16 @@ def batch_invariance(runs: dict[str, Measured]) -> dict[str, dict]:
     """Per variant: do a text's logits stay within the variant's parity tolerance (training.export) when
     it is run alone (batch 1) instead of with 31 neighbours (batch 32)? int8 dynamic quantisation scales
     every batch by its own activation range, so it fails this by design; fp32 and bf16 do not."""
-    out = {}
-    for variant in [v for v in VARIANTS if f"C-{v}-b1" in runs]:
-        alone, batched = runs[f"C-{variant}-b1"], runs[f"C-{variant}-b32"]
-        diff, tolerance = float(np.abs(alone.scores - batched.scores).max()), DEFAULT_TOLERANCE[precision(variant)]
-        out[variant] = {"ok": diff <= tolerance, "max_abs_logit_diff": round(diff, 6),
-                        "tolerance": tolerance, "differing": int((alone.preds != batched.preds).sum())}
-    return out
+    return {variant: answers_alone(variant, runs[f"C-{variant}-b1"].scores, runs[f"C-{variant}-b32"].scores)
+            for variant in VARIANTS if f"C-{variant}-b1" in runs}
+
+
+def answers_alone(variant: str, alone: np.ndarray, batched: np.ndarray) -> dict:
+    """The same texts' logits answered alone and in a batch, [texts, labels] each: within the variant's export
+    parity tolerance (ok) or not, and how many predictions differ."""
+    diff, tolerance = float(np.abs(alone - batched).max()), DEFAULT_TOLERANCE[precision(variant)]
+    return {"ok": diff <= tolerance, "max_abs_logit_diff": round(diff, 6), "tolerance": tolerance,
+            "differing": int((alone.argmax(-1) != batched.argmax(-1)).sum())}
 
 
 def checks(runs: dict[str, Measured], rows: list[dict], chosen: str, invariance: dict) -> list[dict]:
