@@ -213,10 +213,12 @@ bench-feedback: install ## feedback cycle on rt-polarity: capture, review, retra
 # ---- Benchmarks (results in bench/results/). bench-train fine-tunes rt-polarity and banking77 with
 # our recipe and the plain tutorial one; its rt-polarity run is the model bench-serve serves.
 # bench-serve compares transformers.pipeline, TorchServe's stock example and our in-process and
-# TorchServe paths on the rt-polarity test texts (about 10 minutes; BENCH_RUN=... serves another run).
+# TorchServe paths on the rt-polarity test texts (20-25 minutes on 2 cores; BENCH_RUN=... serves another run,
+# BENCH_SERVE_ARGS="--name student3" reports it apart).
 BENCH_RUN ?= runs/bench/rt-polarity
+BENCH_SERVE_ARGS ?=
 .PHONY: bench-serve
-bench: bench-train bench-serve bench-soak bench-switch bench-feedback bench-multilabel bench-distill ## every benchmark (about 10 hours on 2 cores)
+bench: bench-train bench-serve bench-soak bench-switch bench-feedback bench-multilabel bench-distill ## every benchmark (about 12 hours on 2 cores)
 
 # Every recipe runs one after the other with every core: run it on an otherwise idle machine
 # (about 2 hours a dataset on 2 cores; a rerun skips finished rows; BENCH_TRAIN_ARGS="--part class-weights" reruns one
@@ -238,8 +240,8 @@ BENCH_DISTILL_ARGS ?=
 bench-distill: install ## distillation frontier: MiniLM-L6, its 3-layer student (+ the mpnet teacher if installed)
 	$(PY) -m bench.distill_bench $(BENCH_DISTILL_ARGS)
 
-bench-serve: install ## pipeline vs stock TorchServe vs our in-process and served paths (about 10 min)
-	$(PY) -m bench.serve_bench --run $(BENCH_RUN)
+bench-serve: install ## pipeline vs stock TorchServe vs our in-process and served paths (20-25 min)
+	$(PY) -m bench.serve_bench --run $(BENCH_RUN) $(BENCH_SERVE_ARGS)
 
 # GPU path: the handler on cuda:0 vs CPU, then a live TorchServe with GPU workers (skipped without CUDA).
 .PHONY: gpu-check

@@ -1,6 +1,6 @@
 """Serving benchmark: our paths against what users write instead, same texts, same fine-tuned model.
 
-    python -m bench.serve_bench --run runs/bench/rt-polarity [--max-texts 200]
+    python -m bench.serve_bench --run runs/bench/rt-polarity [--max-texts 200] [--name student3]
 
 Rows (every one classifies the rt-polarity test split with the run's model):
   A  transformers pipeline("text-classification"), eager fp32, in-process, batch 1 and 32
@@ -13,7 +13,8 @@ Rows (every one classifies the rt-polarity test split with the run's model):
      composition, at concurrency 1, 8 and 32
   D1 the same archive in the product's default deployment (1 worker using every core), concurrency 1 and 32
 Writes bench/results/serve-<cpu>.{json,md,png}, one set per CPU class (amx, avx512, avx2; serve-<cpu>-quick.*
-with --max-texts). Fails (exit 1) when a correctness check does not hold; timings are reported, never
+with --max-texts), for the training benchmark's MiniLM; another model (a distilled student, a teacher) is
+named with --name, into serve-<cpu>-<name>.*, beside it rather than over it. Fails (exit 1) when a correctness check does not hold; timings are reported, never
 asserted.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ import json
 import logging
 import os
 import platform
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -38,7 +40,7 @@ from bench.flops import MATMUL_N, FlopModel, best_limit, compute_limit, limit_fo
 from bench.serve_runs import (Measured, archive_noop, archive_ours, archive_stock, bundle_classifier,
                               measure_inprocess, measure_server, pipeline_classifier, torchserve)
 import cli
-from cli import UserError, check_int, option
+from cli import UserError, check_int, command_line, option
 from handlers.config import HandlerConfig, parse_chunk_size
 from handlers.device import cpu_has_bf16
 from training.export import DEFAULT_TOLERANCE
@@ -47,6 +49,7 @@ from training.rundir import RunDir
 log = logging.getLogger("bench.serve")
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
+PROG = "python -m bench.serve_bench"
 VARIANTS = ("fp32", "int8", "bf16", "onnx-fp32", "onnx-int8")
 ONNX = "onnx-"  # variant prefix of the ONNX Runtime bundles; the rest names the arithmetic
 MAX_DROP_POINTS = 0.5  # a variant is accuracy-preserving within this many points of fp32
@@ -76,6 +79,9 @@ class ServeBenchConfig:
         "also measure D1: the product's default deployment, 1 worker using every core, at concurrency 1 and 32", True)
     skip_stock: bool = option("skip row B (tuning runs)", False)
     out: str = option("results folder", str(RESULTS))
+    name: str | None = option("name of the model measured, for a run that is not the training benchmark's MiniLM (a "
+                              "student, a teacher): its report goes to serve-<cpu>-NAME.* instead of the CPU "
+                              "class's own", None)
 
     def __post_init__(self):
         RunDir(self.run).check_finished()
@@ -91,6 +97,15 @@ class ServeBenchConfig:
         for name in ("repeats", "workers", "threads", "batch_size"):
             check_int(f"--{name.replace('_', '-')}", getattr(self, name), 1)
         check_int("--max-batch-delay", self.max_batch_delay, 0)
+        if self.name is not None and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", self.name):
+            raise UserError(f"--name is part of a file name: lower-case letters, digits and '-', got {self.name!r}")
+
+
+def report_stem(config: ServeBenchConfig, isa: list[str]) -> str:
+    """One report per CPU class (runs on another machine class never overwrite it), per model named (--name),
+    quick runs apart from full ones."""
+    return "-".join(["serve", cpu_class(isa), *([config.name] if config.name else []),
+                     *([] if config.max_texts is None else ["quick"])])
 
 
 def available_variants(has_bf16: bool) -> tuple[str, ...]:
@@ -109,15 +124,16 @@ def runtime_name(variant: str) -> str:
     return "ONNX Runtime" if variant.startswith(ONNX) else "TorchScript"
 
 
-def load_test(data: Path, labels: list[str], max_texts: int | None) -> tuple[list[str], np.ndarray]:
+def load_test(data: Path, labels: list[str], max_texts: int | None,
+              label_column: str = "label") -> tuple[list[str], np.ndarray]:
     test = pd.read_csv(data / "test.csv")
     if max_texts:
         test = test.head(max_texts)
-    unknown = sorted(set(test["label"].astype(str)) - set(labels))
+    unknown = sorted(set(test[label_column].astype(str)) - set(labels))
     if unknown:
         raise UserError(f"{data / 'test.csv'}: labels {unknown} are not among the run's labels {labels}")
     index = {name: i for i, name in enumerate(labels)}
-    return test["text"].astype(str).tolist(), np.array([index[str(y)] for y in test["label"]])
+    return test["text"].astype(str).tolist(), np.array([index[str(y)] for y in test[label_column]])
 
 
 def ensure_exports(run: Path, cache: Path, variants: tuple[str, ...]) -> dict[str, Path]:
@@ -178,7 +194,8 @@ def main(config: ServeBenchConfig) -> dict:
     labels, max_length, model_dir = meta["labels"], int(meta["max_length"]), RunDir(run).model_dir
     texts, gold = load_test(Path(config.data), labels, config.max_texts)
     results = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "loadavg_start": os.getloadavg(),
-               "machine": machine(), "run": str(run), "texts": len(texts), "config": asdict(config)}
+               "machine": machine(), "run": str(run), "texts": len(texts), "config": asdict(config),
+               "command": command_line(PROG, config)}
     busy = os.getloadavg()[0] > 0.5 * CORES
     if busy:
         log.warning("the host is busy (load average %.2f on %d CPUs): other work slows every row, and rows that "
@@ -291,7 +308,7 @@ def main(config: ServeBenchConfig) -> dict:
     results["checks"] = checks(runs, rows, chosen, invariance)
     results["targets"] = serve_report.targets(rows, chosen, limits[chosen][0], results["flops"]["mean_gflop_per_text"],
                                               results.get("paired"))
-    write(results, out, f"serve-{cpu_class(results['machine']['isa'])}" + ("" if config.max_texts is None else "-quick"))
+    write(results, out, report_stem(config, results["machine"]["isa"]))
     failed = [c for c in results["checks"] if not c["ok"]]
     if failed:
         for c in failed:
@@ -412,4 +429,4 @@ def write(results: dict, out: Path, stem: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main, ServeBenchConfig, prog="python -m bench.serve_bench"))
+    sys.exit(cli.run(main, ServeBenchConfig, prog=PROG))

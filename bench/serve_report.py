@@ -108,7 +108,8 @@ def _mixed(results: dict) -> str:
 def markdown(results: dict) -> str:
     m, lim, fl = results["machine"], results["limit"], results["flops"]
     out = ["# Serving benchmark", "",
-           f"`python -m bench.serve_bench --run {results['run']}` (`make bench-serve`), {results['started']}: "
+           # Results from before the command was recorded named their run only.
+           f"`{results.get('command') or 'python -m bench.serve_bench --run ' + results['run']}`, {results['started']}: "
            f"{results['texts']} rt-polarity test texts, the same fine-tuned model on every row.", "",
            f"Machine: {m['cpus']} CPUs ({m['cpu']}; {', '.join(m['isa'])}), torch {m['torch']}. "
            f"Load average (1/5/15 min) at start {_load(results['loadavg_start'])}, at end {_load(results['loadavg_end'])}: "

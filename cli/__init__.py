@@ -57,6 +57,24 @@ def flag_of(f: dataclasses.Field) -> str:
     return "--" + f.metadata.get("flag", f.name).replace("_", "-")
 
 
+def command_line(prog: str, config) -> str:
+    """The command that reproduces `config`: `prog` and every option whose value differs from its default (a
+    required one always), so a results file names how it was made without the options nobody changed. Flat
+    configs only (no option groups): the benchmarks' reports use it."""
+    args = [prog]
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if not f.init or (f.default is not dataclasses.MISSING and value == f.default):
+            continue
+        if f.metadata.get("positional"):
+            args.append(str(value))
+        elif isinstance(value, bool):
+            args.append(flag_of(f) if value else "--no-" + flag_of(f)[2:])
+        else:
+            args.append(f"{flag_of(f)} {'none' if value is None else value}")
+    return " ".join(args)
+
+
 def _scalar(tp):
     """(type, choices) behind `int | None`, `Optional[float]`, `Literal[...]`."""
     if typing.get_origin(tp) is typing.Literal:

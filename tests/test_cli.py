@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from cli import Failure, UserError, parse_config, run
+from cli import Failure, UserError, command_line, option, parse_config, run
 from handlers.bundle import BundleError
 from training.data import DataError
 from training.export import ExportConfig
@@ -89,6 +91,28 @@ def test_options_become_typed_config_fields():
     export = parse_config(ExportConfig, ["--run-dir", "r", "--output-dir", "o", "--quantize", "int8",
                                          "--parity-tolerance", "1e-3", "--force"])
     assert (export.quantize, export.parity_tolerance, export.force, export.variant) == ("int8", 1e-3, True, "int8")
+
+
+@dataclass
+class _Bench:
+    """A benchmark's options, one of each kind."""
+    run: str = option("a required option")
+    repeats: int = option("an int", 3)
+    max_texts: int | None = option("optional", None)
+    stock: bool = option("a flag on by default", True)
+    quick: bool = option("a flag off by default", False)
+    chunk: int | str | None = option("parsed", "auto", parse=lambda t: None if t == "none" else t if t == "auto" else int(t))
+
+
+@pytest.mark.parametrize("config, expected", [
+    (_Bench(run="r"), "python -m b --run r"),
+    (_Bench(run="runs/x", repeats=5, max_texts=200, stock=False, quick=True, chunk=None),
+     "python -m b --run runs/x --repeats 5 --max-texts 200 --no-stock --quick --chunk none"),
+])
+def test_command_line_names_what_differs_from_the_defaults_and_parses_back(config, expected):
+    line = command_line("python -m b", config)
+    assert line == expected
+    assert parse_config(_Bench, shlex.split(line)[3:]) == config
 
 
 def test_export_help_in_process(capsys):

@@ -67,6 +67,12 @@ def test_targets_compare_the_student_and_the_distilled_minilm_with_the_fine_tune
     assert found["rt-polarity", "(d)"]["met"] and found["rt-polarity", "(d)"]["detail"] == "+1.50 points"
     results["rt-polarity"]["b"]["variants"]["onnx-fp32"]["texts_per_s"] = 180
     assert distill_bench.targets(results)[0]["met"]
+    results["rt-polarity"]["b"]["vs_a"] = {"points": -1.0, "interval_95": [-2.5, 0.5]}
+    results["rt-polarity"]["d"]["vs_a"] = {"points": 1.5, "interval_95": [0.25, 2.75]}
+    b, d = (t["detail"] for t in distill_bench.targets(results) if t["name"][:3] in ("(b)", "(d)"))
+    assert b.startswith("1.00 points lost (95% paired interval -0.50 to 2.50); ")
+    assert d == "+1.50 points (95% paired interval +0.25 to +2.75)"
+    del results["rt-polarity"]["d"]["vs_a"]
     assert "| rt-polarity | (d) >= (a) + 1 point | +1.50 points | **met** |" in distill_bench.markdown(
         results, DistillBenchConfig(data_root=data_root))
 
@@ -145,9 +151,18 @@ def test_each_row_trains_with_its_recipe_and_only_d_learns_from_noisy_copies(dat
     monkeypatch.setattr(distill_bench, "train_main", lambda train: trained.setdefault(Path(train.output_dir).name, train))
     monkeypatch.setattr(distill_bench, "distill_main", lambda d: trained.setdefault(Path(d.train.output_dir).name, d))
     monkeypatch.setattr(distill_bench, "row", lambda metrics, run_dir: {})
-    monkeypatch.setattr(distill_bench, "measure_frontier", lambda rows, data, repeats: None)
+    scored = {}
+    monkeypatch.setattr(distill_bench, "measure_frontier",
+                        lambda rows, data, repeats, label_column: scored.setdefault(data.name, label_column))
     monkeypatch.setattr(distill_bench, "markdown", lambda results, config: "")
     monkeypatch.setattr(distill_bench, "plot", lambda results, path: None)
+    results = distill_bench.run_rows(DistillBenchConfig(data_root=data_root, datasets="banking77",
+                                                        runs=tmp_path / "runs", teacher_model=teacher_model, parts="a,b"))
+    # banking77's 77 classes get larger steps (all but the student, which keeps make distill's defaults) and the
+    # frontier scores its texts by its own label column
+    assert trained["minilm"].learning_rate == 2e-4 and trained["student3"].train.learning_rate == 1e-4
+    assert results["banking77"]["a"]["recipe"]["learning_rate"] == 2e-4 and scored == {"banking77": "category"}
+    trained.clear()
     results = distill_bench.run_rows(DistillBenchConfig(data_root=data_root, datasets="rt-polarity",
                                                         runs=tmp_path / "runs", teacher_model=teacher_model))
     a, b, c, d = (trained[name] for name in ("minilm", "student3", "mpnet", "minilm-from-mpnet"))
@@ -202,7 +217,7 @@ def test_the_frontier_scores_every_export_on_the_test_texts_and_finds_answers_th
                         lambda run, cache, variants: exported.append(run) or {v: cache / v for v in variants})
     monkeypatch.setattr(serve_runs, "bundle_classifier", classifier)
     monkeypatch.setattr(serve_runs, "pipeline_classifier", lambda model_dir, names: lambda batch: logits(batch))
-    rows = {part: {"run": str(run), "variants": {"stale": {}}} for part, run in runs.items()}
+    rows = {part: {"run": str(run), "variants": {"stale": {}}, "vs_a": {"stale": True}} for part, run in runs.items()}
     distill_bench.measure_frontier(rows, data_root / "rt-polarity", repeats=2)
 
     assert exported == [runs["a"], runs["b"]] and set(rows["a"]["variants"]) == {"fp32", "int8", "pipeline"}
@@ -213,6 +228,20 @@ def test_the_frontier_scores_every_export_on_the_test_texts_and_finds_answers_th
     assert not a["int8"]["batch_invariant"] and a["int8"]["max_abs_logit_diff_alone"] == pytest.approx(0.31)
     assert b["fp32"]["accuracy"] == 0.5  # answers every text of a batch as its first one
     assert not b["fp32"]["batch_invariant"]  # and so depends on its batch too
+    assert rows["b"]["vs_a"]["points"] == -40.0 and "vs_a" not in rows["a"]  # each row against (a), fp32 to fp32
+
+
+def test_a_paired_difference_counts_only_the_texts_one_model_gets_right_and_the_other_wrong():
+    gold = np.zeros(100, dtype=int)
+    a, b = gold.copy(), gold.copy()
+    a[:4] = 1  # 4 texts only b gets right
+    b[4:14] = 1  # 10 only a gets right
+    a[14:20] = b[14:20] = 1  # 6 both get wrong: they do not move the difference
+    got = distill_bench.paired_difference(gold, a, b)
+    assert got["points"] == -6.0 and (got["only_a_right"], got["only_b_right"]) == (10, 4)
+    assert got["interval_95"] == [-13.24, 1.24]  # -6 -+ 1.96 * sqrt((0.14 - 0.06^2) / 100)
+    assert distill_bench.paired_difference(gold, a, a) == {"points": 0.0, "interval_95": [0.0, 0.0],
+                                                           "only_a_right": 0, "only_b_right": 0}
 
 
 def test_the_frontier_keeps_the_points_nothing_beats_and_target_4_serves_only_batch_independent_ones(data_root, tmp_path):

@@ -6,9 +6,11 @@ import pytest
 
 from bench import serve_report
 from bench.flops import FlopModel, limit_for, mixed_limit
-from bench.serve_bench import available_variants, batch_invariance, choose_variant
+from bench.serve_bench import ServeBenchConfig, available_variants, batch_invariance, choose_variant, report_stem
 from bench.serve_report import cpu_class
 from bench.serve_runs import Measured
+from cli import UserError
+from tests.test_rundir import finished
 
 
 def test_bf16_is_only_measured_where_the_cpu_has_bf16_instructions():
@@ -43,6 +45,27 @@ def test_onnx_targets_compare_runtimes_on_the_same_model():
 ])
 def test_results_are_kept_per_cpu_class(isa, expected):
     assert cpu_class(isa) == expected
+
+
+@pytest.mark.parametrize("options, stem", [
+    ({}, "serve-avx2"),
+    ({"max_texts": 200}, "serve-avx2-quick"),
+    ({"name": "student3"}, "serve-avx2-student3"),
+    ({"name": "mpnet", "max_texts": 256}, "serve-avx2-mpnet-quick"),
+])
+def test_a_named_model_gets_its_own_report_beside_the_cpu_classs(tmp_path, options, stem):
+    finished(tmp_path / "run")
+    (tmp_path / "test.csv").write_text("text,label\nawful,neg\n")
+    config = ServeBenchConfig(run=str(tmp_path / "run"), data=str(tmp_path), **options)
+    assert report_stem(config, ["avx2"]) == stem
+
+
+@pytest.mark.parametrize("name", ["../x", "Student", "a b", ""])
+def test_a_report_name_that_is_not_a_plain_file_name_is_refused(tmp_path, name):
+    finished(tmp_path / "run")
+    (tmp_path / "test.csv").write_text("text,label\nawful,neg\n")
+    with pytest.raises(UserError, match="--name"):
+        ServeBenchConfig(run=str(tmp_path / "run"), data=str(tmp_path), name=name)
 
 
 def _measured(logits):

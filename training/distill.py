@@ -108,6 +108,13 @@ class DistillConfig:
             if not self.student_layers or len(set(self.student_layers)) != len(self.student_layers):
                 raise UserError(f"--student-layers must name distinct layers, got {self.student_layers}")
 
+    def settings(self) -> dict:
+        """What makes one distillation differ from another, beside its training options: run.json records it
+        (Distillation.record) and a benchmark reuses a finished run only when it matches."""
+        return {"teacher": self.teacher, "alpha": self.alpha, "temperature": self.temperature,
+                "student_layers": self.student_layers, "noisy_copies": self.noisy_copies,
+                "hidden_weight": self.hidden_weight}
+
 
 def distillation_loss(student, teacher, labels, alpha: float, temperature: float, weight=None):
     """alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(softmax(teacher/T) || softmax(student/T))."""
@@ -291,11 +298,8 @@ class Distillation:
 
             depth = AutoConfig.from_pretrained(self.teacher.model_dir).num_hidden_layers
             pairs = layer_pairs(len(self.config.student_layers), depth)
-        return {"teacher": str(self.teacher.path), "teacher_model": self.teacher_run.get("base_model"),
-                "alpha": self.config.alpha, "temperature": self.config.temperature,
-                "student_layers": self.config.student_layers, "noisy_copies": self.config.noisy_copies,
-                "hidden_weight": self.config.hidden_weight,
-                "hidden_layer_pairs": pairs}
+        return {**self.config.settings(), "teacher": str(self.teacher.path),
+                "teacher_model": self.teacher_run.get("base_model"), "hidden_layer_pairs": pairs}
 
 
 def main(config: DistillConfig) -> dict:
