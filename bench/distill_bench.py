@@ -63,9 +63,10 @@ RUN_NAMES = {"a": "minilm", "b": "student3", "c": "mpnet", "d": "minilm-from-mpn
 SPEED_BATCH = 32  # texts per in-process call when timing the exports
 PIPELINE = "pipeline"  # the frontier's reference point: transformers.pipeline on (a)'s model, eager fp32
 # A variant's logits for a text run alone must stay within its export tolerance of the same text's logits in its
-# batch of 32 (checked on this many test texts), or its answers depend on their neighbours: dynamic int8 scales
-# each batch by its own range. Such a variant is drawn, but cannot be the one target 4 serves.
-INVARIANCE_TEXTS = 64
+# batch of 32, on every test text (as bench.serve_bench checks the variant it serves), or its answers depend on
+# their neighbours: dynamic int8 scales each batch by its own range. Such a variant is drawn, but cannot be the one
+# target 4 serves. (A sample of 64 texts passed bf16 on banking77 at 0.031; the serving benchmark, on all 3,080,
+# found 0.062, over its 0.05: the rare text decides.)
 FP32_EXPORTS = {"fp32": "TorchScript", "onnx-fp32": "ONNX Runtime"}  # target 3 compares b and a in both
 
 # Every model gets the same fixed recipe, so that rows differ only in the model: the one the committed
@@ -214,8 +215,8 @@ def measure_frontier(rows: dict, data: Path, repeats: int, label_column: str = "
         point = {"texts_per_s": round(len(texts) / m.wall_s, 1),
                  "accuracy": round(float((m.preds == gold[part]).mean()), 4)}
         if variant != PIPELINE:
-            alone = measure_inprocess(classifiers[part, variant], texts[:INVARIANCE_TEXTS], 1)
-            check = answers_alone(variant, alone.scores, m.scores[:INVARIANCE_TEXTS])
+            alone = measure_inprocess(classifiers[part, variant], texts, 1)
+            check = answers_alone(variant, alone.scores, m.scores)
             point.update(max_abs_logit_diff_alone=check["max_abs_logit_diff"], batch_invariant=check["ok"])
         rows[part].setdefault("variants", {})[variant] = point
     for part in rows:
@@ -361,7 +362,7 @@ def frontier_table(dataset: str, rows: dict) -> list[str]:
     pipe, on = speed(rows.get("a", {}), PIPELINE), {p["label"] for p in frontier(found)}
     lines = ["", f"Frontier on {dataset} (the PNG beside this file draws it): every measured export, fastest first; "
              "*alone* is the largest logit change of a text run alone instead of in its batch of "
-             f"{SPEED_BATCH} ({INVARIANCE_TEXTS} texts), within the variant's export tolerance or not.", "",
+             f"{SPEED_BATCH} (every test text), within the variant's export tolerance or not.", "",
              "| row | variant | accuracy | texts/s | vs pipeline | alone | on the frontier |",
              "| --- | --- | ---: | ---: | ---: | --- | --- |"]
     for p in sorted(found, key=lambda p: -p["texts_per_s"]):
@@ -395,13 +396,13 @@ def targets(results: dict) -> list[dict]:
         a = rows.get("a")
         if a and "b" in rows:
             b = rows["b"]
-            drop = 100 * (a["accuracy"] - b["accuracy"])
+            gain = 100 * (b["accuracy"] - a["accuracy"])
             speedups = {v: speed(b, v) / speed(a, v) for v in FP32_EXPORTS if speed(a, v) and speed(b, v)}
             out.append({"dataset": dataset, "name": f"(b) within {STUDENT_MAX_DROP_POINTS:g} points of (a) at >= "
                                                     f"{STUDENT_MIN_SPEEDUP:g}x its speed",
-                        "met": drop <= STUDENT_MAX_DROP_POINTS and bool(speedups)
+                        "met": -gain <= STUDENT_MAX_DROP_POINTS and bool(speedups)
                         and min(speedups.values()) >= STUDENT_MIN_SPEEDUP,
-                        "detail": f"{drop:.2f} points lost{interval(b, -1)}; " + (", ".join(
+                        "detail": f"{gain:+.2f} points{interval(b)}; " + (", ".join(
                             f"{FP32_EXPORTS[v]} {x:.2f}x" for v, x in speedups.items()) or "speed not measured")})
         reference = a and a.get("variants", {}).get("fp32")
         pipe = a and speed(a, PIPELINE)
@@ -423,13 +424,12 @@ def targets(results: dict) -> list[dict]:
     return out
 
 
-def interval(r: dict, sign: int = 1) -> str:
-    """A row's 95% paired interval against (a), as a gain (sign 1) or a loss (-1), where the frontier measured it."""
+def interval(r: dict) -> str:
+    """A row's 95% paired interval of its accuracy minus (a)'s, where the frontier measured it."""
     if "vs_a" not in r:
         return ""
-    lo, hi = sorted(sign * x for x in r["vs_a"]["interval_95"])
-    form = "+.2f" if sign == 1 else ".2f"  # a gain is signed, a loss is a count of points
-    return f" (95% paired interval {lo:{form}} to {hi:{form}})"
+    lo, hi = r["vs_a"]["interval_95"]
+    return f" (95% paired interval {lo:+.2f} to {hi:+.2f})"
 
 
 COLORS = {"a": "tab:blue", "b": "tab:orange", "c": "tab:purple", "d": "tab:green"}
@@ -442,13 +442,15 @@ LABEL_PLACES = {"fp32": ((0, 7), "center", "bottom"), "onnx-fp32": ((0, -8), "ce
 
 def label(ax, found: list[dict], renderer) -> None:
     """Each point's label in its variant's place, moved up or down in steps while it would cover one already
-    placed: two models often share an accuracy, and their variants then crowd one line."""
+    placed: two models often share an accuracy, and their variants then crowd one line. A moved label gets a
+    leader line to its point, since it may end up nearer another."""
     placed = []
     for p in sorted(found, key=lambda p: p["texts_per_s"]):
         (dx, dy), ha, va = LABEL_PLACES.get(p["variant"], ((6, 0), "left", "center"))
         for shift in (0, -8, 8, -16, 16, -24, 24):
             text = ax.annotate(p["label"], (p["texts_per_s"], 100 * p["accuracy"]), textcoords="offset points",
-                               xytext=(dx, dy + shift), ha=ha, va=va, fontsize=7)
+                               xytext=(dx, dy + shift), ha=ha, va=va, fontsize=7,
+                               arrowprops=dict(arrowstyle="-", lw=0.4, color="gray", shrinkA=0, shrinkB=3) if shift else None)
             box = text.get_window_extent(renderer)
             if not any(box.overlaps(other) for other in placed) or shift == 24:
                 break
@@ -468,7 +470,7 @@ def plot(results: dict, path: Path) -> None:
     datasets = [d for d in DATASETS if points(results.get(d, {}))]
     if not datasets:
         return
-    fig, axes = plt.subplots(1, len(datasets), figsize=(8 * len(datasets), 5.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(datasets), figsize=(10 * len(datasets), 7), squeeze=False)
     m = results["machine"]
     for ax, dataset in zip(axes[0], datasets):
         rows = results[dataset]
@@ -479,7 +481,8 @@ def plot(results: dict, path: Path) -> None:
                        marker="o" if p.get("batch_invariant", True) else "x")
         line = frontier(found)
         ax.plot([p["texts_per_s"] for p in line], [100 * p["accuracy"] for p in line], color="black", lw=0.8,
-                alpha=0.5, label="frontier (answers independent of the batch)")
+                alpha=0.5, marker="o", markersize=11, markerfacecolor="none",  # ringed: a one-point frontier shows too
+                label="frontier (answers independent of the batch)")
         reference, pipe = rows.get("a", {}).get("variants", {}).get("fp32"), speed(rows.get("a", {}), PIPELINE)
         if reference and pipe:
             ax.axvspan(FRONTIER_MIN_SPEEDUP * pipe, max(FRONTIER_MIN_SPEEDUP * pipe, max(p["texts_per_s"] for p in found))
@@ -498,11 +501,15 @@ def plot(results: dict, path: Path) -> None:
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(f"{dataset}: {m['cpus']} CPUs ({m['cpu']}; {cpu_class(m['isa'])}); up and right is better",
                      fontsize=10)
-        ax.legend(loc="upper right", fontsize=7)
+        ax.margins(y=0.12)  # room for the labels of the highest and lowest points
+        # Below the panel: inside it, the legend hid the fastest points, where the frontier ends.
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, fontsize=7)
         ax.grid(True, which="both", alpha=0.3)
-        label(ax, found, fig.canvas.get_renderer())
+    # Labels are placed last, in the final layout: label() keeps them apart in display space, which the layout moves.
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    for ax, dataset in zip(axes[0], datasets):
+        label(ax, points(results[dataset]), fig.canvas.get_renderer())
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 

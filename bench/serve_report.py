@@ -105,12 +105,17 @@ def _mixed(results: dict) -> str:
                 f"{v} {100 * share:.0f}% int8, {limits[v]} GFLOP/s" for v, share in shares.items()))
 
 
+def dataset(results: dict) -> str:
+    """The name of the data folder the texts came from (rt-polarity for the training benchmark's run)."""
+    return Path(results.get("data") or results["config"]["data"]).name  # results before "data" was recorded
+
+
 def markdown(results: dict) -> str:
     m, lim, fl = results["machine"], results["limit"], results["flops"]
     out = ["# Serving benchmark", "",
            # Results from before the command was recorded named their run only.
            f"`{results.get('command') or 'python -m bench.serve_bench --run ' + results['run']}`, {results['started']}: "
-           f"{results['texts']} rt-polarity test texts, the same fine-tuned model on every row.", "",
+           f"{results['texts']} {dataset(results)} test texts, the same fine-tuned model on every row.", "",
            f"Machine: {m['cpus']} CPUs ({m['cpu']}; {', '.join(m['isa'])}), torch {m['torch']}. "
            f"Load average (1/5/15 min) at start {_load(results['loadavg_start'])}, at end {_load(results['loadavg_end'])}: "
            "other work on the host makes every number lower and noisier; ratios come from the same run.", "",
@@ -220,7 +225,7 @@ def plot(results: dict, path: Path) -> None:
     ax.set_xlabel("p50 latency (ms, per call or request)")
     ax.set_ylabel("throughput (texts/s)")
     m = results["machine"]
-    ax.set_title(f"Serving rt-polarity ({results['texts']} texts), {m['cpus']} CPUs ({m['cpu']}; "
+    ax.set_title(f"Serving {dataset(results)} ({results['texts']} texts), {m['cpus']} CPUs ({m['cpu']}; "
                  f"{cpu_class(m['isa'])}); up and left is better", fontsize=10)
     for family, color in colors.items():
         ax.scatter([], [], color=color, label={"A": "A: HF pipeline", "B": "B: stock TorchServe",

@@ -70,7 +70,7 @@ def test_targets_compare_the_student_and_the_distilled_minilm_with_the_fine_tune
     results["rt-polarity"]["b"]["vs_a"] = {"points": -1.0, "interval_95": [-2.5, 0.5]}
     results["rt-polarity"]["d"]["vs_a"] = {"points": 1.5, "interval_95": [0.25, 2.75]}
     b, d = (t["detail"] for t in distill_bench.targets(results) if t["name"][:3] in ("(b)", "(d)"))
-    assert b.startswith("1.00 points lost (95% paired interval -0.50 to 2.50); ")
+    assert b.startswith("-1.00 points (95% paired interval -2.50 to +0.50); ")
     assert d == "+1.50 points (95% paired interval +0.25 to +2.75)"
     del results["rt-polarity"]["d"]["vs_a"]
     assert "| rt-polarity | (d) >= (a) + 1 point | +1.50 points | **met** |" in distill_bench.markdown(
@@ -135,7 +135,7 @@ def test_rows_whose_runs_are_gone_lose_their_old_speeds_instead_of_mixing_them_w
     assert "| 3 | 80.00% | 80.0 | 80.00% | 1 | 1.0 | not measured | not measured |  |" in distill_bench.markdown(
         results, DistillBenchConfig(data_root=data_root))
     target = distill_bench.targets(results)[0]
-    assert not target["met"] and target["detail"] == "0.00 points lost; speed not measured"
+    assert not target["met"] and target["detail"] == "+0.00 points; speed not measured"
 
 
 def test_each_row_trains_with_its_recipe_and_only_d_learns_from_noisy_copies(data_root, tmp_path, monkeypatch):

@@ -6,7 +6,8 @@ import pytest
 
 from bench import serve_report
 from bench.flops import FlopModel, limit_for, mixed_limit
-from bench.serve_bench import ServeBenchConfig, available_variants, batch_invariance, choose_variant, report_stem
+from bench.serve_bench import (ServeBenchConfig, available_variants, batch_invariance, choose_variant, load_test,
+                                parse_ours, report_stem)
 from bench.serve_report import cpu_class
 from bench.serve_runs import Measured
 from cli import UserError
@@ -66,6 +67,28 @@ def test_a_report_name_that_is_not_a_plain_file_name_is_refused(tmp_path, name):
     (tmp_path / "test.csv").write_text("text,label\nawful,neg\n")
     with pytest.raises(UserError, match="--name"):
         ServeBenchConfig(run=str(tmp_path / "run"), data=str(tmp_path), name=name)
+
+
+def test_the_benchmark_reads_the_test_split_the_run_was_trained_on_unless_told_otherwise(tmp_path):
+    run = finished(tmp_path / "run")
+    with pytest.raises(UserError, match="pass --data"):  # a run whose data is not a local folder
+        ServeBenchConfig(run=str(run.path))
+    (tmp_path / "tickets").mkdir()
+    (tmp_path / "tickets" / "test.csv").write_text("body,queue\nrefund please,billing\n")
+    run.write_run({**run.read_run(), "config": {"data": str(tmp_path / "tickets"), "text_column": "body",
+                                                "label_column": "queue"}})
+    assert ServeBenchConfig(run=str(run.path)).test_data() == tmp_path / "tickets"
+    texts, gold = load_test(tmp_path / "tickets", ["billing", "other"], None, "queue", "body")
+    assert texts == ["refund please"] and gold.tolist() == [0]
+
+
+def test_served_answers_of_a_large_label_set_carry_only_their_best_scores_and_still_parse():
+    labels = [f"intent{i}" for i in range(12)]
+    bodies = [b'{"label": "intent7", "score": 0.9, "scores": {"intent7": 0.9, "intent2": 0.05}}',
+              b'{"label": "intent0", "score": 0.6, "scores": {"intent0": 0.6}}']
+    preds, probs = parse_ours(bodies, labels)
+    assert preds.tolist() == [7, 0]
+    assert probs.shape == (2, 12) and probs[0, 2] == pytest.approx(0.05) and probs[1, 11] == 0
 
 
 def _measured(logits):
