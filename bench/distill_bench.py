@@ -89,7 +89,7 @@ DATASET_RECIPE = {"banking77": {"learning_rate": 2e-4}}
 # MiniLM-L6 distilled from mpnet >= 1 point above MiniLM-L6 fine-tuned alone (accuracy, test split).
 STUDENT_MAX_DROP_POINTS, STUDENT_MIN_SPEEDUP, DISTILLED_MIN_GAIN_POINTS = 1.5, 1.8, 1.0
 # And target 4's in-process half: the fastest batch-independent variant of any row within 1 point of (a) fp32
-# reaches >= 4x the HF pipeline at batch 32 (its served half is bench.serve_bench --run RUN --variant V).
+# reaches >= 4x the HF pipeline at batch 32 (its served half is bench.serve_bench --run RUN --name NAME).
 FRONTIER_MAX_DROP_POINTS, FRONTIER_MIN_SPEEDUP = 1.0, 4.0
 
 
@@ -172,7 +172,7 @@ def row(metrics: dict, run_dir: Path) -> dict:
             .get("num_hidden_layers")}
 
 
-def measure_frontier(rows: dict, data: Path, repeats: int, label_column: str = "label") -> None:
+def measure_frontier(rows: dict, data: Path, repeats: int) -> None:
     """Each row's `variants`: texts/s at batch SPEED_BATCH and accuracy on data's test texts of every variant this
     CPU runs well, as the handler runs it (its chunking included), and whether its answers hold alone; row a also
     gets the HF pipeline. Exports are made once per model and exporter (bench.serve_bench.ensure_exports, the
@@ -198,7 +198,7 @@ def measure_frontier(rows: dict, data: Path, repeats: int, label_column: str = "
             continue
         r.pop("speed_skipped", None)
         meta = run_dir.read_run()
-        texts, gold[part] = load_test(data, meta["labels"], None, label_column)
+        texts, gold[part] = load_test(data, meta, None)  # by the run's own columns
         for variant, bundle in ensure_exports(run_dir.path, run_dir.path / "serve-bench", variants).items():
             chunk = chunking.resolve_chunk_size(precision(variant), "cpu")
             classifiers[part, variant] = bundle_classifier(bundle, int(meta["max_length"]), chunk)
@@ -297,8 +297,7 @@ def run_rows(config: DistillBenchConfig) -> dict:
                         "torch_threads": torch.get_num_threads(), "load_average_start": os.getloadavg(),
                         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     for dataset in config.dataset_list:
-        measure_frontier(results[dataset], Path(config.data_root) / dataset, config.repeats,
-                         DATASETS[dataset]["label_column"])
+        measure_frontier(results[dataset], Path(config.data_root) / dataset, config.repeats)
     results["speed"]["load_average_end"] = os.getloadavg()
     path.write_text(json.dumps(results, indent=2) + "\n")
     (RESULTS / f"distill{suffix}.md").write_text(markdown(results, config))

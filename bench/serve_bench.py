@@ -87,9 +87,10 @@ class ServeBenchConfig:
 
     def __post_init__(self):
         RunDir(self.run).check_finished()
-        if not (self.test_data() / "test.csv").is_file():
-            raise UserError(f"benchmark data not found: {self.test_data() / 'test.csv'} (pass --data: a folder "
-                            "holding test.csv; the run's own data, if it came from the hub, is not a folder)")
+        data = self.test_data()
+        if not (data / "test.csv").is_file():
+            raise UserError(f"benchmark data not found: {data / 'test.csv'} (pass --data: a folder holding test.csv; "
+                            "the run's own data, if it came from the hub, is not a folder)")
         if self.variant is not None and self.variant not in VARIANTS:
             raise UserError(f"--variant must be one of {', '.join(VARIANTS)}, got {self.variant!r}")
         if self.variant is not None and self.variant not in available_variants(cpu_has_bf16()):
@@ -102,7 +103,6 @@ class ServeBenchConfig:
         check_int("--max-batch-delay", self.max_batch_delay, 0)
         if self.name is not None and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", self.name):
             raise UserError(f"--name is part of a file name: lower-case letters, digits and '-', got {self.name!r}")
-
 
     def test_data(self) -> Path:
         """--data, else the run's own data (its labels and columns match by construction)."""
@@ -132,8 +132,11 @@ def runtime_name(variant: str) -> str:
     return "ONNX Runtime" if variant.startswith(ONNX) else "TorchScript"
 
 
-def load_test(data: Path, labels: list[str], max_texts: int | None, label_column: str = "label",
-              text_column: str = "text") -> tuple[list[str], np.ndarray]:
+def load_test(data: Path, run: dict, max_texts: int | None) -> tuple[list[str], np.ndarray]:
+    """The test texts and their label indices in the run's label order, read by the run's own text and label
+    columns (run.json; runs from before columns were recorded used text,label)."""
+    labels, columns = run["labels"], run.get("config", {})
+    text_column, label_column = columns.get("text_column", "text"), columns.get("label_column", "label")
     test = pd.read_csv(data / "test.csv")
     if max_texts:
         test = test.head(max_texts)
@@ -202,11 +205,10 @@ def main(config: ServeBenchConfig) -> dict:
     run, out = Path(config.run), Path(config.out)
     meta = RunDir(run).read_run()
     labels, max_length, model_dir = meta["labels"], int(meta["max_length"]), RunDir(run).model_dir
-    columns = meta.get("config", {})
-    texts, gold = load_test(config.test_data(), labels, config.max_texts, columns.get("label_column", "label"),
-                            columns.get("text_column", "text"))
+    data = config.test_data()
+    texts, gold = load_test(data, meta, config.max_texts)
     results = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "loadavg_start": os.getloadavg(),
-               "machine": machine(), "run": str(run), "data": str(config.test_data()), "texts": len(texts), "config": asdict(config),
+               "machine": machine(), "run": str(run), "data": str(data), "texts": len(texts), "config": asdict(config),
                "command": command_line(PROG, config)}
     busy = os.getloadavg()[0] > 0.5 * CORES
     if busy:

@@ -78,7 +78,8 @@ def test_the_benchmark_reads_the_test_split_the_run_was_trained_on_unless_told_o
     run.write_run({**run.read_run(), "config": {"data": str(tmp_path / "tickets"), "text_column": "body",
                                                 "label_column": "queue"}})
     assert ServeBenchConfig(run=str(run.path)).test_data() == tmp_path / "tickets"
-    texts, gold = load_test(tmp_path / "tickets", ["billing", "other"], None, "queue", "body")
+    texts, gold = load_test(tmp_path / "tickets", {"labels": ["billing", "other"], "config": {
+        "text_column": "body", "label_column": "queue"}}, None)
     assert texts == ["refund please"] and gold.tolist() == [0]
 
 
