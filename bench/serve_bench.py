@@ -13,6 +13,8 @@ with the run's model):
      the fastest variant within 0.5 accuracy points of fp32 whose answers do not depend on batch
      composition, at concurrency 1, 8 and 32
   D1 the same archive in the product's default deployment (1 worker using every core), concurrency 1 and 32
+  D and D1 also with the texts sent in lists ({"texts": [...]}, --texts-per-request, 8 by default) at 32 / 8 = 4
+     requests in flight: the same 32 texts in flight as concurrency 32, for a fraction of the requests
 Writes bench/results/serve-<cpu>.{json,md,png}, one set per CPU class (amx, avx512, avx2; serve-<cpu>-quick.*
 with --max-texts), for the training benchmark's MiniLM; another model (a distilled student, a teacher) is
 named with --name, into serve-<cpu>-<name>.*, beside it rather than over it. Fails (exit 1) when a correctness check does not hold; timings are reported, never
@@ -56,6 +58,7 @@ ONNX = "onnx-"  # variant prefix of the ONNX Runtime bundles; the rest names the
 MAX_DROP_POINTS = 0.5  # a variant is accuracy-preserving within this many points of fp32
 FP32_TOLERANCE = 1e-3  # |Δlogit| within which two fp32 paths (eager, traced, padded) may break a tie differently
 CORES = os.cpu_count() or 1
+IN_FLIGHT = 32  # texts in flight on a server row at the top concurrency, one per request or in lists
 
 
 @dataclass
@@ -77,6 +80,9 @@ class ServeBenchConfig:
         "integer, 'none' for one pass, or 'auto': by variant, see handlers/config.py)", "auto", parse=parse_chunk_size)
     repeats: int = option("passes per row, in-process rows interleaved; the fastest is kept (other work on a shared "
                           "host only ever slows a pass down)", 3)
+    texts_per_request: int = option(
+        "D and D1: also send the texts in lists of this many per request ({\"texts\": [...]}), with 32 texts in "
+        "flight like concurrency 32 (1: one text per request only)", 8)
     default_deployment: bool = option(
         "also measure D1: the product's default deployment, 1 worker using every core, at concurrency 1 and 32", True)
     skip_stock: bool = option("skip row B (tuning runs)", False)
@@ -98,6 +104,11 @@ class ServeBenchConfig:
         if self.chunk_size != "auto":
             check_int("--chunk-size", self.chunk_size, 1, optional=True, also="'auto'")
         check_int("--max-texts", self.max_texts, 1, optional=True)
+        check_int("--texts-per-request", self.texts_per_request, 1)
+        if IN_FLIGHT % self.texts_per_request:
+            raise UserError(f"--texts-per-request divides the {IN_FLIGHT} texts in flight into whole requests: one of "
+                            f"{', '.join(str(n) for n in range(1, IN_FLIGHT + 1) if IN_FLIGHT % n == 0)}; "
+                            f"got {self.texts_per_request}")
         for name in ("repeats", "workers", "threads", "batch_size"):
             check_int(f"--{name.replace('_', '-')}", getattr(self, name), 1)
         check_int("--max-batch-delay", self.max_batch_delay, 0)
@@ -183,17 +194,32 @@ def decisive_disagreements(ref: Measured, other_preds: np.ndarray, tolerance: fl
 
 
 def row(key: str, label: str, variant: str, mode: str, m: Measured, gold: np.ndarray, flops: np.ndarray,
-        batch: int | None = None, concurrency: int | None = None) -> dict:
+        batch: int | None = None, concurrency: int | None = None, texts_per_request: int = 1) -> dict:
     lat = np.array(m.latencies_s) * 1000
     achieved = float(flops.sum()) / m.wall_s / 1e9
     return {"key": key, "label": label, "variant": variant, "mode": mode, "batch": batch, "concurrency": concurrency,
+            **({"texts_per_request": texts_per_request} if texts_per_request > 1 else {}),
             "texts": len(gold), "texts_per_s": round(len(gold) / m.wall_s, 1), "p50_ms": round(float(np.percentile(lat, 50)), 2),
             "p99_ms": round(float(np.percentile(lat, 99)), 2), "accuracy": round(float((m.preds == gold).mean()), 4),
             "gflops": round(achieved, 2), **m.extra}
 
 
+def server_key(deployment: str, concurrency: int, texts_per_request: int = 1) -> str:
+    """A server row's key: D-c32 for one text per request, D-c4x8 for 4 requests in flight of 8 texts each."""
+    return f"{deployment}-c{concurrency}" + (f"x{texts_per_request}" if texts_per_request > 1 else "")
+
+
+def list_bodies(texts: list[str], per_request: int) -> list[bytes]:
+    """The texts in order, `per_request` to a request (the last one may hold fewer)."""
+    return [json.dumps({"texts": texts[i:i + per_request]}).encode() for i in range(0, len(texts), per_request)]
+
+
 def parse_ours(bodies: list[bytes], labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    answers = [json.loads(b) for b in bodies]
+    """One answer per text, in order: a {"text"} request answers one object, a {"texts"} request a list."""
+    answers = []
+    for body in bodies:
+        answer = json.loads(body)
+        answers += answer if isinstance(answer, list) else [answer]
     # Of a large label set (banking77's 77) the handler returns the best few scores only (handlers/config.py,
     # MANY_LABELS); the others count as 0 here. The checks compare the served labels, never these scores.
     probs = np.array([[a["scores"].get(name, 0.0) for name in labels] for a in answers], dtype=np.float32)
@@ -277,9 +303,13 @@ def main(config: ServeBenchConfig) -> dict:
                 concurrency=32)
             srv.client.unregister("stock")
         bodies_in = [json.dumps({"text": t}).encode() for t in texts]
-        deployments = [("D", config.workers, config.threads, (1, 8, 32))]
+        n = config.texts_per_request
+        # (concurrency, texts per request): one text per request, then the same texts in flight as at concurrency
+        # 32 sent in lists, which pays TorchServe's cost per request (HTTP, auth, queueing) once per list
+        lists = [(IN_FLIGHT // n, n)] if n > 1 else []
+        deployments = [("D", config.workers, config.threads, [(1, 1), (8, 1), (IN_FLIGHT, 1), *lists])]
         if config.default_deployment:
-            deployments.append(("D1", 1, CORES, (1, 32)))
+            deployments.append(("D1", 1, CORES, [(1, 1), (IN_FLIGHT, 1), *lists]))
         results["deployments"], results["paired"] = {}, {}
         classifiers = {key: classify for key, _, _, _, classify in inprocess}
         served_chunk = chunking.resolve_chunk_size(precision(chosen), "cpu")
@@ -289,19 +319,20 @@ def main(config: ServeBenchConfig) -> dict:
             mar = archive_ours(bundles[chosen], srv.store, name, config.batch_size, config.max_batch_delay, workers, handler)
             srv.client.register(name, mar, initial_workers=workers, batch_size=config.batch_size,
                                 max_batch_delay=config.max_batch_delay, response_timeout=300)
-            for concurrency in levels:
+            for concurrency, per_request in levels:
                 # Each server pass is paired with an in-process pass of its reference row measured just before
                 # it: the targets compare the two within a pair, so drift of the host between the in-process
                 # rounds and the server rows minutes later cannot decide them.
-                ref_batch = 1 if concurrency == 1 else 32
+                ref_batch = 1 if concurrency * per_request == 1 else 32
                 ref_key, server_passes, ref_passes = f"C-{chosen}-b{ref_batch}", [], []
+                bodies = bodies_in if per_request == 1 else list_bodies(texts, per_request)
                 for _ in range(config.repeats):
                     ref_passes.append(measure_inprocess(classifiers[ref_key], texts, ref_batch))
-                    server_passes.append(measure_server(srv, name, bodies_in, "application/json", concurrency,
-                                                        lambda bodies: parse_ours(bodies, labels)))
-                row_key = f"{key}-c{concurrency}"
+                    server_passes.append(measure_server(srv, name, bodies, "application/json", concurrency,
+                                                        lambda answers: parse_ours(answers, labels)))
+                row_key = server_key(key, concurrency, per_request)
                 record(row_key, f"ours on TorchServe, {chosen}, {workers} worker(s) x {threads} thread(s)", chosen,
-                       "TorchServe", server_passes, concurrency=concurrency)
+                       "TorchServe", server_passes, concurrency=concurrency, texts_per_request=per_request)
                 results["paired"][row_key] = paired_passes(ref_key, ref_passes, server_passes, len(texts))
             srv.client.unregister(name)
             results["deployments"][key] = {"workers": workers, "threads": threads, "batch_size": config.batch_size,

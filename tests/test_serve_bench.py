@@ -1,13 +1,15 @@
 """The serving benchmark's own logic: which variants it measures, which it serves, where results go."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from bench import serve_report
 from bench.flops import FlopModel, limit_for, mixed_limit
-from bench.serve_bench import (ServeBenchConfig, available_variants, batch_invariance, choose_variant, load_test,
-                                parse_ours, report_stem)
+from bench.serve_bench import (ServeBenchConfig, available_variants, batch_invariance, choose_variant, list_bodies,
+                                load_test, parse_ours, report_stem, server_key)
 from bench.serve_report import cpu_class
 from bench.serve_runs import Measured
 from cli import UserError
@@ -67,6 +69,28 @@ def test_a_report_name_that_is_not_a_plain_file_name_is_refused(tmp_path, name):
     (tmp_path / "test.csv").write_text("text,label\nawful,neg\n")
     with pytest.raises(UserError, match="--name"):
         ServeBenchConfig(run=str(tmp_path / "run"), data=str(tmp_path), name=name)
+
+
+@pytest.mark.parametrize("per_request", [3, 33, 0])
+def test_texts_per_request_must_split_the_texts_in_flight_into_whole_requests(tmp_path, per_request):
+    finished(tmp_path / "run")
+    (tmp_path / "test.csv").write_text("text,label\nawful,neg\n")
+    with pytest.raises(UserError, match="--texts-per-request"):
+        ServeBenchConfig(run=str(tmp_path / "run"), data=str(tmp_path), texts_per_request=per_request)
+
+
+def test_texts_sent_in_lists_come_back_one_answer_per_text_in_order():
+    labels = ["neg", "pos"]
+    bodies = list_bodies(["a", "b", "c", "d", "e"], 2)
+    assert [json.loads(b) for b in bodies] == [{"texts": ["a", "b"]}, {"texts": ["c", "d"]}, {"texts": ["e"]}]
+    # what the handler answers a {"texts"} request: a list, in input order (handlers/parsing.py)
+    answers = [json.dumps([{"label": "pos", "scores": {"pos": 0.9, "neg": 0.1}},
+                           {"label": "neg", "scores": {"pos": 0.2, "neg": 0.8}}]).encode(),
+               json.dumps([{"label": "neg", "scores": {"pos": 0.3, "neg": 0.7}}] * 2).encode(),
+               json.dumps([{"label": "pos", "scores": {"pos": 0.6, "neg": 0.4}}]).encode()]
+    preds, probs = parse_ours(answers, labels)
+    assert preds.tolist() == [1, 0, 0, 0, 1] and probs[0].tolist() == pytest.approx([0.1, 0.9])
+    assert (server_key("D1", 4, 8), server_key("D", 32), server_key("D", 32, 1)) == ("D1-c4x8", "D-c32", "D-c32")
 
 
 def test_the_benchmark_reads_the_test_split_the_run_was_trained_on_unless_told_otherwise(tmp_path):
@@ -197,6 +221,17 @@ def test_server_targets_use_the_median_of_paired_passes_when_the_run_has_them():
     assert best == {"D c32": (0.85, False), "D c1 p50": (4.0, False)}
     out = {t["name"].split(" vs")[0]: (t["value"], t["met"], t["paired"]) for t in serve_report.targets(rows, "fp32", paired=paired)[1:]}
     assert out == {"D c32": (0.94, True, True), "D c1 p50": (2.5, True, True)}
+
+
+def test_texts_sent_in_lists_are_held_to_the_same_ratio_as_one_text_per_request():
+    rows = [{"key": "A-b32", "texts_per_s": 100.0}, {"key": "C-fp32-b32", "texts_per_s": 200.0},
+            {"key": "C-fp32-b1", "p50_ms": 8.0}, {"key": "D1-c32", "texts_per_s": 150.0},
+            {"key": "D1-c4x8", "texts_per_s": 170.0, "concurrency": 4, "texts_per_request": 8}]
+    paired = {"D1-c4x8": {"reference": "C-fp32-b32", "texts_per_s": [190.0, 150.0, 185.0],
+                          "reference_texts_per_s": [200.0, 200.0, 200.0]}}
+    out = {t["name"]: (t["value"], t["met"]) for t in serve_report.targets(rows, "fp32", paired=paired)[1:]}
+    assert out == {"D1 c32 vs C-fp32 in-process b32": (0.75, False),
+                   "D1 c4 x 8 texts per request vs C-fp32 in-process b32": (0.93, True)}  # median of 0.95, 0.75, 0.925
 
 
 def test_report_states_torchserves_own_concurrency_1_floor():
