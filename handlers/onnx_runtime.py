@@ -12,6 +12,7 @@ import torch
 
 logger = logging.getLogger(__name__)
 CUDA, CPU = "CUDAExecutionProvider", "CPUExecutionProvider"
+SPINNING_STOP = "session.force_spinning_stop"
 
 
 class OnnxModel:
@@ -24,6 +25,13 @@ class OnnxModel:
         # Threads per worker are sized by the handler (cores / workers); inter-op parallelism only helps
         # graphs with independent branches, which an encoder has none of.
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        # ORT's intra-op threads busy-wait for work, and by default go on spinning after a run returns, for the
+        # next one. In a TorchServe worker the next run is a request away, and the spinning takes the cores the
+        # frontend and the other workers need: one worker x 2 threads kept 1.45 cores busy at concurrency 1 for
+        # 0.8 cores of work, and served a quarter fewer texts/s at concurrency 32. force_spinning_stop keeps the
+        # spinning inside a run (quick hand-offs between ops; with spinning off altogether, batch 1 ran 20%
+        # slower) and ends it when the run returns (bench/serve_notes.md, "ONNX Runtime's spinning threads").
+        options.add_session_config_entry(SPINNING_STOP, "1")
         options.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise here
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.providers = self.session.get_providers()

@@ -539,6 +539,15 @@ def test_onnx_and_torchscript_bundles_of_one_model_answer_alike(handler, onnx_bu
             assert list(a["scores"].values()) == pytest.approx(list(b["scores"].values()), abs=1e-4)
 
 
+def test_onnx_worker_threads_stop_spinning_when_a_run_returns(onnx_bundle):
+    # Threads left spinning between requests take the cores TorchServe's frontend and the other workers need.
+    from handlers.onnx_runtime import SPINNING_STOP
+
+    options = make_handler(onnx_bundle).model.session.get_session_options()
+    assert options.get_session_config_entry(SPINNING_STOP) == "1"
+    assert options.inter_op_num_threads == 1
+
+
 def test_onnx_worker_on_a_gpu_uses_cuda_only_when_onnxruntime_has_it(caplog):
     from handlers.onnx_runtime import CPU, CUDA, providers_for
 
