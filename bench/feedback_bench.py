@@ -7,8 +7,8 @@
 2. A temporary TorchServe serves v1 with review capture on (every text whose calibrated top-1 score is
    below `review_below`, plus a `review_sample` share of the others): half B is the live traffic, sent
    through the server in requests of 32 texts.
-3. The review queue is reviewed by training.review with scripted answers: the true label of each text.
-4. training.retrain trains the challenger on half A plus the reviewed feedback (20% of it held out),
+3. The review queue is reviewed by textclf.pipelines.review with scripted answers: the true label of each text.
+4. textclf.pipelines.retrain trains the challenger on half A plus the reviewed feedback (20% of it held out),
    compares it with v1 on the untouched test split, and, through the gate, archives, registers and makes
    it the default on the same server.
 
@@ -26,16 +26,18 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import pandas as pd
 
 from bench import write_results
-from cli import UserError, check_int, option, run
+from handlers.checks import check_int
+from textclf.core import paths
+from textclf.core.errors import UserError
+from textclf.core.options import option, run
 
-log = logging.getLogger("bench.feedback_bench")
+log = logging.getLogger(__name__)
 RESULTS = Path(__file__).parent / "results"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = paths.ROOT
 NAME = "feedback"
 
 
@@ -48,11 +50,11 @@ class FeedbackBenchConfig:
     runs: Path = option("where the benchmark's run directories go", Path("runs/bench/feedback"))
     review_below: float = option("capture every text whose calibrated top-1 score is below this", 0.9)
     review_sample: float = option("and this random share of the other texts", 0.1)
-    max_train_samples: Optional[int] = option("smoke-test on this many rows of each half", None)
+    max_train_samples: int | None = option("smoke-test on this many rows of each half", None)
     seed: int = option("seed of the halving", 13)
 
     def __post_init__(self):
-        check_int("--max-train-samples", self.max_train_samples, 4, optional=True)
+        check_int("--max-train-samples", self.max_train_samples, 4, optional=True, error=UserError)
         if not (Path(self.data_root) / "rt-polarity" / "train.csv").exists():
             raise UserError(f"benchmark data not found under {self.data_root}; pass --data-root")
         if not (0 < self.review_below <= 1 and 0 <= self.review_sample <= 1):
@@ -79,14 +81,16 @@ def scripted_answers(records: list[dict], truth: dict[str, str]) -> io.StringIO:
 
 
 def cycle(config: FeedbackBenchConfig) -> dict:
-    from training import retrain
-    from training.export import ExportConfig, main as export_main
-    from training.review import read_queue, review
+    from textclf.pipelines import retrain
+    from textclf.pipelines.review import read_queue, review
+    from textclf.torchserve import temporary
+    from textclf.torchserve.archive import ArchiveConfig, build_archive
+    from textclf.torchserve.ops import Target
+    from training.export import ExportConfig
+    from training.export import main as export_main
     from training.rundir import RunDir
-    from training.train import TrainConfig, main as train_main
-    from tsclient import server
-    from tsclient.archive import ArchiveConfig, build_archive
-    from tsclient.ops import Target
+    from training.train import TrainConfig
+    from training.train import main as train_main
 
     out = Path(config.runs)
     data, traffic = halves(config, out)
@@ -97,7 +101,7 @@ def cycle(config: FeedbackBenchConfig) -> dict:
     queue = out / "review" / "queue.jsonl"
     queue.parent.mkdir(parents=True, exist_ok=True)
     queue.unlink(missing_ok=True)  # a rerun reviews only its own traffic
-    with server.temporary_server(prefix="feedback-") as running:
+    with temporary.temporary_server(prefix="feedback-") as running:
         archive = build_archive(ArchiveConfig(
             bundle=out / "v1-export", name=NAME, version="1.0", store=running.store,
             review={"review": True, "review_queue": str(queue.resolve()), "review_below": config.review_below,
@@ -109,7 +113,7 @@ def cycle(config: FeedbackBenchConfig) -> dict:
             rest.predict(NAME, texts=texts[i:i + 32])
         timings["traffic_s"] = round(time.perf_counter() - t0, 1)
         records = read_queue(queue)
-        truth = dict(zip(traffic["text"], traffic["label"].astype(str)))
+        truth = dict(zip(traffic["text"], traffic["label"].astype(str), strict=False))
         feedback = out / "review" / "feedback.csv"
         feedback.unlink(missing_ok=True)
         counts = review(records, RunDir(out / "v1").read_labels(), feedback, scripted_answers(records, truth),
@@ -171,7 +175,6 @@ def markdown(r: dict) -> str:
 def main(config: FeedbackBenchConfig) -> dict:
     from bench.multilabel_bench import machine
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     m = machine()
     result = {**cycle(config), "cpu_class": m["cpu_class"], "machine": m, "load_average_end": os.getloadavg(),
               "finished": time.strftime("%Y-%m-%d", time.gmtime()),

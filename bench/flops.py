@@ -54,7 +54,7 @@ def compute_limit(n: int = MATMUL_N, reps: int = 5) -> dict:
             if dtype == torch.bfloat16 and not cpu_has_bf16():
                 continue
             a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-            out[f"{name}_gflops"] = round(_best_gflops(lambda: a @ b, flops, reps), 1)
+            out[f"{name}_gflops"] = round(_best_gflops(lambda a=a, b=b: a @ b, flops, reps), 1)
         linear = torch.nn.Sequential(torch.nn.Linear(n, n, bias=False))
         with warnings.catch_warnings():  # torch.ao.quantization's deprecation notice
             warnings.simplefilter("ignore")
@@ -94,7 +94,7 @@ class FlopModel:
     hidden: int
 
     @classmethod
-    def of(cls, model) -> "FlopModel":
+    def of(cls, model) -> FlopModel:
         """Read the parameter counts off an eager Hugging Face classifier."""
         encoder = model.base_model.encoder
         in_encoder = {id(m) for m in encoder.modules()}

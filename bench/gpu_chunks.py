@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from handlers.batching import forward_by_length
-from training.export import LogitsOnly, trace
+from training.export_formats import LogitsOnly, trace
 
 RESULTS = Path(__file__).parent / "results"
 BATCHES, CHUNKS, REPS = (8, 32, 128), (4, 8, 16, 32, None), 10

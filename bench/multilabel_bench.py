@@ -14,22 +14,24 @@ merges into the existing results, so rows may come from different runs: each row
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 import torch
 
-from cli import UserError, check_choices, check_int, option, run
+from handlers.checks import check_int
+from textclf.core import paths
+from textclf.core.errors import UserError
+from textclf.core.options import check_choices, option, run
 
 RESULTS = Path(__file__).parent / "results"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = paths.ROOT
 DATASET, LABEL_COLUMN, SEPARATOR = "banking77-multi", "labels", "|"
 SEED = 13
 # Recipe settings live here once; each result row stores its own copy, so the table states what ran.
@@ -51,7 +53,7 @@ FAR_POINTS = 10
 def read_split(path: Path) -> tuple[list[str], list[list[str]]]:
     """Texts and their label lists from a `text,labels` file (labels joined with `|`; empty: no label)."""
     frame = pd.read_csv(path, keep_default_na=False)
-    return frame["text"].astype(str).tolist(), [[l for l in s.split(SEPARATOR) if l] for s in frame[LABEL_COLUMN]]
+    return frame["text"].astype(str).tolist(), [[label for label in s.split(SEPARATOR) if label] for s in frame[LABEL_COLUMN]]
 
 
 def binarize(label_lists: list[list[str]], labels: list[str]) -> np.ndarray:
@@ -70,7 +72,7 @@ def load(folder: Path, max_train_samples: int | None = None):
     if max_train_samples is not None and max_train_samples < len(train_texts):
         keep = sorted(np.random.default_rng(SEED).permutation(len(train_texts))[:max_train_samples])
         train_texts, train_lists = [train_texts[i] for i in keep], [train_lists[i] for i in keep]
-    labels = sorted({l for ls in train_lists + test_lists for l in ls})
+    labels = sorted({label for ls in train_lists + test_lists for label in ls})
     return train_texts, binarize(train_lists, labels), test_texts, binarize(test_lists, labels), labels
 
 
@@ -83,7 +85,7 @@ def tfidf(train_texts, train_y, test_texts, test_y, thresholds=tuple(TFIDF["thre
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
 
-    from training.problems import f1_scores
+    from training.scores import f1_scores
 
     started = time.perf_counter()
     vectorizer = TfidfVectorizer(ngram_range=tuple(TFIDF["ngram_range"]))
@@ -227,7 +229,6 @@ def run_parts(data_root: Path, runs: Path, parts: tuple[str, ...], max_train_sam
               class_weights: str = "none") -> dict:
     """Run the named parts in order. A run of every part starts a fresh results file; a run of some parts keeps
     the other rows of the existing one (as bench.train_bench does)."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     stem = "multilabel" + ("" if max_train_samples is None else "-smoke")
     out = RESULTS / f"{stem}.json"
     results = json.loads(out.read_text()) if set(parts) != set(RECIPES) and out.exists() else {}
@@ -263,8 +264,8 @@ class MultilabelBenchConfig:
                           "from the existing results)", "a,b,c", parse=parse_parts)
     class_weights: Literal["none", "balanced"] = option(
         "ours: 'balanced' adds a pos_weight per label (negatives / positives); its row is kept as ours-balanced", "none")
-    max_train_samples: Optional[int] = option("smoke-test on a subset of train (writes multilabel-smoke.*)", None)
-    threads: Optional[int] = option("torch and BLAS threads for every recipe (1 keeps the comparison fair on a "
+    max_train_samples: int | None = option("smoke-test on a subset of train (writes multilabel-smoke.*)", None)
+    threads: int | None = option("torch and BLAS threads for every recipe (1 keeps the comparison fair on a "
                                     "shared machine; default: every core)", None)
 
     def __post_init__(self):
@@ -273,8 +274,8 @@ class MultilabelBenchConfig:
             self.parts = parse_parts(self.parts if isinstance(self.parts, str) else ",".join(self.parts))
         except ValueError as e:
             raise UserError(str(e)) from None
-        check_int("--max-train-samples", self.max_train_samples, 2, optional=True)
-        check_int("--threads", self.threads, 1, optional=True)
+        check_int("--max-train-samples", self.max_train_samples, 2, optional=True, error=UserError)
+        check_int("--threads", self.threads, 1, optional=True, error=UserError)
         folder = Path(self.data_root) / DATASET
         if not all((folder / f"{split}.csv").exists() for split in ("train", "test")):
             raise UserError(f"benchmark data not found: {folder}/train.csv and test.csv; pass --data-root")

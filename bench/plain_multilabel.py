@@ -22,10 +22,15 @@ def run(train_texts: list[str], train_y: np.ndarray, test_texts: list[str], test
     """Fine-tune on (train_texts, train_y), a 0/1 matrix [texts, labels]; score the test set with f1_scores.
     `max_steps` exists for the tests' tiny models; the benchmark trains whole epochs."""
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer, \
-        TrainingArguments
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
 
-    from training.problems import f1_scores
+    from training.scores import f1_scores
 
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForSequenceClassification.from_pretrained(

@@ -16,11 +16,16 @@ def run(splits, model_path: str, out_dir: Path, epochs: float = 2, batch_size: i
         seed: int = 13) -> dict:
     import torch
     from datasets import Dataset
-    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
-                              TrainingArguments)
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
 
     from training.data import label_ids
-    from training.report import headline
+    from training.scores import headline
 
     labels = splits.labels
     tokenizer = AutoTokenizer.from_pretrained(model_path)

@@ -17,8 +17,8 @@ with the run's model):
      requests in flight: the same 32 texts in flight as concurrency 32, for a fraction of the requests
 Writes bench/results/serve-<cpu>.{json,md,png}, one set per CPU class (amx, avx512, avx2; serve-<cpu>-quick.*
 with --max-texts), for the training benchmark's MiniLM; another model (a distilled student, a teacher) is
-named with --name, into serve-<cpu>-<name>.*, beside it rather than over it. Fails (exit 1) when a correctness check does not hold; timings are reported, never
-asserted.
+named with --name, into serve-<cpu>-<name>.*, beside it rather than over it. Fails (exit 1) when a correctness
+check does not hold; timings are reported, never asserted.
 """
 from __future__ import annotations
 
@@ -38,19 +38,30 @@ import pandas as pd
 import torch
 
 from bench import serve_report, write_results
-from bench.serve_report import cpu_class
 from bench.flops import MATMUL_N, FlopModel, best_limit, compute_limit, limit_for, mixed_limit
-from bench.serve_runs import (Measured, archive_noop, archive_ours, archive_stock, bundle_classifier,
-                              measure_inprocess, measure_server, pipeline_classifier, torchserve)
-import cli
-from cli import UserError, check_int, command_line, option
+from bench.serve_report import cpu_class
+from bench.serve_runs import (
+    Measured,
+    archive_noop,
+    archive_ours,
+    archive_stock,
+    bundle_classifier,
+    measure_inprocess,
+    measure_server,
+    pipeline_classifier,
+    torchserve,
+)
+from handlers.checks import check_int
 from handlers.config import HandlerConfig, parse_chunk_size
 from handlers.device import cpu_has_bf16
-from training.export import DEFAULT_TOLERANCE
+from textclf.core import options, paths
+from textclf.core.errors import UserError
+from textclf.core.options import command_line, option
+from training.export_checks import DEFAULT_TOLERANCE
 from training.rundir import RunDir
 
-log = logging.getLogger("bench.serve")
-ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger(__name__)
+ROOT = paths.ROOT
 RESULTS = Path(__file__).parent / "results"
 PROG = "python -m bench.serve_bench"
 VARIANTS = ("fp32", "int8", "bf16", "onnx-fp32", "onnx-int8")
@@ -102,16 +113,16 @@ class ServeBenchConfig:
         if self.variant is not None and self.variant not in available_variants(cpu_has_bf16()):
             raise UserError(f"--variant {self.variant}: this CPU has no bf16 instructions (AVX512-BF16 or AMX)")
         if self.chunk_size != "auto":
-            check_int("--chunk-size", self.chunk_size, 1, optional=True, also="'auto'")
-        check_int("--max-texts", self.max_texts, 1, optional=True)
-        check_int("--texts-per-request", self.texts_per_request, 1)
+            check_int("--chunk-size", self.chunk_size, 1, optional=True, also="'auto'", error=UserError)
+        check_int("--max-texts", self.max_texts, 1, optional=True, error=UserError)
+        check_int("--texts-per-request", self.texts_per_request, 1, error=UserError)
         if IN_FLIGHT % self.texts_per_request:
             raise UserError(f"--texts-per-request divides the {IN_FLIGHT} texts in flight into whole requests: one of "
                             f"{', '.join(str(n) for n in range(1, IN_FLIGHT + 1) if IN_FLIGHT % n == 0)}; "
                             f"got {self.texts_per_request}")
         for name in ("repeats", "workers", "threads", "batch_size"):
-            check_int(f"--{name.replace('_', '-')}", getattr(self, name), 1)
-        check_int("--max-batch-delay", self.max_batch_delay, 0)
+            check_int(f"--{name.replace('_', '-')}", getattr(self, name), 1, error=UserError)
+        check_int("--max-batch-delay", self.max_batch_delay, 0, error=UserError)
         if self.name is not None and not re.fullmatch(r"[a-z0-9][a-z0-9-]*", self.name):
             raise UserError(f"--name is part of a file name: lower-case letters, digits and '-', got {self.name!r}")
 
@@ -227,7 +238,6 @@ def parse_ours(bodies: list[bytes], labels: list[str]) -> tuple[np.ndarray, np.n
 
 
 def main(config: ServeBenchConfig) -> dict:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     run, out = Path(config.run), Path(config.out)
     meta = RunDir(run).read_run()
     labels, max_length, model_dir = meta["labels"], int(meta["max_length"]), RunDir(run).model_dir
@@ -456,11 +466,11 @@ def checks(runs: dict[str, Measured], rows: list[dict], chosen: str, invariance:
 def machine() -> dict:
     flags = ""
     try:
-        flags = next((l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags")), "")
+        flags = next((line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")), "")
     except OSError:
         pass
-    model = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                  if l.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() else platform.processor()
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    model = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), platform.processor())
     return {"cpus": os.cpu_count(), "cpu": model, "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "isa": [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags.split()],
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
@@ -474,4 +484,4 @@ def write(results: dict, out: Path, stem: str) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(cli.run(main, ServeBenchConfig, prog=PROG))
+    sys.exit(options.run(main, ServeBenchConfig, prog=PROG))

@@ -33,11 +33,11 @@ def targets(rows: list[dict], chosen: str, limit_gflops: float | None = None, gf
 
     def throughput_ratio(key: str, best_ratio: float) -> float:
         p = paired.get(key)
-        return median([a / b for a, b in zip(p["texts_per_s"], p["reference_texts_per_s"])]) if p else best_ratio
+        return median([a / b for a, b in zip(p["texts_per_s"], p["reference_texts_per_s"], strict=False)]) if p else best_ratio
 
     def latency_over(key: str, best_over: float) -> float:
         p = paired.get(key)
-        return median([a - b for a, b in zip(p["p50_ms"], p["reference_p50_ms"])]) if p else best_over
+        return median([a - b for a, b in zip(p["p50_ms"], p["reference_p50_ms"], strict=False)]) if p else best_over
 
     r = _by_key(rows)
     a32 = r["A-b32"]["texts_per_s"]
@@ -190,7 +190,8 @@ def floor_lines(results: dict) -> list[str]:
     over = "; ".join(f"{k} c1 p50 {r[f'{k}-c1']['p50_ms']} ms" for k in ("D", "D1") if f"{k}-c1" in r)
     return ["", f"TorchServe's floor at concurrency 1: a handler that answers at once without a model, batch_size "
             f"{floor['batch_size']} and max_batch_delay {floor['max_batch_delay_ms']} ms like D, answers in "
-            f"**{floor['median_p50_ms']} ms** p50 (median of {' / '.join(map(str, floor['p50_ms']))} ms){'; ' + over if over else ''}. "
+            f"**{floor['median_p50_ms']} ms** p50 (median of {' / '.join(map(str, floor['p50_ms']))} ms)"
+            f"{'; ' + over if over else ''}. "
             "The +3 ms target leaves our handler and model whatever the floor does not take."]
 
 
@@ -203,8 +204,8 @@ def variants(results: dict) -> list[str]:
         c = r[f"C-{v}-b32"]
         drop = 100 * (fp32 - c["accuracy"])
         same = f"{i['max_abs_logit_diff']:.1e} ({'within' if i['ok'] else 'over'} {i['tolerance']:g})"
-        lines.append(f"| {v} | {100 * c['accuracy']:.2f}% | {100 * (c['accuracy'] - fp32):+.2f} | {same} | {c['texts_per_s']:.1f} "
-                     f"| {'yes' if i['ok'] and drop <= 0.5 else 'no'} |")
+        lines.append(f"| {v} | {100 * c['accuracy']:.2f}% | {100 * (c['accuracy'] - fp32):+.2f} | {same} "
+                     f"| {c['texts_per_s']:.1f} | {'yes' if i['ok'] and drop <= 0.5 else 'no'} |")
     skipped = [f"{v} not measured: {why}." for v, why in results.get("skipped_variants", {}).items()]
     return ["Variants (in-process, batch 32):", "", *lines, "", *skipped, *([""] if skipped else [])]
 

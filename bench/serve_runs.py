@@ -11,10 +11,10 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 import psutil
@@ -24,10 +24,10 @@ import yaml
 from bench.loadgen import run_load
 from handlers.batching import forward_by_length
 from handlers.tokenization import encode
-from tsclient import server
-from tsclient.archive import ARCHIVER, ArchiveConfig, build_archive
-from tsclient.keys import bearer
-from tsclient.rest import TorchServeClient
+from textclf.torchserve import properties, server, temporary
+from textclf.torchserve.archive import ARCHIVER, ArchiveConfig, build_archive
+from textclf.torchserve.keys import bearer
+from textclf.torchserve.rest import TorchServeClient
 
 STOCK_HANDLER = Path(__file__).parent / "stock_handler.py"
 NOOP_HANDLER = Path(__file__).parent / "noop_handler.py"
@@ -67,7 +67,7 @@ def pipeline_classifier(model_dir: Path, labels: list[str]):
     def classify(texts: list[str]) -> np.ndarray:
         out = pipe(texts, batch_size=len(texts), top_k=None, truncation=True)
         scores = np.zeros((len(texts), len(labels)), dtype=np.float32)
-        for row, ranked in zip(scores, out):
+        for row, ranked in zip(scores, out, strict=False):
             for item in ranked:
                 row[index[item["label"]]] = item["score"]
         return scores
@@ -96,11 +96,11 @@ def bundle_classifier(bundle_dir: Path, max_length: int, chunk_size: int | None)
 
 @dataclass
 class Server:
-    running: server.Running
+    running: temporary.Running
     client: TorchServeClient
 
     @property
-    def endpoints(self) -> server.Endpoints:
+    def endpoints(self) -> properties.Endpoints:
         return self.running.endpoints
 
     @property
@@ -126,8 +126,8 @@ class Server:
 
 @contextmanager
 def torchserve() -> Iterator[Server]:
-    """A temporary TorchServe (server.temporary_server) with a patient client: in-process rows run first."""
-    with server.temporary_server(prefix="serve-bench-") as running:
+    """A temporary TorchServe (temporary.temporary_server) with a patient client: in-process rows run first."""
+    with temporary.temporary_server(prefix="serve-bench-") as running:
         yield Server(running, running.client(timeout=300))
 
 

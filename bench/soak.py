@@ -6,7 +6,7 @@ One temporary TorchServe (free loopback ports, token authorization on) serves v1
 two workers each. `concurrency` keep-alive connections send requests back to back for `duration`
 seconds, ~10% of them invalid in several ways; at `kill_at` one v1 worker gets SIGKILL, at `switch_at`
 the default version becomes v2 and at `back_at` v1 again. Every request is retried exactly as
-tsclient.rest retries a prediction (tsclient.rest.retryable, same backoff), so a valid request that
+textclf.torchserve.rest retries a prediction (textclf.torchserve.rest.retryable, same backoff), so a valid request that
 still fails is a lost request. The load generator is one asyncio loop on raw HTTP/1.1, so it leaves
 the cores to the server. Writes bench/results/soak.json and soak.md; the server is always stopped.
 """
@@ -26,18 +26,19 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import psutil
 
 from bench import write_results
 from bench.loadgen import Connection, LoadError, post
-from cli import UserError, check_int, option, run
-from tsclient import server
-from tsclient.keys import bearer
-from tsclient.rest import Backoff, TorchServeClient, retryable
+from handlers.checks import check_int
+from textclf.core.errors import UserError
+from textclf.core.options import option, run
+from textclf.torchserve import properties, server, temporary
+from textclf.torchserve.keys import bearer
+from textclf.torchserve.rest import Backoff, TorchServeClient, retryable
 
-logger = logging.getLogger("bench.soak")
+logger = logging.getLogger(__name__)
 RESULTS = Path(__file__).parent / "results"
 NAME = "soak"
 V1_LABELS, V2_LABELS = ("negative", "positive"), ("negative", "neutral", "positive")
@@ -52,13 +53,13 @@ class SoakConfig:
     concurrency: int = option("keep-alive connections sending back to back", 32)
     kill_at_s: float = option("second at which one v1 worker gets SIGKILL", 20.0, flag="kill_at")
     switch_at_s: float = option("second at which v2 becomes the default", 40.0, flag="switch_at")
-    back_at_s: Optional[float] = option("second at which v1 is the default again; negative: stay on v2", 50.0,
+    back_at_s: float | None = option("second at which v1 is the default again; negative: stay on v2", 50.0,
                                         flag="back_at")
     invalid_fraction: float = option("share of invalid requests", 0.1)
     warmup_s: float = option("seconds of the same load first, unmeasured (RSS 'before' is taken after it)", 5.0,
                              flag="warmup")
     workers: int = option("workers per version", 2)
-    bundle: Optional[Path] = option("an export bundle to serve (default: a tiny random model built on the spot)", None)
+    bundle: Path | None = option("an export bundle to serve (default: a tiny random model built on the spot)", None)
     out_dir: Path = option("where soak.json and soak.md go", RESULTS)
     seed: int = option("seed of the request mix", 0)
 
@@ -68,8 +69,8 @@ class SoakConfig:
             self.back_at_s = None
         if self.bundle is not None and not Path(self.bundle).is_dir():
             raise UserError(f"--bundle {self.bundle}: not a directory (an export bundle, see `make export`)")
-        check_int("--concurrency", self.concurrency, 1)
-        check_int("--workers", self.workers, 1)
+        check_int("--concurrency", self.concurrency, 1, error=UserError)
+        check_int("--workers", self.workers, 1, error=UserError)
         if self.warmup_s < 0 or not 0 <= self.invalid_fraction <= 1:
             raise UserError("--warmup must be >= 0 and --invalid-fraction within 0..1")
         times = [self.kill_at_s, self.switch_at_s] + ([self.back_at_s] if self.back_at_s is not None else [])
@@ -84,7 +85,7 @@ class Kind:
     body: bytes
     content_type: str = "application/json"
     status: int = 200  # what a correct server answers
-    version: Optional[str] = None
+    version: str | None = None
     texts: int = 1  # valid: predictions expected; shape "one" (dict), "list" or "predictions"
     shape: str = "one"
 
@@ -109,7 +110,7 @@ INVALID = [
 ]
 
 
-def check(kind: Kind, status: Optional[int], body: bytes) -> bool:
+def check(kind: Kind, status: int | None, body: bytes) -> bool:
     """The answer a correct server gives `kind`: its status, and a prediction or an error body."""
     if status != kind.status:
         return False
@@ -170,7 +171,7 @@ async def client(conn: Connection, raw: dict, rng: random.Random, cfg: SoakConfi
             tally.wrong.append({"kind": kind.name, "status": status, "body": body[:200].decode("utf-8", "replace")})
 
 
-def rss_mb(cfg: server.ServerConfig) -> dict[str, float]:
+def rss_mb(cfg: properties.ServerConfig) -> dict[str, float]:
     procs, out = server.processes(server.running_pid(cfg)), {}
     for part, items in (("java", procs["frontend"]), ("workers", procs["workers"])):
         total = 0
@@ -214,7 +215,7 @@ async def events(cfg: SoakConfig, rest: TorchServeClient, tally: Tally, log: lis
             note(f"set-default {version}")
 
 
-async def load(cfg, ep: server.Endpoints, key: str, duration: float | None, side=None) -> Tally:
+async def load(cfg, ep: properties.Endpoints, key: str, duration: float | None, side=None) -> Tally:
     """`concurrency` clients for `duration` seconds, with `side(tally)` (the events) running beside them.
     Without a duration the load stops when `side` returns (bench.switch_stress's cycles)."""
     host, port = ep.inference_url.split("//", 1)[1].rsplit(":", 1)
@@ -237,7 +238,7 @@ async def load(cfg, ep: server.Endpoints, key: str, duration: float | None, side
     return tally
 
 
-def percentile(values: list, q: float) -> Optional[float]:
+def percentile(values: list, q: float) -> float | None:
     if not values:
         return None
     return round(statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000, 1) if len(values) > 1 \
@@ -305,7 +306,7 @@ def markdown(r: dict) -> str:
 
 
 def build_store(cfg: SoakConfig, store: Path, work: Path) -> None:
-    from tsclient.archive import ArchiveConfig, build_archive
+    from textclf.torchserve.archive import ArchiveConfig, build_archive
 
     for version, labels in (("1.0", V1_LABELS), ("2.0", V2_LABELS)):
         if cfg.bundle is not None:
@@ -319,7 +320,7 @@ def build_store(cfg: SoakConfig, store: Path, work: Path) -> None:
 
 
 def main(cfg: SoakConfig) -> dict:
-    with tempfile.TemporaryDirectory(prefix="soak-") as work, server.temporary_server(prefix="soak-") as running:
+    with tempfile.TemporaryDirectory(prefix="soak-") as work, temporary.temporary_server(prefix="soak-") as running:
         build_store(cfg, running.store, Path(work))
         ep, rest, scfg = running.endpoints, running.client(), running.cfg
         for version in ("1.0", "2.0"):
@@ -344,5 +345,4 @@ def main(cfg: SoakConfig) -> dict:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     sys.exit(run(main, SoakConfig, prog="python -m bench.soak", show=lambda result: markdown(result).rstrip()))

@@ -4,7 +4,7 @@
 
 One temporary TorchServe (free loopback ports, token authorization on) serves v1 of a tiny random
 model. `concurrency` keep-alive connections send valid requests to the model's default version back
-to back (bench.soak's load generator and its request mix, retried exactly as tsclient.rest retries a
+to back (bench.soak's load generator and its request mix, retried exactly as textclf.torchserve.rest retries a
 prediction) while each cycle registers v2, makes it the default, keeps it there for `dwell`, makes v1
 the default again and unregisters v2 (TorchServeClient.unregister drains it first), i.e. a promotion
 and a rollback. A valid request that still fails, or gets no answer within 60 s, is a lost request;
@@ -26,10 +26,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bench import soak, write_results
-from cli import check_int, option, run
-from tsclient import server
+from handlers.checks import check_int
+from textclf.core.errors import UserError
+from textclf.core.options import option, run
+from textclf.torchserve import temporary
 
-logger = logging.getLogger("bench.switch_stress")
+logger = logging.getLogger(__name__)
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -46,8 +48,8 @@ class StressConfig:
 
     def __post_init__(self):
         self.out_dir = Path(self.out_dir)
-        check_int("--cycles", self.cycles, 1)
-        check_int("--concurrency", self.concurrency, 1)
+        check_int("--cycles", self.cycles, 1, error=UserError)
+        check_int("--concurrency", self.concurrency, 1, error=UserError)
 
 
 async def cycles(cfg: StressConfig, rest, tally: soak.Tally, log: list) -> None:
@@ -105,7 +107,7 @@ def markdown(r: dict) -> str:
 
 def stress(cfg: StressConfig) -> dict:
     """Run the loop on a temporary server; the summary (nothing written)."""
-    with tempfile.TemporaryDirectory(prefix="switch-") as work, server.temporary_server(prefix="switch-") as running:
+    with tempfile.TemporaryDirectory(prefix="switch-") as work, temporary.temporary_server(prefix="switch-") as running:
         soak.build_store(soak.SoakConfig(workers=1), running.store, Path(work))
         rest = running.client()
         rest.register(soak.NAME, f"{soak.NAME}-1.0.mar", initial_workers=1, batch_size=16, max_batch_delay=5)
@@ -129,5 +131,4 @@ def main(cfg: StressConfig) -> dict:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     sys.exit(run(main, StressConfig, prog="python -m bench.switch_stress", show=lambda r: markdown(r).rstrip()))

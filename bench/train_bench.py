@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Literal, Optional
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -29,15 +29,18 @@ import torch
 
 from bench import plain_recipe
 from bench.multilabel_bench import machine
-from cli import UserError, check_choices, check_int, option, run
+from handlers.checks import check_int
+from textclf.core import paths
+from textclf.core.errors import UserError
+from textclf.core.options import check_choices, option, run
 from training.data import load_splits
-from training.rundir import RunDir
 from training.report import label_rows
+from training.rundir import RunDir
 from training.train import TrainConfig, resolve_model
 from training.train import main as train_main
 
 RESULTS = Path(__file__).parent / "results"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = paths.ROOT
 # Each dataset's data options for training.train. banking77-multi has no plain rows here: the plain
 # multi-label recipe and TF-IDF are bench/multilabel_bench.py's rows on the same split and encoder.
 DATASETS = {"rt-polarity": {"label_column": "label"}, "banking77": {"label_column": "category"},
@@ -163,7 +166,8 @@ def markdown(results: dict) -> str:
         rows += [""] + [f"- {t}" for t in targets(done, name)] + [""]
     w = results["banking77-imbalanced"]
     rows += [f"Class weights on banking77 with 26 of 77 classes cut to 10% of their rows (test split unchanged; "
-             f"both runs: {w['recipe']['epochs']} epochs, lr {w['recipe']['learning_rate']:g}, batch {w['recipe']['batch_size']}):", "",
+             f"both runs: {w['recipe']['epochs']} epochs, lr {w['recipe']['learning_rate']:g}, "
+             f"batch {w['recipe']['batch_size']}):", "",
              "| --class-weights | accuracy | macro-F1 | mean F1, 26 cut classes | mean recall, cut | mean F1, 51 other classes |",
              "| --- | --- | --- | --- | --- | --- |"]
     for k in ("none", "balanced"):
@@ -237,7 +241,6 @@ def run_parts(data_root: Path, runs: Path, max_train_samples: int | None = None,
               datasets=tuple(DATASETS)) -> dict:
     """Run the named parts (the recipes part on `datasets`); a part run alone replaces its entry in an
     existing results file."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     suffix = "" if max_train_samples is None else "-smoke"
     out = RESULTS / f"train{suffix}.json"
     results = json.loads(out.read_text()) if out.exists() else {}
@@ -273,8 +276,8 @@ class TrainBenchConfig:
     data_root: Path = option("folder holding rt-polarity/, banking77/ and banking77-multi/",
                              ROOT.parent / "shared" / "data")
     runs: Path = option("where the benchmark's run directories go", Path("runs/bench"))
-    max_train_samples: Optional[int] = option("smoke-test the benchmark on a subset", None)
-    threads: Optional[int] = option("torch threads for both recipes (1 keeps the comparison fair on a shared "
+    max_train_samples: int | None = option("smoke-test the benchmark on a subset", None)
+    threads: int | None = option("torch threads for both recipes (1 keeps the comparison fair on a shared "
                                     "machine; default: every core)", None)
     part: Literal["recipes", "class-weights", "all"] = option(
         "recipes: ours vs plain recipes and the sweep; class-weights: none vs balanced", "all")
@@ -283,8 +286,8 @@ class TrainBenchConfig:
 
     def __post_init__(self):
         check_choices(self)
-        check_int("--max-train-samples", self.max_train_samples, 2, optional=True)
-        check_int("--threads", self.threads, 1, optional=True)
+        check_int("--max-train-samples", self.max_train_samples, 2, optional=True, error=UserError)
+        check_int("--threads", self.threads, 1, optional=True, error=UserError)
         unknown = set(self.datasets.split(",")) - set(DATASETS)
         if unknown:
             raise UserError(f"--datasets: unknown {', '.join(sorted(unknown))} (choose from {', '.join(DATASETS)})")

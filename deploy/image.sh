@@ -79,7 +79,7 @@ image_test() {
 import sys, tempfile
 from pathlib import Path
 from training.tiny import make_tiny_bundle
-from tsclient.archive import ArchiveConfig, build_archive
+from textclf.torchserve.archive import ArchiveConfig, build_archive
 with tempfile.TemporaryDirectory() as bundle:
     build_archive(ArchiveConfig(bundle=make_tiny_bundle(Path(bundle)), name="tiny", version="1.0", store=Path(sys.argv[1])))
 EOF
@@ -105,7 +105,8 @@ EOF
   "$PY" - "$(podman port "$name" 8080)" "$(podman port "$name" 8081)" "$tmp/state/key_file.json" <<'EOF'
 import sys
 from pathlib import Path
-from tsclient.rest import TorchServeClient, TorchServeError
+from textclf.torchserve.errors import TorchServeError
+from textclf.torchserve.rest import TorchServeClient
 inference, management, keys = sys.argv[1:]
 client = TorchServeClient(f"http://{inference}", f"http://{management}", Path(keys))
 answer = client.predict("tiny", "What a wonderful day!")

@@ -11,7 +11,7 @@ the training side's twin is training/problems.py.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -28,8 +28,8 @@ def sigmoid(logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits.float())
 
 
-def _ranked(probs: Sequence[float], labels: Sequence[str], top_k: Optional[int]) -> dict:
-    ranked = sorted(zip(labels, probs), key=lambda pair: pair[1], reverse=True)
+def _ranked(probs: Sequence[float], labels: Sequence[str], top_k: int | None) -> dict:
+    ranked = sorted(zip(labels, probs, strict=False), key=lambda pair: pair[1], reverse=True)
     return {"label": ranked[0][0], "score": ranked[0][1], "scores": dict(ranked[: top_k or len(labels)])}
 
 
@@ -41,7 +41,7 @@ class SingleLabelAnswers:
         """Calibrated: the temperature fitted on validation divides the logits (the argmax stays the same)."""
         return softmax(logits, self.temperature)
 
-    def answer(self, probs: Sequence[float], top_k: Optional[int]) -> dict:
+    def answer(self, probs: Sequence[float], top_k: int | None) -> dict:
         """`scores` holds the top_k best labels (all if None), best first."""
         return _ranked(probs, self.labels, top_k)
 
@@ -53,9 +53,9 @@ class MultiLabelAnswers:
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
         return sigmoid(logits)
 
-    def answer(self, probs: Sequence[float], top_k: Optional[int]) -> dict:
+    def answer(self, probs: Sequence[float], top_k: int | None) -> dict:
         """`labels` is the decision and is never cut by top_k; top_k limits `scores` only."""
-        chosen = sorted((p, name) for name, p, t in zip(self.labels, probs, self.thresholds) if p >= t)
+        chosen = sorted((p, name) for name, p, t in zip(self.labels, probs, self.thresholds, strict=False) if p >= t)
         return {"labels": [name for _, name in reversed(chosen)], **_ranked(probs, self.labels, top_k)}
 
 

@@ -11,7 +11,7 @@ Layout, written by `training.export` and read by the handler:
                           and `model_sha256`, which the handler checks before loading the model file
     tokenizer files       whatever `tokenizer.save_pretrained` wrote
     reference_profile.json  predicted labels, confidence, token-length and unknown-token counts on the test split,
-                          binned as the worker's metrics are (handlers/profile.py); what drift checks compare with
+                          binned as the worker's metrics are (handlers/drift_bins.py); what drift checks compare with
 """
 from __future__ import annotations
 
@@ -20,10 +20,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-MODEL_FILE = "model.pt"
-ONNX_FILE = "model.onnx"
-# The runtime a card names -> the model file it reads; handlers/runtimes.py maps the same names to loaders.
-RUNTIME_FILES = {"torchscript": MODEL_FILE, "onnxruntime": ONNX_FILE}
+from handlers.runtimes import RUNTIMES
+
+MODEL_FILE, ONNX_FILE = RUNTIMES["torchscript"].model_file, RUNTIMES["onnxruntime"].model_file
 DEFAULT_RUNTIME = "torchscript"
 CONFIG_FILE = "config.json"
 INDEX_TO_NAME_FILE = "index_to_name.json"
@@ -38,6 +37,8 @@ VOCAB_FILES = ("tokenizer.json", "vocab.json", "vocab.txt", "spiece.model", "sen
 
 class BundleError(Exception):
     """The bundle is incomplete or inconsistent; the message says which file and why."""
+
+    exit_code = 2  # the commands report it as a mistake the user can fix (textclf.core.errors)
 
 
 def labels_from_config(config: dict, where: str = CONFIG_FILE) -> list[str]:
@@ -170,9 +171,9 @@ def read_problem(config: dict, n_labels: int, where) -> tuple[str, tuple]:
 def model_file(card: dict, where="the model card") -> str:
     """The model file a card's runtime reads (model.pt for cards written before there was a choice)."""
     runtime = card.get("runtime", DEFAULT_RUNTIME)
-    if runtime not in RUNTIME_FILES:
-        raise BundleError(f"{where}: runtime {runtime!r} is not served (use one of {', '.join(RUNTIME_FILES)})")
-    return RUNTIME_FILES[runtime]
+    if runtime not in RUNTIMES:
+        raise BundleError(f"{where}: runtime {runtime!r} is not served (use one of {', '.join(RUNTIMES)})")
+    return RUNTIMES[runtime].model_file
 
 
 def _verify_model(bundle_dir: Path, card: dict) -> Path:

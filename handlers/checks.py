@@ -1,6 +1,9 @@
-"""The one integer check of the project, and the one reader of a model-config.yaml section. It lives in handlers/ because the handler ships alone inside
-the .mar and validates its options with it; `cli.check_int` is the same function raising UserError."""
+"""The one integer check of the project, and the one reader of a model-config.yaml section. They live in handlers/
+because the handler ships alone inside the .mar and validates its options with them; training and the commands
+use them too, raising their own UserError."""
 from __future__ import annotations
+
+from dataclasses import fields
 
 
 def check_int(name: str, value, minimum: int, *, optional: bool = False, also: str = "",
@@ -17,8 +20,6 @@ def check_int(name: str, value, minimum: int, *, optional: bool = False, also: s
 def model_yaml_section(model_yaml_config, key: str, cls, error):
     """`cls(**section)` for the `key:` section of a model-config.yaml (absent: every default); a section that is
     not a mapping or names an unknown option raises `error`, so a typo fails the registration with its name."""
-    from dataclasses import fields
-
     section = (model_yaml_config or {}).get(key) or {}
     if not isinstance(section, dict):
         raise error(f"model-config.yaml '{key}' must be a mapping, got {type(section).__name__}")

@@ -1,6 +1,6 @@
 """Handler options, read from the `handler:` section of the model's model-config.yaml.
 
-The section is written by `tsclient.archive` (which offers every field below as a command-line option and
+The section is written by `textclf.torchserve.archive` (which offers every field below as a command-line option and
 validates it, so a typo fails the build, not the registration). TorchServe itself reads one key of that
 section, `profile`, to time the handler stages. Device and CPU probing live in handlers/device.py.
 """
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Optional, Union
 
 from handlers.checks import check_int, model_yaml_section
 
@@ -27,8 +26,10 @@ MANY_LABELS = 10
 class HandlerConfigError(ValueError):
     """An option of the `handler:` section is unknown or out of range."""
 
+    exit_code = 2  # the commands report it as a mistake the user can fix (textclf.core.errors)
 
-def parse_chunk_size(text: str) -> Union[int, str, None]:
+
+def parse_chunk_size(text: str) -> int | str | None:
     """A command-line chunk size: a positive integer, "auto", or "none" (one pass). Raises ValueError."""
     if text in ("auto", "none"):
         return None if text == "none" else text
@@ -51,17 +52,17 @@ class HandlerConfig:
     """handler options (model-config.yaml `handler:`)"""
 
     max_texts_per_request: int = _option("larger requests are answered 413", 64)
-    default_top_k: Optional[int] = _option(
+    default_top_k: int | None = _option(
         f"labels in `scores` when a request gives no top_k (default: all, or the best {MANY_LABELS} "
         f"of models with more than {MANY_LABELS} labels)", None)
-    threads: Optional[int] = _option("torch threads per worker (default: CPU cores // the archive's max workers)",
+    threads: int | None = _option("torch threads per worker (default: CPU cores // the archive's max workers)",
                                      None)
-    max_length: Optional[int] = _option("token limit, at most the bundle's (default: the bundle's)", None)
+    max_length: int | None = _option("token limit, at most the bundle's (default: the bundle's)", None)
     max_text_chars: int = _option("texts are cut to this many characters before tokenizing: answered, not "
                                   "rejected or slow", 100_000)
     # A larger batch is sorted by length and run in chunks, each padded only to its own longest text
     # (handlers/batching.py).
-    chunk_size: Union[int, str, None] = _option(
+    chunk_size: int | str | None = _option(
         "texts per forward pass: a batch is sorted by length and run in chunks of at most this many, each padded "
         "to its own longest (auto: 4 for fp32 and int8, 16 for bf16, one pass on a GPU; none: one pass)",
         "auto", parse=parse_chunk_size)
@@ -80,23 +81,23 @@ class HandlerConfig:
             raise HandlerConfigError(f"handler option 'profile' must be true or false, got {self.profile!r}")
 
     @classmethod
-    def from_model_yaml(cls, model_yaml_config: Optional[dict]) -> "HandlerConfig":
+    def from_model_yaml(cls, model_yaml_config: dict | None) -> HandlerConfig:
         return model_yaml_section(model_yaml_config, "handler", cls, HandlerConfigError)
 
-    def thread_count(self, workers: int, cpu_count: Optional[int] = None) -> int:
+    def thread_count(self, workers: int, cpu_count: int | None = None) -> int:
         """Intra-op threads for one worker. Each TorchServe worker is its own process; letting every one
         of them use all cores oversubscribes the CPU and makes everything slower. `workers` is the most the
-        archive plans (maxWorkers); tsclient.ops refuses to start more than that."""
+        archive plans (maxWorkers); textclf.torchserve.ops refuses to start more than that."""
         if self.threads is not None:
             return self.threads
         return max(1, (cpu_count or os.cpu_count() or 1) // max(1, workers))
 
-    def resolve_chunk_size(self, variant: str, device: str) -> Optional[int]:
+    def resolve_chunk_size(self, variant: str, device: str) -> int | None:
         if self.chunk_size != "auto":
             return self.chunk_size
         return AUTO_CHUNK_SIZE.get(variant, AUTO_CHUNK_SIZE["fp32"]) if device.startswith("cpu") else GPU_CHUNK_SIZE
 
-    def resolve_default_top_k(self, n_labels: int) -> Optional[int]:
+    def resolve_default_top_k(self, n_labels: int) -> int | None:
         """The top_k of a request that gives none; None: every label."""
         if self.default_top_k is not None:
             return self.default_top_k
@@ -113,7 +114,7 @@ class HandlerConfig:
         return self.max_length
 
 
-def workers_from_model_yaml(model_yaml_config: Optional[dict]) -> int:
+def workers_from_model_yaml(model_yaml_config: dict | None) -> int:
     """The most workers this model's archive plans to run at once (its maxWorkers)."""
     cfg = model_yaml_config or {}
     return int(cfg.get("maxWorkers") or cfg.get("minWorkers") or 1)

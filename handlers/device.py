@@ -1,11 +1,11 @@
 """Where a worker runs and what its CPU can do: probed at load time, never assumed from one machine.
 
 `python -m handlers.device` prints the export dtype this host serves fastest (bf16 where the CPU has
-bf16 instructions, else fp32); `make demo` asks it, so the bf16 test exists once.
+bf16 instructions, else fp32); `textclf demo` asks it, so the bf16 test exists once.
 """
 from __future__ import annotations
 
-from typing import Optional
+import torch
 
 # Dynamically quantized Linear layers (export --quantize int8) have CPU kernels only.
 CPU_ONLY_VARIANTS = ("int8",)
@@ -18,7 +18,7 @@ def choose_device(cuda_available: bool, gpu_id, variant: str = "fp32") -> str:
     return f"cuda:{gpu_id}" if cuda_available and gpu_id is not None else "cpu"
 
 
-def cpu_only_warning(variant: str, gpu_id, cuda_available: bool) -> Optional[str]:
+def cpu_only_warning(variant: str, gpu_id, cuda_available: bool) -> str | None:
     """Said when TorchServe gave a worker a GPU that its model cannot use, so nobody wonders why it is idle."""
     if variant in CPU_ONLY_VARIANTS and cuda_available and gpu_id is not None:
         return (f"{variant} models run on the CPU only; this worker was assigned GPU {gpu_id} and leaves it idle "
@@ -29,13 +29,11 @@ def cpu_only_warning(variant: str, gpu_id, cuda_available: bool) -> Optional[str
 def cpu_has_bf16() -> bool:
     """True where the CPU multiplies bfloat16 in hardware (AVX512-BF16 or AMX). Elsewhere oneDNN takes a
     reference path: the bf16 MiniLM export ran 8-14x slower than fp32 on an AVX2-only AMD EPYC."""
-    import torch
-
     probes = (getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
     return any(probe() for probe in probes if probe is not None)
 
 
-def slow_bf16_warning(variant: str, device: str, has_bf16: bool) -> Optional[str]:
+def slow_bf16_warning(variant: str, device: str, has_bf16: bool) -> str | None:
     """What to tell an operator who serves a bf16 bundle on a CPU without bf16 instructions, else None."""
     if variant != "bf16" or not device.startswith("cpu") or has_bf16:
         return None

@@ -4,7 +4,7 @@ TorchServe's frontend exposes a backend metric only if metrics.yaml declares it 
 dimensions (model_metrics section): the declaration lives in the repository's metrics.yaml and `METRICS`
 below is checked against it by the tests, so the two cannot drift apart. Counters only: TorchServe 0.12's
 Prometheus mode has no histograms for backend metrics, so distributions are counters with a `Bucket`
-dimension, binned as the bundle's reference profile is (handlers/profile.py) for `tsclient.drift`.
+dimension, binned as the bundle's reference profile is (handlers/drift_bins.py) for `textclf.pipelines.drift`.
 
 Each update is one `[METRICS]` log line from the worker to the frontend, so updates are aggregated per batch:
 one line per label and bucket seen in the batch, not per text. No text is ever part of a metric.
@@ -14,7 +14,9 @@ from __future__ import annotations
 import logging
 from collections import Counter
 
-from handlers.profile import CONFIDENCE_EDGES, TOKEN_EDGES, bucket
+from ts.metrics.metric_type_enum import MetricTypes
+
+from handlers.drift_bins import CONFIDENCE_EDGES, TOKEN_EDGES, bucket
 
 logger = logging.getLogger(__name__)
 MODEL_DIMENSIONS = ["ModelName", "ModelVersion", "Level"]
@@ -43,7 +45,6 @@ class ModelMetrics:
     handler directly with a bare context) it does nothing."""
 
     def __init__(self, cache, model_name: str, version: str):
-        from ts.metrics.metric_type_enum import MetricTypes
 
         self.base = [model_name, version, "Model"]
         self.counters = {} if cache is None else {
@@ -56,7 +57,7 @@ class ModelMetrics:
 
     def record(self, answers: list[tuple[str, float]], features: list[tuple[int, bool, int]], answered: int,
                rejected: list[str]) -> None:
-        """answers: (top-1 label, top-1 score) per text; features: handlers.profile.text_features rows; answered:
+        """answers: (top-1 label, top-1 score) per text; features: handlers.drift_bins.text_features rows; answered:
         requests answered; rejected: the error type of each rejected request."""
         try:
             for label, n in Counter(label for label, _ in answers).items():

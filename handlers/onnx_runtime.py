@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+import onnxruntime as ort
 import torch
 
 logger = logging.getLogger(__name__)
@@ -19,7 +20,6 @@ class OnnxModel:
     """model(input_ids, attention_mask) -> float32 logits [batch, labels], like a TorchScript module."""
 
     def __init__(self, path, threads: int, providers: list):
-        import onnxruntime as ort
 
         options = ort.SessionOptions()
         # Threads per worker are sized by the handler (cores / workers); inter-op parallelism only helps
@@ -54,7 +54,6 @@ def providers_for(device: str, available: list) -> tuple[list, str]:
 
 
 def load(path, device: str, threads: int):
-    import onnxruntime as ort
 
     providers, device = providers_for(device, ort.get_available_providers())
     model = OnnxModel(path, threads, providers)

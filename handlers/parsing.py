@@ -16,7 +16,6 @@ import json
 import logging
 from dataclasses import dataclass
 from enum import Enum
-from typing import Optional
 
 from handlers.config import HandlerConfig
 
@@ -71,9 +70,9 @@ class Parsed:
     """One request after parsing: texts to classify, or the error to answer with."""
 
     texts: tuple = ()
-    top_k: Optional[int] = None
+    top_k: int | None = None
     shape: Shape = Shape.ONE
-    error: Optional[RequestError] = None
+    error: RequestError | None = None
 
 
 class _Invalid(Exception):
@@ -148,7 +147,7 @@ def _parse_object(obj: dict, config: HandlerConfig) -> Parsed:
     return Parsed(texts=texts, top_k=top_k, shape=Shape.PREDICTIONS)
 
 
-def _top_k(value, config: HandlerConfig) -> Optional[int]:
+def _top_k(value, config: HandlerConfig) -> int | None:
     if value is None:
         return config.default_top_k
     if isinstance(value, bool) or not isinstance(value, int):

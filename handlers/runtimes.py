@@ -1,4 +1,4 @@
-"""The runtimes a bundle can name in its card, behind one interface.
+"""The runtimes a bundle can name in its card: the one table of each runtime's model file and loader.
 
     load(card, device, threads) -> (model, device)
 
@@ -9,12 +9,22 @@ A new runtime is one module with a `load(path, device, threads)` and one line he
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 
-# The same names as bundle.RUNTIME_FILES (a test keeps them equal).
-LOADERS = {"torchscript": "handlers.torchscript", "onnxruntime": "handlers.onnx_runtime"}
+
+@dataclass(frozen=True)
+class Runtime:
+    model_file: str  # the file of the bundle this runtime reads
+    loader: str  # the module whose load(path, device, threads) runs it
+
+
+RUNTIMES = {
+    "torchscript": Runtime("model.pt", "handlers.torchscript"),
+    "onnxruntime": Runtime("model.onnx", "handlers.onnx_runtime"),
+}
 
 
 def load(card, device: str, threads: int):
-    """`card` comes from bundle.check, which has already refused a runtime not in bundle.RUNTIME_FILES."""
+    """`card` comes from bundle.check, which has already refused a runtime not in RUNTIMES."""
     # Imported on demand: a TorchScript worker never imports onnxruntime, and the reverse.
-    return importlib.import_module(LOADERS[card.runtime]).load(card.model_path, device, threads)
+    return importlib.import_module(RUNTIMES[card.runtime].loader).load(card.model_path, device, threads)

@@ -17,14 +17,14 @@ from ts.handler_utils.timer import timed
 from ts.torch_handler.base_handler import BaseHandler
 
 from handlers import bundle, runtimes
+from handlers.answers import answers_for
 from handlers.batching import forward_by_length
 from handlers.bundle import BundleError
+from handlers.capture import ReviewConfig, ReviewQueue
 from handlers.config import HandlerConfig, workers_from_model_yaml
 from handlers.device import choose_device, cpu_has_bf16, cpu_only_warning, slow_bf16_warning
-from handlers.answers import answers_for
+from handlers.drift_bins import text_features
 from handlers.metrics import ModelMetrics
-from handlers.profile import text_features
-from handlers.review import ReviewConfig, ReviewQueue
 from handlers.parsing import OneLineDecodeWarnings, error_body, parse_request
 from handlers.tokenization import encode
 
@@ -128,9 +128,9 @@ class TextClassifierHandler(BaseHandler):
         return out
 
     def _capture(self, texts, answers) -> None:
-        """Queue this request's texts that review capture keeps (handlers/review.py); never costs an answer."""
+        """Queue this request's texts that review capture keeps (handlers/capture.py); never costs an answer."""
         try:
-            self.review.append([self.review.record(t, a, why) for t, a in zip(texts, answers)
+            self.review.append([self.review.record(t, a, why) for t, a in zip(texts, answers, strict=False)
                                 if (why := self.review.keep(a["score"]))])
         except OSError as e:
             logger.error("review capture failed, answers unaffected: %s", e)

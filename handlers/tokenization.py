@@ -5,7 +5,7 @@ a batch of short support tickets should not pay for 512 positions.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 

@@ -1,16 +1,26 @@
+from __future__ import annotations
+
 import os
-import sys
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 # Tests never touch the network: the hub path is exercised only through its error message.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+def tool_missing(reason: str) -> NoReturn:
+    """A program the tests need (kubectl, nginx, java) is not installed: skip with the reason, or fail under
+    CI=true, where `make test` installs it first (scripts/ensure_test_tools.sh, scripts/ensure_java.sh) and a
+    skip would hide a broken install."""
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{reason} (CI=true: a missing test tool is an error)", pytrace=False)
+    pytest.skip(reason)
 
 
 def pytest_configure(config):
@@ -23,7 +33,7 @@ def pytest_configure(config):
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not (SHARED_DATA / "rt-polarity" / "train.csv").exists():
-        pytest.skip(f"real data not found at {SHARED_DATA} (present in CI and the dev sandbox, absent in a fresh clone)")
+        pytest.skip(f"real data not found at {SHARED_DATA}: tests that read ../shared/data skip in a fresh clone")
     return SHARED_DATA
 
 
@@ -39,3 +49,29 @@ def tiny_distilbert_dir(tmp_path_factory) -> Path:
     from training.tiny import tiny_distilbert
 
     return tiny_distilbert(tmp_path_factory.mktemp("tiny-distilbert"))
+
+
+# The tiny training runs that test_train, test_export, test_onnx_build and test_distill share (tests/tiny_runs.py),
+# each trained at most once per session: `*_trained` is the folder holding data/ and run/, `*_run` its run/.
+@pytest.fixture(scope="session")
+def roberta_trained(tmp_path_factory, tiny_roberta_dir) -> Path:
+    from tests.tiny_runs import shared_run
+
+    return shared_run("roberta", tmp_path_factory, tiny_roberta_dir)
+
+
+@pytest.fixture(scope="session")
+def distilbert_trained(tmp_path_factory, tiny_distilbert_dir) -> Path:
+    from tests.tiny_runs import shared_run
+
+    return shared_run("distilbert", tmp_path_factory, tiny_distilbert_dir)
+
+
+@pytest.fixture(scope="session")
+def roberta_run(roberta_trained) -> Path:
+    return roberta_trained / "run"
+
+
+@pytest.fixture(scope="session")
+def distilbert_run(distilbert_trained) -> Path:
+    return distilbert_trained / "run"

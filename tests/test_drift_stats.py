@@ -1,4 +1,4 @@
-"""Drift statistics (tsclient/drift_stats.py) and the binning they share with the worker (handlers/profile.py)."""
+"""Drift statistics (textclf/pipelines/drift_stats.py) and the binning they share with the worker (handlers/drift_bins.py)."""
 from __future__ import annotations
 
 import math
@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from handlers.profile import CONFIDENCE_EDGES, TOKEN_EDGES, Profile, bucket, bucket_names, text_features
-from tsclient import drift_stats
+from handlers.drift_bins import CONFIDENCE_EDGES, TOKEN_EDGES, Profile, bucket, bucket_names, text_features
+from textclf.pipelines import drift_stats
 
 
 def test_buckets_are_named_by_their_inclusive_upper_bound():
@@ -62,7 +62,7 @@ def test_an_rt_polarity_model_is_stable_on_movie_reviews_and_alerts_on_banking_q
 
     import pandas as pd
 
-    from handlers.profile import profile_of
+    from handlers.drift_bins import profile_of
     from training.problems import SingleLabel, rescale
     from training.train import TrainConfig, eager_probs, main
 

@@ -16,26 +16,17 @@ import torch
 
 from handlers import bundle, torchscript
 from handlers.tokenization import encode
-from tests.test_train import INT_LABELS, STRING_LABELS, one_torch_thread, shared_run
-from training import export
-from cli import UserError
+from tests.tiny_runs import INT_LABELS, STRING_LABELS, one_torch_thread
+from textclf.core.errors import UserError
+from training import bundle_writer, export, export_checks, export_formats
+from training.export import ExportConfig, load_run, main
+from training.export_checks import ExportError, check_parity, parity_cases, trace_example
+from training.export_formats import make_variant, trace
 from training.rundir import RunDirError
-from training.export import (ExportConfig, ExportError, check_parity, load_run, main, make_variant, parity_cases,
-                             trace, trace_example)
 
 # Lengths differ, so every batch below carries padding.
 TEXTS = ["the film was a delight", "a dull, lifeless script and wooden acting from everyone involved",
          "why", "my card has not arrived yet, what should I do about it"]
-
-
-@pytest.fixture(scope="session")
-def roberta_run(tmp_path_factory, tiny_roberta_dir):
-    return shared_run("roberta", tmp_path_factory, tiny_roberta_dir) / "run"
-
-
-@pytest.fixture(scope="session")
-def distilbert_run(tmp_path_factory, tiny_distilbert_dir):
-    return shared_run("distilbert", tmp_path_factory, tiny_distilbert_dir) / "run"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -85,7 +76,7 @@ def test_fp32_bundle_files_and_card(fp32_bundle, roberta_run):
     assert card["max_length"] == 32 and card["variant"] == "fp32"
     parity = card["export"]["fp32"]["parity"]
     assert parity["max_abs_diff"] <= 1e-4 and parity["tolerance"] == 1e-4
-    assert parity["cases"] == len(export.PARITY_BATCHES) * 5  # lengths 1, 2, 7, 31, 32 at max_length 32
+    assert parity["cases"] == len(export_checks.PARITY_BATCHES) * 5  # lengths 1, 2, 7, 31, 32 at max_length 32
     assert card["export"]["fp32"]["test"]["samples"] == 12
     trained = json.loads((roberta_run / "metrics.json").read_text())["test"]
     assert card["training"]["test"] == {k: trained[k] for k in ("accuracy", "macro_f1", "samples")}
@@ -134,7 +125,7 @@ def test_variant_bundle_loads_and_predicts(roberta_run, tmp_path, variant, optio
     assert set(results) == {"fp32", variant, "accuracy_drop_points"}
     card = bundle.check(out).raw
     assert card["variant"] == variant
-    assert card["export"][variant]["parity"]["tolerance"] == export.DEFAULT_TOLERANCE[variant]
+    assert card["export"][variant]["parity"]["tolerance"] == export_checks.DEFAULT_TOLERANCE[variant]
     from transformers import AutoTokenizer
 
     enc = encode(AutoTokenizer.from_pretrained(out), TEXTS, 32)
@@ -175,7 +166,7 @@ def test_traced_device_follows_the_inputs():
     assert len(fixed_devices(pinned)) >= 1
     with pytest.raises(RuntimeError):  # the recorded "cpu" clashes with inputs elsewhere
         pinned(ids.to("meta"), mask.to("meta"))
-    follows = export.trace(MakesPositions(), {"input_ids": ids, "attention_mask": mask})
+    follows = export_formats.trace(MakesPositions(), {"input_ids": ids, "attention_mask": mask})
     assert fixed_devices(follows) == []
     assert follows(ids.to("meta"), mask.to("meta")).device.type == "meta"
     assert torch.equal(follows(ids, mask), MakesPositions()(ids, mask))
@@ -218,7 +209,7 @@ def test_parity_passes_for_a_faithful_trace(parity_setup):
     reference, example, cases = parity_setup
     result = check_parity(reference, trace(reference, example), cases, 1e-4)
     assert result["max_abs_diff"] <= 1e-4 and result["cases"] == len(cases)
-    assert all(tuple(c["input_ids"].shape) != export.TRACE_SHAPE for c in cases)
+    assert all(tuple(c["input_ids"].shape) != export_checks.TRACE_SHAPE for c in cases)
 
 
 def test_parity_names_the_shape_where_a_mask_bug_shows(parity_setup):
@@ -270,16 +261,16 @@ def test_failed_write_leaves_no_bundle_and_keeps_the_old_one(fp32_bundle, tmp_pa
     def broken_read_back(_):
         raise OSError("disk full")
 
-    monkeypatch.setattr(export.bundle, "check", broken_read_back)
+    monkeypatch.setattr(bundle_writer.bundle, "check", broken_read_back)
     with pytest.raises(OSError, match="disk full"):
-        export.write_bundle(tmp_path / "new", *parts, force=False)
+        bundle_writer.write_bundle(tmp_path / "new", *parts, force=False)
     assert not (tmp_path / "new").exists() and leftovers(tmp_path) == []
 
     old = tmp_path / "old"
     old.mkdir()
     (old / "model.pt").write_text("previous bundle")
     with pytest.raises(OSError, match="disk full"):
-        export.write_bundle(old, *parts, force=True)
+        bundle_writer.write_bundle(old, *parts, force=True)
     assert [p.name for p in old.iterdir()] == ["model.pt"] and leftovers(tmp_path) == []
 
 
@@ -330,7 +321,7 @@ def test_export_error_is_a_user_error():
 
 # ---------------------------------------------------------------------------------------------- output noise
 
-# Library lines an export used to print (see export.TRACE_WARNINGS and QUANTIZE_WARNINGS for causes).
+# Library lines an export used to print (see export_formats.TRACE_WARNINGS and QUANTIZE_WARNINGS for causes).
 NOISE = ("`loss_type=None` was set in the config", "is_gradient_checkpointing", "torch.ao.quantization is deprecated",
          "torch.quantize_per_tensor")
 
@@ -351,7 +342,7 @@ def test_int8_export_prints_no_library_noise(roberta_run, tmp_path):
 
 class Warns(torch.nn.Module):
     def forward(self, input_ids, attention_mask):
-        warnings.warn("a warning of ours", FutureWarning)
+        warnings.warn("a warning of ours", FutureWarning, stacklevel=2)
         return input_ids * attention_mask
 
 
@@ -359,7 +350,7 @@ def test_tracing_keeps_other_warnings():
     ids = torch.ones(2, 3, dtype=torch.long)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        export.trace(Warns(), {"input_ids": ids, "attention_mask": ids})
+        export_formats.trace(Warns(), {"input_ids": ids, "attention_mask": ids})
     assert "a warning of ours" in [str(w.message) for w in caught]
 
 
@@ -376,7 +367,7 @@ def test_labels_that_change_with_batch_neighbours_refuse_fp32_and_are_reported_o
 
     tokenizer = AutoTokenizer.from_pretrained(roberta_run / "model")
     with pytest.raises(ExportError, match=r"8 of 8 texts get a different label alone than inside a batch of 32"):
-        export.check_neighbours(NeighbourDependent(), tokenizer, TEXTS, 32, 1e-4, refuse=True)
+        export_checks.check_neighbours(NeighbourDependent(), tokenizer, TEXTS, 32, 1e-4, refuse=True)
     with caplog.at_level("WARNING"):
-        got = export.check_neighbours(NeighbourDependent(), tokenizer, TEXTS, 32, 1e-3, refuse=False)
+        got = export_checks.check_neighbours(NeighbourDependent(), tokenizer, TEXTS, 32, 1e-3, refuse=False)
     assert got["labels_changed"] == 8 and "depend on their batch neighbours" in caplog.text

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from bench.feedback_bench import FeedbackBenchConfig, halves, markdown, scripted_answers, targets
-from training.review import review
+from textclf.pipelines.review import review
 
 
 @pytest.fixture
@@ -57,7 +57,7 @@ def test_targets_and_markdown():
 
 
 def test_missing_data_is_one_clear_error(tmp_path):
-    from cli import UserError
+    from textclf.core.errors import UserError
 
     with pytest.raises(UserError, match="benchmark data not found"):
         FeedbackBenchConfig(data_root=tmp_path)

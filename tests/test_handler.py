@@ -69,24 +69,52 @@ def handler(bundle):
     return make_handler(bundle)
 
 
+def batch_by_hand(tokenizer, texts, max_length=64):
+    """The model's inputs for `texts` built without handlers.tokenization: each text's ids from the tokenizer
+    alone, cut by hand to max_length (the first max_length - 1 ids and the closing special token), right-padded
+    with the pad id to the longest and masked; so a tokenisation bug in the handler fails the tests below."""
+    rows = []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=True, truncation=False)["input_ids"]
+        rows.append(ids if len(ids) <= max_length else ids[: max_length - 1] + ids[-1:])
+    width = max(map(len, rows))
+    input_ids = torch.tensor([ids + [tokenizer.pad_token_id] * (width - len(ids)) for ids in rows])
+    mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids in rows])
+    return input_ids, mask
+
+
 @pytest.fixture(scope="module")
 def direct(bundle):
-    """Probabilities from the traced model itself on encode(...) of the same batch of texts."""
+    """Probabilities from the traced model itself on the same batch of texts, built by hand (batch_by_hand);
+    `temperature` divides the logits as a calibrated bundle's does."""
     from transformers import AutoTokenizer
 
     model = torch.jit.load(str(bundle / "model.pt"))
     tokenizer = AutoTokenizer.from_pretrained(bundle)
 
-    def probs(texts):
-        enc = encode(tokenizer, texts, 64)
+    def probs(texts, temperature=1.0):
         with torch.inference_mode():
-            return torch.softmax(model(enc["input_ids"], enc["attention_mask"]), dim=-1).tolist()
+            return torch.softmax(model(*batch_by_hand(tokenizer, texts)) / temperature, dim=-1).tolist()
 
     return probs
 
 
+def test_the_hand_built_batch_is_what_the_tokenizer_makes(bundle):
+    """The reference above, checked against known ids: <s> ... </s>, pad 1, the cut keeping </s>."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(bundle)
+    bos, eos, pad = tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id
+    assert (bos, eos, pad) == (0, 2, 1)  # RoBERTa's
+    ids, mask = batch_by_hand(tokenizer, ["why", "the film was a delight " * 40])
+    assert ids.shape == mask.shape == (2, 64)
+    length = int(mask[0].sum())
+    assert ids[0, 0] == bos and ids[0, length - 1] == eos and set(ids[0, length:].tolist()) == {pad}
+    assert mask[1].tolist() == [1] * 64 and ids[1, 0] == bos and ids[1, 63] == eos
+
+
 def assert_matches(pred, probs, top_k=None):
-    ranked = sorted(zip(LABELS, probs), key=lambda pair: pair[1], reverse=True)[: top_k or len(LABELS)]
+    ranked = sorted(zip(LABELS, probs, strict=False), key=lambda pair: pair[1], reverse=True)[: top_k or len(LABELS)]
     assert list(pred["scores"]) == [name for name, _ in ranked]
     assert list(pred["scores"].values()) == pytest.approx([p for _, p in ranked], abs=1e-6)
     assert (pred["label"], pred["score"]) == (ranked[0][0], pytest.approx(ranked[0][1], abs=1e-6))
@@ -104,9 +132,9 @@ def test_choose_device():
 
 def test_bundle_exported_before_the_device_fix_is_made_device_agnostic_on_load(tmp_path, monkeypatch):
     from handlers.torchscript import fixed_devices
-    from training import export
+    from training import export_formats
 
-    monkeypatch.setattr(export, "follow_input_device", lambda traced: traced)  # export as it was before
+    monkeypatch.setattr(export_formats, "follow_input_device", lambda traced: traced)  # export as it was before
     old = make_tiny_bundle(tmp_path / "old", labels=LABELS)
     assert fixed_devices(torch.jit.load(str(old / "model.pt")).graph)  # pinned to the CPU it was traced on
     assert fixed_devices(make_handler(old).model.graph) == []
@@ -198,7 +226,7 @@ def test_body_forms(handler, direct, row, texts, wrap):
     preds = {"one": lambda o: [o], "list": lambda o: o, "predictions": lambda o: o["predictions"]}[wrap](out)
     assert wrap != "predictions" or list(out) == ["predictions"]
     assert len(preds) == len(texts)
-    for pred, probs in zip(preds, direct(texts)):
+    for pred, probs in zip(preds, direct(texts), strict=True):
         assert_matches(pred, probs)
 
 
@@ -211,7 +239,7 @@ def test_batch_with_one_malformed_request(handler, direct):
     # The valid texts of the batch were padded together: compare with the same batch run directly.
     expected = direct(["the film was a delight", "refund", "card", "top up", "how do I top up"])
     got = [results[0][2], *results[2][2], results[3][2]]
-    for pred, probs in zip(got, expected):
+    for pred, probs in zip(got, expected, strict=True):
         assert_matches(pred, probs)
         assert sum(pred["scores"].values()) == pytest.approx(1.0, abs=1e-5)
 
@@ -235,7 +263,7 @@ def test_only_invalid_requests(handler):
 def test_top_k(handler, direct, top_k, expected):
     [(status, _, out)] = run(handler, [body({"texts": ["refund now", "lovely"], "top_k": top_k})])
     assert status == 200
-    for pred, probs in zip(out, direct(["refund now", "lovely"])):
+    for pred, probs in zip(out, direct(["refund now", "lovely"]), strict=True):
         assert len(pred["scores"]) == expected
         assert_matches(pred, probs, top_k=expected)
 
@@ -435,9 +463,8 @@ def sigmoid_probs(bundle_dir, texts):
     from transformers import AutoTokenizer
 
     model, tokenizer = torch.jit.load(str(bundle_dir / "model.pt")), AutoTokenizer.from_pretrained(bundle_dir)
-    enc = encode(tokenizer, texts, 64)
     with torch.inference_mode():
-        return torch.sigmoid(model(enc["input_ids"], enc["attention_mask"])).tolist()
+        return torch.sigmoid(model(*batch_by_hand(tokenizer, texts))).tolist()
 
 
 def set_thresholds(bundle_dir, thresholds) -> None:
@@ -456,8 +483,8 @@ def test_multi_label_answers_every_label_at_or_above_its_threshold(tmp_path):
     handler = make_handler(bundle_dir)
     [(status, _, out)] = run(handler, [body({"texts": texts, "top_k": 1})])
     assert status == 200
-    for answer, row in zip(out, probs):
-        expected = [name for p, t, name in sorted(zip(row, thresholds, MULTI_LABELS), reverse=True) if p >= t]
+    for answer, row in zip(out, probs, strict=True):
+        expected = [name for p, t, name in sorted(zip(row, thresholds, MULTI_LABELS, strict=False), reverse=True) if p >= t]
         assert answer["labels"] == expected
         # `label`/`score`: the highest-scoring label (a near-tie may go either way).
         assert answer["score"] == pytest.approx(max(row), abs=1e-5)
@@ -492,16 +519,11 @@ def test_thresholds_round_trip_through_the_bundle(tmp_path):
 
 def test_temperature_in_the_bundle_calibrates_the_scores_not_the_label(tmp_path, bundle, direct):
     """config.json's temperature divides the logits before the softmax: flatter scores, the same label."""
-    from transformers import AutoTokenizer
-
     copy = shutil.copytree(bundle, tmp_path / "calibrated")
     config = read_json(copy / "config.json")
     (copy / "config.json").write_text(json.dumps({**config, "calibration_temperature": 2.0}))
     [(status, _, out)] = run(make_handler(copy), [body("the film was a delight")])
-    model, tokenizer = torch.jit.load(str(bundle / "model.pt")), AutoTokenizer.from_pretrained(bundle)
-    enc = encode(tokenizer, ["the film was a delight"], 64)
-    with torch.inference_mode():
-        expected = torch.softmax(model(enc["input_ids"], enc["attention_mask"]) / 2.0, dim=-1)[0].tolist()
+    expected = direct(["the film was a delight"], temperature=2.0)[0]
     assert status == 200
     assert [out["scores"][name] for name in LABELS] == pytest.approx(expected, abs=1e-5)
     assert out["label"] == LABELS[max(range(len(LABELS)), key=lambda i: direct(["the film was a delight"])[0][i])]
@@ -519,7 +541,6 @@ ROWS = [body({"text": "the film was a delight"}),
 
 @pytest.fixture(scope="module")
 def onnx_bundle(tmp_path_factory):
-    pytest.importorskip("onnxruntime")
     return make_tiny_bundle(tmp_path_factory.mktemp("onnx") / "export", labels=LABELS, runtime="onnxruntime")
 
 
@@ -530,11 +551,12 @@ def test_onnx_and_torchscript_bundles_of_one_model_answer_alike(handler, onnx_bu
     assert isinstance(onnx_handler.model, OnnxModel) and str(onnx_handler.device) == "cpu"
     got, want = run(onnx_handler, ROWS), run(handler, ROWS)
     assert [status for status, _, _ in got] == [status for status, _, _ in want] == [200, 200, 400, 200]
-    for (_, _, mine), (_, _, theirs) in zip(got, want):
+    for (_, _, mine), (_, _, theirs) in zip(got, want, strict=True):
         if "error" in theirs:
             assert mine == theirs
             continue
-        for a, b in zip(mine if isinstance(mine, list) else [mine], theirs if isinstance(theirs, list) else [theirs]):
+        listed = [(x if isinstance(x, list) else [x]) for x in (mine, theirs)]
+        for a, b in zip(*listed, strict=True):
             assert a["label"] == b["label"] and list(a["scores"]) == list(b["scores"])
             assert list(a["scores"].values()) == pytest.approx(list(b["scores"].values()), abs=1e-4)
 
@@ -575,7 +597,9 @@ def test_refuses_an_onnx_card_without_its_model_file(broken):
 
 
 def test_every_runtime_a_bundle_may_name_has_a_loader():
-    from handlers.bundle import RUNTIME_FILES
-    from handlers.runtimes import LOADERS
+    import importlib
 
-    assert set(LOADERS) == set(RUNTIME_FILES)
+    from handlers.runtimes import RUNTIMES
+
+    for runtime in RUNTIMES.values():
+        assert callable(importlib.import_module(runtime.loader).load)

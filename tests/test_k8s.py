@@ -3,9 +3,10 @@ relies on (rollouts that keep serving, probes on /ping, one GPU per NUMBER_OF_GP
 off only behind the sidecar, the token only from a Secret, the scrape annotation), and the custom resources that
 no schema here knows (Kubeflow PyTorchJob, Prometheus Operator ServiceMonitor) are checked for their structure.
 
-Rendering needs kubectl (`kubectl kustomize`, kustomize v5); schema validation needs kubernetes-validate
-(requirements.txt). Each test skips with the reason when its tool is missing; the files themselves are always
-parsed and checked (test_files_parse_*). Target: Kubernetes 1.32, which the tests validate against, and 1.30,
+Rendering needs kubectl (`kubectl kustomize`, kustomize v5; `make test` installs it through
+scripts/ensure_test_tools.sh); schema validation needs kubernetes-validate (constraints.txt, `make install`). Without
+kubectl the rendering tests skip with the reason (fail under CI=true); the files themselves are always parsed and
+checked (test_files_parse_*). Target: Kubernetes 1.32, which the tests validate against, and 1.30,
 the oldest release with the preStop `sleep` action the Deployment uses.
 """
 from __future__ import annotations
@@ -18,11 +19,14 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import kubernetes_validate as kv
 import pytest
 import yaml
 
-from tsclient import container
-from tsclient.server import DEFAULT_PORTS, read_properties
+from tests.conftest import tool_missing
+from textclf.core import paths
+from textclf.torchserve import container
+from textclf.torchserve.properties import DEFAULT_PORTS, read_properties
 
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
@@ -30,7 +34,7 @@ BASE = K8S / "base"
 OVERLAYS = ("cpu", "gpu")
 KUBERNETES_VERSIONS = ("1.32", "1.30")
 SECRET, SECRET_KEY = "textclf-token", "token"
-# Keys of config.properties that tsclient/container.py derives from the environment: the ConfigMap must not hold
+# Keys of config.properties that textclf/torchserve/container.py derives from the environment: the ConfigMap must not hold
 # them, since the entry point overwrites them.
 CONTRACT_KEYS = {"inference_address", "management_address", "metrics_address", "grpc_inference_address",
                  "grpc_inference_port", "grpc_management_address", "grpc_management_port", "model_store",
@@ -40,8 +44,8 @@ CONTRACT_KEYS = {"inference_address", "management_address", "metrics_address", "
 def kubectl() -> str:
     path = shutil.which("kubectl")
     if path is None:
-        pytest.skip("kubectl not installed: cannot render the kustomize overlays (the files are still parsed by "
-                    "test_files_parse_*); install kubectl >= 1.27 (kustomize v5)")
+        tool_missing("kubectl not installed: cannot render the kustomize overlays (the files are still parsed by "
+                     "test_files_parse_*); install kubectl >= 1.27 (kustomize v5)")
     return path
 
 
@@ -109,7 +113,6 @@ def assert_auth_is_consistent(deployment: dict) -> None:
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_rendered_overlay_is_valid_kubernetes(rendered, overlay, version):
-    kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate not installed (requirements.txt)")
     kinds = []
     for doc in rendered[overlay]:
         kv.validate(doc, version, strict=True)  # strict: unknown fields (typos) are errors too
@@ -120,7 +123,6 @@ def test_rendered_overlay_is_valid_kubernetes(rendered, overlay, version):
 
 def test_validation_rejects_a_typo_and_a_wrong_type(rendered):
     """The validator really checks: a misspelt probe and a string replica bound are refused."""
-    kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate not installed (requirements.txt)")
     deployment = one(rendered["cpu"], "Deployment")
     typo = copy.deepcopy(deployment)
     ts = containers(typo)["torchserve"]
@@ -349,11 +351,11 @@ def test_torchserve_configmap_replaces_the_image_base_config(rendered):
     deployment = one(docs, "Deployment")
     mount = next(m for m in torchserve(deployment)["volumeMounts"] if m.get("subPath") == "config.properties")
     # Where the image keeps the config its entry point starts from (deploy/Dockerfile copies the repo's into /opt/app).
-    assert Path(mount["mountPath"]).name == container.LOCKED_CONFIG.name
+    assert Path(mount["mountPath"]).name == paths.LOCKED_CONFIG.name
     dockerfile = ROOT / "deploy" / "Dockerfile"
     if dockerfile.exists():
         copies = [line for line in dockerfile.read_text().splitlines()
-                  if line.startswith("COPY") and container.LOCKED_CONFIG.name in line]
+                  if line.startswith("COPY") and paths.LOCKED_CONFIG.name in line]
         assert copies and copies[0].split()[-1].rstrip("/") == str(Path(mount["mountPath"]).parent), copies
     volume = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"])
     data = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == volume["configMap"]["name"])
@@ -363,7 +365,7 @@ def test_torchserve_configmap_replaces_the_image_base_config(rendered):
         if line and not line.startswith("#"):
             key, value = line.split("=", 1)
             props[key.strip()] = value.strip()
-    locked = read_properties(container.LOCKED_CONFIG)
+    locked = read_properties(paths.LOCKED_CONFIG)
     assert props["enable_model_api"] == "false"  # locked mode
     assert not props.keys() & CONTRACT_KEYS, "the entry point overwrites these from the environment"
     assert props.keys() <= locked.keys(), props.keys() - locked.keys()
@@ -396,7 +398,6 @@ def test_files_parse_and_name_their_kinds():
     for generator in base["configMapGenerator"]:
         for entry in generator["files"]:
             assert (BASE / entry.split("=", 1)[-1]).is_file(), entry
-    kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate not installed (requirements.txt)")
     for resource in base["resources"]:
         for doc in yaml.safe_load_all((BASE / resource).read_text()):
             kv.validate(doc, KUBERNETES_VERSIONS[0], strict=True)
@@ -413,14 +414,13 @@ def test_pytorchjob_runs_torchrun_over_master_and_worker():
     processes = nproc * (specs["Master"]["replicas"] + specs["Worker"]["replicas"])
     assert processes == 2
     claims, outputs = set(), set()
-    kv = pytest.importorskip("kubernetes_validate", reason="kubernetes-validate not installed (requirements.txt)")
     for role, spec in specs.items():
         pod = spec["template"]["spec"]
         (c,) = [c for c in pod["containers"] if c["name"] == "pytorch"]  # the operator's container name
         # torchrun takes nnodes, node rank and the master from the operator's PET_* variables.
         assert c["command"][0] == "torchrun" and c["command"][-2:] == ["-m", "training.train"]
         assert c["command"][c["command"].index("--nproc-per-node") + 1] == str(nproc)
-        args = dict(zip(c["args"][::2], c["args"][1::2]))
+        args = dict(zip(c["args"][::2], c["args"][1::2], strict=False))
         assert int(args["--batch-size"]) % processes == 0  # training.train refuses a batch that does not split
         outputs.add(args["--output-dir"])
         volumes = {v["name"]: v for v in pod["volumes"]}

@@ -1,4 +1,4 @@
-"""tsclient.keys without a server: key_file.json parsing, expiry, and the /token refresh through a fake
+"""textclf.torchserve.keys without a server: key_file.json parsing, expiry, and the /token refresh through a fake
 requests.get that rewrites the file the way TorchServe does."""
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from cli import Failure
-from tsclient import keys
-from tsclient.keys import KeyFileError, Keys, KeyStore, bearer, parse_expiry, read_keys
-from tsclient.rest import ServerUnreachable
+from textclf.core.errors import Failure
+from textclf.torchserve import keys
+from textclf.torchserve.errors import ServerUnreachable
+from textclf.torchserve.keys import KeyFileError, Keys, KeyStore, bearer, parse_expiry, read_keys
 
 MGMT = "http://127.0.0.1:8081"
 PAST = "2000-01-01T00:00:00Z"
@@ -184,11 +184,11 @@ def test_recover_gives_up_when_nothing_helps(key_file, token_api, monkeypatch, t
 
 
 def test_print_key_cli(tmp_path, capsys):
-    """`KEY=$(.venv/bin/python -m tsclient.keys)`: what the README's curl examples use."""
+    """`KEY=$(textclf keys)`: what the docs' curl examples use."""
     import json
 
-    from cli import run
-    from tsclient.keys import PrintKeyConfig, print_key
+    from textclf.core.options import run
+    from textclf.torchserve.keys import PrintKeyConfig, print_key
 
     key_file = tmp_path / "key_file.json"
     key_file.write_text(json.dumps({"management": {"key": "m"}, "inference": {"key": "i"}, "API": {"key": "a"}}))

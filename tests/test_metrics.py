@@ -2,6 +2,7 @@
 (TorchServe's Prometheus mode drops anything undeclared without a word)."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import yaml
@@ -51,8 +52,12 @@ def test_one_update_per_label_and_bucket_of_a_batch():
                    "RejectedRequests": [(("invalid_request",), 2), (("too_many_texts",), 1)]}
 
 
-def test_without_a_metrics_cache_nothing_is_recorded_and_nothing_fails():
-    ModelMetrics(None, "clf", "1.0").record([("pos", 0.9)], [(5, False, 0)], answered=1, rejected=[])
+def test_without_a_metrics_cache_nothing_is_recorded_and_nothing_fails(caplog):
+    metrics = ModelMetrics(None, "clf", "1.0")
+    with caplog.at_level(logging.DEBUG, logger="handlers.metrics"):
+        assert metrics.record([("pos", 0.9)], [(5, False, 0)], answered=1, rejected=["invalid_request"]) is None
+    assert metrics.counters == {}
+    assert caplog.records == []  # record() swallows its own errors into the log: none was logged
 
 
 def test_label_names_are_made_safe_for_the_metrics_log_line():

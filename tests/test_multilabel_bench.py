@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 
 from bench import multilabel_bench as mb
-from cli import UserError, parse_config
-from training.problems import f1_scores
+from textclf.core.errors import UserError
+from textclf.core.options import parse_config
 from training.rundir import RunDir
+from training.scores import f1_scores
 
 F1_KEYS = set(f1_scores(np.eye(2, dtype=int), np.eye(2, dtype=int)))
 TOPICS = {"card": ["card", "arrived", "delivery"], "refund": ["refund", "money", "back"],
@@ -124,7 +125,8 @@ def test_markdown_states_settings_targets_and_that_the_baseline_threshold_saw_te
 
 
 def test_balanced_ours_gets_its_own_row_and_targets():
-    results = {**_results(), "ours-balanced": _row(0.9, 0.9, 0.7, {**mb.OURS, "learning_rate": 2e-4, "class_weights": "balanced"})}
+    balanced = {**mb.OURS, "learning_rate": 2e-4, "class_weights": "balanced"}
+    results = {**_results(), "ours-balanced": _row(0.9, 0.9, 0.7, balanced)}
     names = [t["name"] for t in mb.targets(results)]
     assert "ours-balanced macro-F1 >= plain + 1 point" in names and "ours macro-F1 >= plain + 1 point" in names
     assert "class weights balanced" in mb.markdown(results)

@@ -26,8 +26,16 @@ request_objects = st.fixed_dictionaries({}, optional={
     "text": json_values, "texts": json_values | st.lists(st.text(max_size=30), max_size=80),
     "instances": json_values | st.lists(st.text(max_size=30), max_size=5), "top_k": json_values,
     "extra": json_values})
-bodies = (request_objects | json_values | st.text(max_size=200) | st.binary(max_size=200)
-          | request_objects.map(lambda o: json.dumps(o, allow_nan=True).encode()))
+# Well-formed requests of each shape, with and without top_k: without them nearly every generated request is
+# refused, and the answers of the list and KServe shapes would go unchecked.
+texts = st.text(min_size=1, max_size=30).filter(str.strip)
+top_k = {"top_k": st.integers(1, 5)}
+valid_requests = (st.fixed_dictionaries({"text": texts}, optional=top_k)
+                  | st.fixed_dictionaries({"texts": st.lists(texts, min_size=1, max_size=8)}, optional=top_k)
+                  | st.fixed_dictionaries({"instances": st.lists(texts | st.fixed_dictionaries({"text": texts}),
+                                                                 min_size=1, max_size=8)}, optional=top_k))
+bodies = (valid_requests | request_objects | json_values | st.text(max_size=200) | st.binary(max_size=200)
+          | (valid_requests | request_objects).map(lambda o: json.dumps(o, allow_nan=True).encode()))
 rows = bodies.map(lambda b: {"body": b}) | bodies.map(lambda b: {"data": b}) | st.just({}) \
     | st.dictionaries(st.sampled_from(["body", "data", "content-type"]), bodies, max_size=2)
 
@@ -47,6 +55,37 @@ def test_parse_request_answers_every_input(row):
         assert parsed.top_k is None or (isinstance(parsed.top_k, int) and parsed.top_k >= 1)
 
 
+def predictions(answer) -> list:
+    """The prediction objects of a 200 body, whichever of its three shapes it has."""
+    if isinstance(answer, list):
+        return answer
+    if isinstance(answer, dict) and set(answer) == {"predictions"}:
+        return answer["predictions"]
+    return [answer]
+
+
+def assert_answer(answer, labels, texts: int | None = None, top_k: int | None = None) -> None:
+    """A 200 body holds well-formed predictions of this model: a label of its label set with its score, and
+    scores in [0, 1], best first, that sum to 1 over every label (less over a top_k of them). With `texts` (and
+    `top_k`), the body holds that many predictions, each with min(top_k, labels) scores."""
+    found = predictions(answer)
+    assert found and all(isinstance(p, dict) for p in found), answer
+    if texts is not None:
+        assert len(found) == texts, answer
+    for p in found:
+        assert set(p) == {"label", "score", "scores"}, p
+        scores = p["scores"]
+        assert scores and set(scores) <= set(labels) and all(0.0 <= v <= 1.0 for v in scores.values()), p
+        assert list(scores.values()) == sorted(scores.values(), reverse=True), p
+        assert p["label"] == next(iter(scores)) and p["score"] == scores[p["label"]], p
+        if len(scores) == len(labels):
+            assert sum(scores.values()) == pytest.approx(1.0, abs=1e-4), p
+        else:
+            assert sum(scores.values()) <= 1.0 + 1e-4, p
+        if texts is not None:
+            assert len(scores) == min(top_k or len(labels), len(labels)), p
+
+
 @pytest.fixture(scope="module")
 def handler(tmp_path_factory):
     return make_handler(make_tiny_bundle(tmp_path_factory.mktemp("fuzz") / "export", labels=LABELS))
@@ -57,11 +96,16 @@ def handler(tmp_path_factory):
 @given(st.lists(rows, min_size=1, max_size=4))
 def test_handler_answers_every_request_of_a_batch(handler, batch):
     results = run(handler, batch)  # one body per request, in order, each valid JSON (run() checks both)
-    for status, content_type, answer in results:
+    config = HandlerConfig()  # the handler's: its bundle sets no handler options
+    for row, (status, content_type, answer) in zip(batch, results, strict=True):
         assert content_type == "application/json"
+        parsed = parse_request(row, config)
         if status == 200:
-            assert answer  # an answer, a list of answers or {"predictions": [...]}
+            # As many predictions as the request has texts, each with its top_k scores.
+            assert parsed.error is None
+            assert_answer(answer, LABELS, texts=len(parsed.texts), top_k=parsed.top_k)
         else:
             assert 400 <= status < 500 and set(answer) == {"error", "type"}
+            assert parsed.error is not None and (status, answer["type"]) == (parsed.error.status, parsed.error.type.code)
     good = body({"text": "still answered"})  # the handler is unharmed by what it just saw
     assert run(handler, [good])[0][0] == 200

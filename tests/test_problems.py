@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from training.problems import (MultiLabel, SingleLabel, choose_thresholds, f1_scores, macro_f1, problem_for,
-                               shared_threshold, tune_thresholds)
+from training.problems import MultiLabel, SingleLabel, choose_thresholds, problem_for, shared_threshold, tune_thresholds
+from training.scores import f1_scores, macro_f1
 
 
 def test_bce_with_pos_weight_is_the_weighted_formula_and_changes_the_loss():

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from training import report as report_module
-from training.report import (MAX_PLOTTED_LABELS, headline, label_rows, most_confused, plot_confusion, shorten,
-                             top_confusions, write_report)
+from training.report import MAX_PLOTTED_LABELS, label_rows, most_confused, plot_confusion, shorten, top_confusions, write_report
+from training.scores import headline
 from training.summary import summary
 
 LABELS = ["cat", "dog", "fox"]

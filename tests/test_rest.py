@@ -1,6 +1,7 @@
 """The clients' retry, key-recovery and error logic without a TorchServe: a fake requests.Session replays
 scripted answers and records what was sent, time.sleep is recorded instead of slept, and a closed
-loopback port stands for a server that is not running (REST and gRPC)."""
+loopback port stands for a server that is not running (REST and gRPC). A fake handler that enforces its
+texts-per-request limit checks how both clients split long lists."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,11 +12,14 @@ import grpc
 import pytest
 import requests
 
-from cli import Failure, run
-from tests.test_keys import FakeTokenApi, PAST, write_keys
-from tsclient import keys, rest
-from tsclient.rest import ServerUnreachable, TokenRefused, TorchServeClient, TorchServeError
-from tsclient.server import free_ports
+from tests.test_keys import PAST, FakeTokenApi, write_keys
+from textclf.core.errors import Failure
+from textclf.core.options import run
+from textclf.torchserve import grpc_client as grpc_module
+from textclf.torchserve import keys, rest
+from textclf.torchserve.errors import ServerUnreachable, TokenRefused, TorchServeError
+from textclf.torchserve.ports import free_ports
+from textclf.torchserve.rest import TorchServeClient
 
 INF, MGMT = "http://127.0.0.1:8080", "http://127.0.0.1:8081"
 INVALID_KEY = {"code": 400, "type": "InvalidKeyException",
@@ -261,6 +265,79 @@ def test_error_is_one_line_from_json_or_text(key_file, body, says):
     assert str(e.value) == says
 
 
+# ---- long lists: split into requests the handler takes ------------------------------------------------------
+class FakeHandler:
+    """Answers like the handler with max_texts_per_request `limit`: one answer per text ({"label": text}), in
+    order, or 413 too_many_texts (handlers/parsing.py's message) for a longer list. Stands in for the session."""
+
+    def __init__(self, limit: int):
+        self.limit, self.sizes, self.bodies = limit, [], []
+
+    def answer(self, body: dict) -> tuple[int, dict | list]:
+        field = "texts" if "texts" in body else "instances"
+        items = body[field]
+        self.sizes.append(len(items))
+        self.bodies.append(body)
+        if len(items) > self.limit:
+            return 413, {"error": f"'{field}' has {len(items)} entries; at most {self.limit} per request",
+                         "type": "too_many_texts"}
+        answers = [{"label": text} for text in items]
+        return 200, answers if field == "texts" else {"predictions": answers}
+
+    def request(self, method, url, headers=None, timeout=None, **kwargs):
+        # The KServe route is sent with json=, /predictions with data= (bytes).
+        status, body = self.answer(kwargs["json"] if "json" in kwargs else json.loads(kwargs["data"]))
+        return response(status, body if isinstance(body, dict) else json.dumps(body))
+
+
+TEXTS = [f"text {i}" for i in range(100)]
+
+
+def test_a_long_list_goes_in_requests_of_the_handlers_default_limit(key_file):
+    handler = FakeHandler(limit=64)
+    c = TorchServeClient(INF, MGMT, key_file, session=handler)
+    assert c.max_texts == 64  # handlers/config.py's max_texts_per_request
+    assert c.predict("clf", texts=TEXTS, top_k=1) == [{"label": t} for t in TEXTS]
+    assert handler.sizes == [64, 36] and all(b["top_k"] == 1 for b in handler.bodies)
+
+
+def test_a_smaller_limit_is_learned_from_the_413_and_kept(key_file, sleeps, caplog):
+    handler = FakeHandler(limit=30)
+    c = TorchServeClient(INF, MGMT, key_file, session=handler)
+    with caplog.at_level("INFO", logger="textclf.torchserve.rest"):
+        assert c.predict("clf", texts=TEXTS) == [{"label": t} for t in TEXTS]
+    assert handler.sizes == [64, 30, 30, 30, 10] and c.max_texts == 30 and sleeps == []
+    assert "the server takes at most 30 texts per request" in caplog.text
+    c.predict("clf", texts=TEXTS[:40])
+    assert handler.sizes[5:] == [30, 10]  # no second refusal
+
+
+def test_instances_are_split_and_joined_as_predictions(key_file):
+    handler = FakeHandler(limit=64)
+    c = TorchServeClient(INF, MGMT, key_file, session=handler, max_texts=40)
+    assert c.predict("clf", instances=TEXTS) == {"predictions": [{"label": t} for t in TEXTS]}
+    assert handler.sizes == [40, 40, 20]
+
+
+def test_a_413_that_states_no_smaller_limit_is_raised(key_file):
+    session = FakeSession((413, {"error": "'texts' has 3 entries; at most 5 per request", "type": "too_many_texts"}))
+    with pytest.raises(TorchServeError, match="at most 5 per request"):
+        client(session, key_file).predict("clf", texts=["a", "b", "c"])
+    assert len(session.sent) == 1
+
+
+def test_an_empty_list_is_still_sent_for_the_server_to_refuse(key_file):
+    session = FakeSession((400, {"error": "'texts' is empty", "type": "invalid_request"}))
+    with pytest.raises(TorchServeError, match="'texts' is empty"):
+        client(session, key_file).predict("clf", texts=[])
+    assert session.sent[0].body == b'{"texts": []}'
+
+
+def test_max_texts_must_be_positive(key_file):
+    with pytest.raises(ValueError, match="max_texts"):
+        TorchServeClient(INF, MGMT, key_file, max_texts=0)
+
+
 # ---- a server that is not running (a closed loopback port) --------------------------------------------------
 @pytest.fixture
 def closed_port() -> int:
@@ -338,11 +415,9 @@ class FakeMethod:
 
 @pytest.fixture
 def grpc_client(monkeypatch, key_file, closed_port):
-    from tsclient import grpc_client
-
-    monkeypatch.setattr(grpc_client, "load_stubs", fake_stubs)
+    monkeypatch.setattr(grpc_module, "load_stubs", fake_stubs)
     target = f"127.0.0.1:{closed_port}"
-    with grpc_client.TorchServeGrpcClient(target, target, key_file, retries=3, backoff_s=0.5) as c:
+    with grpc_module.TorchServeGrpcClient(target, target, key_file, retries=3, backoff_s=0.5) as c:
         yield c
 
 
@@ -409,3 +484,16 @@ def test_grpc_wrong_key_is_recovered_once_then_refused_in_one_line(grpc_client, 
         grpc_client.predict("clf", "hi")
     assert e.value.status == "PERMISSION_DENIED" and str(key_file) in str(e.value) and sleeps == []
     assert predictions.metadata == [{"authorization": "Bearer i1"}, {"authorization": "Bearer i2"}]
+
+
+def test_grpc_splits_a_long_list_and_learns_the_limit_like_rest(grpc_client):
+    handler = FakeHandler(limit=30)
+
+    def predictions(request, metadata=None, timeout=None):
+        status, body = handler.answer(json.loads(request["input"]["data"]))
+        # gRPC drops the handler's status: its error body arrives as an answer (TorchServeGrpcClient.predict_raw)
+        return SimpleNamespace(prediction=json.dumps(body).encode())
+
+    grpc_client.inference = SimpleNamespace(Predictions=predictions)
+    assert grpc_client.predict("clf", texts=TEXTS) == [{"label": t} for t in TEXTS]
+    assert handler.sizes == [64, 30, 30, 30, 10] and grpc_client.max_texts == 30

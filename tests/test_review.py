@@ -1,4 +1,4 @@
-"""Review capture (handlers/review.py): off by default and then writes nothing anywhere; on, it queues the
+"""Review capture (handlers/capture.py): off by default and then writes nothing anywhere; on, it queues the
 texts below the score threshold plus a sample, in a 0600 file of its own, rotated at its size."""
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import stat
 
 import pytest
 
-from handlers.review import ReviewConfig, ReviewConfigError, ReviewQueue
+from handlers.capture import ReviewConfig, ReviewConfigError, ReviewQueue
 from tests.test_handler import LABELS, body, make_context, run
 from training.tiny import make_tiny_bundle
 

@@ -1,4 +1,4 @@
-"""training.review: a scripted terminal session over a review queue, resumed where it stopped."""
+"""textclf.pipelines.review: a scripted terminal session over a review queue, resumed where it stopped."""
 from __future__ import annotations
 
 import csv
@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from cli import UserError
-from training.review import read_queue, review
+from textclf.core.errors import UserError
+from textclf.pipelines.review import read_queue, review
 
 LABELS = ["negative", "neutral", "positive"]
 

@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import pytest
 
-from cli import UserError
+from textclf.core.errors import UserError
 from training.rundir import CALIBRATION_TEXTS, RunDir, RunDirError
 
 LABELS = ["neg", "pos"]
@@ -101,4 +101,4 @@ def test_calibration_texts_are_a_seeded_sample_of_train(tmp_path):
 
 
 def test_run_dir_error_is_a_user_error():
-    assert issubclass(RunDirError, UserError)  # exit code 2 and one line through cli.run
+    assert issubclass(RunDirError, UserError)  # exit code 2 and one line through textclf.core.options.run

@@ -8,12 +8,21 @@ import pytest
 
 from bench import serve_report
 from bench.flops import FlopModel, limit_for, mixed_limit
-from bench.serve_bench import (ServeBenchConfig, available_variants, batch_invariance, choose_variant, list_bodies,
-                                load_test, parse_ours, report_stem, server_key)
+from bench.serve_bench import (
+    ServeBenchConfig,
+    available_variants,
+    batch_invariance,
+    choose_variant,
+    list_bodies,
+    load_test,
+    parse_ours,
+    report_stem,
+    server_key,
+)
 from bench.serve_report import cpu_class
 from bench.serve_runs import Measured
-from cli import UserError
 from tests.test_rundir import finished
+from textclf.core.errors import UserError
 
 
 def test_bf16_is_only_measured_where_the_cpu_has_bf16_instructions():
@@ -158,7 +167,7 @@ def test_an_int8_variant_is_measured_against_the_mix_of_its_int8_and_fp32_work()
 
 
 def test_the_int8_weights_of_an_onnx_graph_are_its_matmul_weights_not_its_embeddings(tmp_path):
-    onnx = pytest.importorskip("onnx")
+    import onnx
     from onnx import TensorProto, helper
 
     from training.onnx_build import int8_weights
@@ -219,7 +228,8 @@ def test_server_targets_use_the_median_of_paired_passes_when_the_run_has_them():
               "D-c1": {"reference": "C-fp32-b1", "p50_ms": [12.0, 13.0, 14.0], "reference_p50_ms": [10.0, 10.5, 9.0]}}
     best = {t["name"].split(" vs")[0]: (t["value"], t["met"]) for t in serve_report.targets(rows, "fp32")[1:]}
     assert best == {"D c32": (0.85, False), "D c1 p50": (4.0, False)}
-    out = {t["name"].split(" vs")[0]: (t["value"], t["met"], t["paired"]) for t in serve_report.targets(rows, "fp32", paired=paired)[1:]}
+    targets = serve_report.targets(rows, "fp32", paired=paired)[1:]
+    out = {t["name"].split(" vs")[0]: (t["value"], t["met"], t["paired"]) for t in targets}
     assert out == {"D c32": (0.94, True, True), "D c1 p50": (2.5, True, True)}
 
 

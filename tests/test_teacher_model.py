@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from cli import Failure
+from textclf.core.errors import Failure
 from training import teacher_model
 
 NAME = "tiny-teacher"

@@ -5,90 +5,39 @@ Each trained run costs seconds, so the two shared runs are trained once per sess
 (test_export.py trains nothing itself and exports these same runs)."""
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
-import numpy as np
 
-from training.tiny import CORPUS
-from cli import UserError
+from tests.tiny_runs import (
+    INT_LABELS,
+    STRING_LABELS,
+    one_torch_thread,
+    roberta_config,
+    shared_run,  # noqa: F401 (test_retrain.py and live/test_feedback_loop.py import it from here)
+    texts_for,  # noqa: F401 (test_train_distributed.py imports it from here)
+    write_string_data,
+)
+from textclf.core.errors import UserError
 from training.data import DataError, fingerprint, load_splits
-from training.rundir import RunDir
 from training.problems import SingleLabel
+from training.rundir import RunDir
 from training.summary import summary
-from training.train import (TrainConfig, eager_probs, last_checkpoint, learning_rate_for, main, make_trainer_class,
-                            samples_per_second)
-
-# Insertion order pos, neg, mid: the run's labels must still come out sorted.
-STRING_TRAIN = {"pos": 24, "neg": 14, "mid": 8}
-STRING_LABELS = ["mid", "neg", "pos"]
-# Integer labels: numeric order puts 2 before 10 (string order would not).
-INT_TRAIN = {10: 12, 2: 10, 1: 8}
-INT_LABELS = ["1", "2", "10"]
-
-
-def texts_for(counts: dict, offset: int = 0) -> pd.DataFrame:
-    """Distinct texts in the tiny tokenizer's vocabulary, `counts[label]` rows per label."""
-    rows = [(f"{CORPUS[(i + j) % 8]} {offset + i * 100 + j}", label)
-            for i, (label, n) in enumerate(counts.items()) for j in range(n)]
-    return pd.DataFrame(rows, columns=["text", "label"])
-
-
-def write_string_data(folder: Path) -> Path:
-    """train.csv + test.csv with string labels; validation is carved from train."""
-    folder.mkdir(parents=True, exist_ok=True)
-    texts_for(STRING_TRAIN).to_csv(folder / "train.csv", index=False)
-    texts_for({"pos": 4, "neg": 4, "mid": 4}, offset=10_000).to_csv(folder / "test.csv", index=False)
-    return folder
-
-
-def write_int_data(folder: Path) -> Path:
-    """train/validation/test JSONL with integer labels."""
-    folder.mkdir(parents=True, exist_ok=True)
-    splits = {"train": INT_TRAIN, "validation": {10: 2, 2: 2, 1: 2}, "test": {10: 3, 2: 3, 1: 3}}
-    for offset, (name, counts) in enumerate(splits.items()):
-        texts_for(counts, offset=offset * 10_000).to_json(folder / f"{name}.jsonl", orient="records", lines=True)
-    return folder
-
-
-def roberta_config(out: Path, data: Path, model: Path, **overrides) -> TrainConfig:
-    settings = dict(output_dir=str(out), data=str(data), model=str(model), max_steps=2, batch_size=8,
-                    eval_batch_size=16, max_length=32, max_train_samples=30, class_weights="balanced",
-                    progress=False)
-    return TrainConfig(**{**settings, **overrides})
-
-
-def _train_roberta(base: Path, model: Path) -> Path:
-    main(roberta_config(base / "run", write_string_data(base / "data"), model))
-    return base
-
-
-def _train_distilbert(base: Path, model: Path) -> Path:
-    # grad_accum=2 and no early stopping / length grouping: the other branches of build_trainer.
-    main(TrainConfig(output_dir=str(base / "run"), data=str(write_int_data(base / "data")), model=str(model),
-                     max_steps=2, batch_size=4, grad_accum=2, max_length=32, precision="fp32",
-                     early_stopping_patience=0, group_by_length=False, progress=False))
-    return base
-
-
-@contextlib.contextmanager
-def one_torch_thread():
-    """Tiny models gain nothing from two threads, and on two shared cores OpenMP threads spinning
-    against another busy process made each forward pass ~50x slower than a single thread."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+from training.train import (
+    TrainConfig,
+    eager_probs,
+    last_checkpoint,
+    learning_rate_for,
+    main,
+    make_trainer_class,
+    samples_per_second,
+)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -97,36 +46,14 @@ def _single_thread():
         yield
 
 
-_RUNS: dict[str, Path] = {}
-_BUILDERS = {"roberta": _train_roberta, "distilbert": _train_distilbert}
-
-
-def shared_run(kind: str, tmp_path_factory, model_dir: Path) -> Path:
-    """A folder holding data/ and run/ of one tiny training run, trained at most once per session."""
-    if kind not in _RUNS:
-        with one_torch_thread():  # session fixtures are set up before module-scoped ones
-            _RUNS[kind] = _BUILDERS[kind](tmp_path_factory.mktemp(f"trained-{kind}"), model_dir)
-    return _RUNS[kind]
-
-
-@pytest.fixture(scope="session")
-def roberta_run(tmp_path_factory, tiny_roberta_dir) -> Path:
-    return shared_run("roberta", tmp_path_factory, tiny_roberta_dir)
-
-
-@pytest.fixture(scope="session")
-def distilbert_run(tmp_path_factory, tiny_distilbert_dir) -> Path:
-    return shared_run("distilbert", tmp_path_factory, tiny_distilbert_dir)
-
-
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
 # ---------------------------------------------------------------------------------------------- run directory
 
-def test_run_directory_layout_and_metrics(roberta_run):
-    run = roberta_run / "run"
+def test_run_directory_layout_and_metrics(roberta_trained):
+    run = roberta_trained / "run"
     config = read_json(run / "model" / "config.json")
     assert config["id2label"] == {"0": "mid", "1": "neg", "2": "pos"}
     assert config["label2id"] == {"mid": 0, "neg": 1, "pos": 2}
@@ -135,8 +62,12 @@ def test_run_directory_layout_and_metrics(roberta_run):
     metrics = read_json(run / "metrics.json")
     test = metrics["test"]
     assert test["samples"] == 12
-    assert 0 <= test["accuracy"] <= 1 and 0 <= test["macro_f1"] <= 1
     assert set(STRING_LABELS) <= set(test["per_class"])
+    # The headline figures are those of the saved report: accuracy from its confusion matrix, macro-F1 the mean
+    # of its per-label F1 (test_reported_accuracy_matches_the_saved_model recomputes them from the model).
+    cm = pd.read_csv(run / "report" / "confusion_matrix.csv", index_col=0).to_numpy()
+    assert test["accuracy"] == pytest.approx(cm.trace() / 12)
+    assert test["macro_f1"] == pytest.approx(np.mean([test["per_class"][name]["f1-score"] for name in STRING_LABELS]))
     assert sum(test["per_class"][name]["support"] for name in STRING_LABELS) == 12
     counts = [c["count"] for c in test["top_confusions"]]
     assert counts == sorted(counts, reverse=True) and all(c > 0 for c in counts)
@@ -153,8 +84,8 @@ def test_run_directory_layout_and_metrics(roberta_run):
     assert meta["data"]["validation_carved"] is True
 
 
-def test_report_files_agree_with_metrics(roberta_run):
-    run = roberta_run / "run"
+def test_report_files_agree_with_metrics(roberta_trained):
+    run = roberta_trained / "run"
     test = read_json(run / "metrics.json")["test"]
     cm = pd.read_csv(run / "report" / "confusion_matrix.csv", index_col=0)
     assert list(cm.index) == STRING_LABELS and list(cm.columns) == STRING_LABELS
@@ -168,13 +99,13 @@ def test_report_files_agree_with_metrics(roberta_run):
     assert len(wrong) == 12 - correct
     assert list(wrong["confidence"]) == sorted(wrong["confidence"], reverse=True)
     assert (wrong["true"] != wrong["predicted"]).all()
-    test_texts = set(pd.read_csv(roberta_run / "data" / "test.csv")["text"])
+    test_texts = set(pd.read_csv(roberta_trained / "data" / "test.csv")["text"])
     assert set(wrong["text"]) <= test_texts
 
 
-def test_test_split_saved_for_export(roberta_run):
-    saved = pd.read_parquet(roberta_run / "run" / "data" / "test.parquet")
-    source = pd.read_csv(roberta_run / "data" / "test.csv")
+def test_test_split_saved_for_export(roberta_trained):
+    saved = pd.read_parquet(roberta_trained / "run" / "data" / "test.parquet")
+    source = pd.read_csv(roberta_trained / "data" / "test.csv")
     assert list(saved.columns) == ["text", "label"]
     assert saved["text"].tolist() == source["text"].tolist()
     assert saved["label"].tolist() == source["label"].astype(str).tolist()
@@ -198,18 +129,18 @@ def test_fingerprint_describes_the_saved_test_split(tmp_path, tiny_roberta_dir):
     assert calibration and set(calibration) <= set(splits.train["text"]) and not set(calibration) & set(saved["text"])
 
 
-def test_integer_labels_keep_numeric_order(distilbert_run):
-    run = distilbert_run / "run"
+def test_integer_labels_keep_numeric_order(distilbert_trained):
+    run = distilbert_trained / "run"
     assert read_json(run / "model" / "config.json")["id2label"] == {"0": "1", "1": "2", "2": "10"}
     assert read_json(run / "run.json")["labels"] == INT_LABELS
     assert set(pd.read_parquet(run / "data" / "test.parquet")["label"]) == set(INT_LABELS)
     assert read_json(run / "metrics.json")["test"]["samples"] == 9
 
 
-def test_gradient_accumulation_does_not_scale_the_loss(distilbert_run):
+def test_gradient_accumulation_does_not_scale_the_loss(distilbert_trained):
     # A near-random 3-class head starts at cross-entropy ~ln 3; summing (not averaging) the two
     # accumulated micro-batches would report ~2 ln 3.
-    run = distilbert_run / "run"
+    run = distilbert_trained / "run"
     assert read_json(run / "run.json")["config"]["grad_accum"] == 2
     assert read_json(run / "metrics.json")["train"]["loss"] < 1.3 * math.log(3)
 
@@ -226,21 +157,21 @@ def test_balanced_weights_formula():
     assert SingleLabel().balanced_weights([2, 0, 1, 1, 2, 2], 3) == pytest.approx([2.0, 1.0, 2 / 3])
 
 
-def test_run_json_records_balanced_weights(roberta_run, distilbert_run):
-    meta = read_json(roberta_run / "run" / "run.json")
-    splits = load_splits(str(roberta_run / "data"), seed=meta["config"]["seed"], max_train_samples=30)
+def test_run_json_records_balanced_weights(roberta_trained, distilbert_trained):
+    meta = read_json(roberta_trained / "run" / "run.json")
+    splits = load_splits(str(roberta_trained / "data"), seed=meta["config"]["seed"], max_train_samples=30)
     counts = Counter(splits.train["label"])
     n, k = len(splits.train), len(STRING_LABELS)
     assert n == 30
     assert meta["class_weights"] == pytest.approx([n / (k * counts[name]) for name in STRING_LABELS])
-    assert read_json(distilbert_run / "run" / "run.json")["class_weights"] is None
+    assert read_json(distilbert_trained / "run" / "run.json")["class_weights"] is None
 
 
-def test_weighted_loss_is_weighted_cross_entropy(roberta_run, tmp_path):
+def test_weighted_loss_is_weighted_cross_entropy(roberta_trained, tmp_path):
     import torch
     from transformers import AutoModelForSequenceClassification, TrainingArguments
 
-    model = AutoModelForSequenceClassification.from_pretrained(roberta_run / "run" / "model").eval()
+    model = AutoModelForSequenceClassification.from_pretrained(roberta_trained / "run" / "model").eval()
     with torch.no_grad():  # a head that favours class 0, so per-class losses differ clearly
         model.classifier.out_proj.bias.copy_(torch.tensor([2.0, 0.0, -2.0]))
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
@@ -307,13 +238,13 @@ def test_multi_label_doubles_the_default_learning_rate_within_the_same_bounds(hi
     assert learning_rate_for(hidden, single.learning_rate_scale) == learning_rate_for(hidden)
 
 
-def test_run_records_the_learning_rate_it_used(roberta_run, tmp_path, tiny_roberta_dir):
-    run = read_json(roberta_run / "run" / "run.json")
+def test_run_records_the_learning_rate_it_used(roberta_trained, tmp_path, tiny_roberta_dir):
+    run = read_json(roberta_trained / "run" / "run.json")
     hidden = read_json(Path(tiny_roberta_dir) / "config.json")["hidden_size"]
     assert run["config"]["learning_rate"] is None
     assert run["plan"]["learning_rate"] == learning_rate_for(hidden)
     # the Trainer's logged schedule peaks at that rate (warm-up then linear decay), never above it
-    state = read_json(next((roberta_run / "run" / "checkpoints").glob("checkpoint-*")) / "trainer_state.json")
+    state = read_json(next((roberta_trained / "run" / "checkpoints").glob("checkpoint-*")) / "trainer_state.json")
     assert max(e["learning_rate"] for e in state["log_history"] if "learning_rate" in e) <= learning_rate_for(hidden)
 
 
@@ -362,9 +293,9 @@ def test_real_rt_polarity_slice(shared_data, tiny_roberta_dir, tmp_path):
     assert read_json(run / "run.json")["labels"] == ["negative", "positive"]
     assert read_json(run / "model" / "config.json")["id2label"] == {"0": "negative", "1": "positive"}
     assert metrics["test"]["samples"] == 30 and metrics["train"]["examples"] == 48
-    assert 0 <= metrics["test"]["accuracy"] <= 1
     wrong = pd.read_csv(run / "report" / "misclassified.csv")
     assert set(wrong["text"]) <= set(test["text"])
+    assert metrics["test"]["accuracy"] == pytest.approx(1 - len(wrong) / 30)  # the texts it got wrong, listed
 
 
 # ---------------------------------------------------------------------------------------------- validation
@@ -409,11 +340,11 @@ def test_config_accepts_max_steps_without_epochs():
 
 # ---------------------------------------------------------------------------------------------- evaluation order
 
-def test_predict_probs_keeps_row_order(roberta_run):
+def test_predict_probs_keeps_row_order(roberta_trained):
     # Trainer.predict with length-grouped sampling permutes rows; ours must not (regression test).
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    model_dir = roberta_run / "run" / "model"
+    model_dir = roberta_trained / "run" / "model"
     tokenizer, model = AutoTokenizer.from_pretrained(model_dir), AutoModelForSequenceClassification.from_pretrained(model_dir)
     texts = ["a", "the film was a delight from start to finish and then some more", "my card", "terrible service",
              "how do I top up my account with a bank transfer today please", "ok"]
@@ -423,22 +354,22 @@ def test_predict_probs_keeps_row_order(roberta_run):
     np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
 
 
-def test_reported_accuracy_matches_the_saved_model(roberta_run):
+def test_reported_accuracy_matches_the_saved_model(roberta_trained):
     import pandas as pd
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    run = roberta_run / "run"
+    run = roberta_trained / "run"
     tokenizer = AutoTokenizer.from_pretrained(run / "model")
     model = AutoModelForSequenceClassification.from_pretrained(run / "model")
     test = pd.read_parquet(run / "data" / "test.parquet")
     labels = read_json(run / "run.json")["labels"]
     predicted = eager_probs(model, tokenizer, test["text"].tolist(), 64, 8, SingleLabel()).argmax(axis=1)
-    accuracy = float(np.mean([labels[p] == y for p, y in zip(predicted, test["label"])]))
+    accuracy = float(np.mean([labels[p] == y for p, y in zip(predicted, test["label"], strict=False)]))
     assert read_json(run / "metrics.json")["test"]["accuracy"] == pytest.approx(accuracy)
 
 
-def test_temperature_is_fitted_on_validation_and_reported(roberta_run):
-    run = roberta_run / "run"
+def test_temperature_is_fitted_on_validation_and_reported(roberta_trained):
+    run = roberta_trained / "run"
     meta, config = read_json(run / "run.json"), read_json(run / "model" / "config.json")
     assert meta["temperature"] > 0 and config["calibration_temperature"] == meta["temperature"]
     calibration = read_json(run / "metrics.json")["test"]["calibration"]
@@ -447,7 +378,7 @@ def test_temperature_is_fitted_on_validation_and_reported(roberta_run):
     assert (run / "report" / "reliability.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_calibration_report_scales_the_test_probabilities_once(roberta_run):
+def test_calibration_report_scales_the_test_probabilities_once(roberta_trained):
     """The report's "before" is the saved model at temperature 1 and "after" the same at the fitted
     temperature: each figure recomputed from the model must match (a second scaling would not)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -455,7 +386,7 @@ def test_calibration_report_scales_the_test_probabilities_once(roberta_run):
     from training.problems import rescale
     from training.report import calibration
 
-    run = roberta_run / "run"
+    run = roberta_trained / "run"
     meta, reported = read_json(run / "run.json"), read_json(run / "metrics.json")["test"]["calibration"]
     model = AutoModelForSequenceClassification.from_pretrained(run / "model")
     tokenizer = AutoTokenizer.from_pretrained(run / "model")

@@ -7,9 +7,18 @@ from pathlib import Path
 import pytest
 
 from bench import train_bench
-from bench.train_bench import (PLAINS, SWEEP, TrainBenchConfig, compare_recipes, markdown, recipe_jobs, recipe_rows,
-                               sweep_name, targets)
-from cli import UserError
+from bench.train_bench import (
+    PLAINS,
+    SWEEP,
+    TrainBenchConfig,
+    compare_recipes,
+    markdown,
+    recipe_jobs,
+    recipe_rows,
+    sweep_name,
+    targets,
+)
+from textclf.core.errors import UserError
 
 
 def row(accuracy: float, macro_f1: float, seconds: float, settings: dict) -> dict:

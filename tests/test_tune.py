@@ -1,5 +1,6 @@
 """training.tune on a tiny random RoBERTa: three trials, their table and plot, best.json reproducing the best
-trial through training.train's --config, a rerun continuing the study, pruning, and config validation."""
+trial through training.train's --config (its quick-run limits included) and best_full.json lifting them, the lines
+the command ends with, a rerun continuing the study, pruning, and config validation."""
 from __future__ import annotations
 
 import json
@@ -10,10 +11,11 @@ from types import SimpleNamespace
 import pandas as pd
 import pytest
 
-from cli import UserError, parse_config
 from tests.test_train import one_torch_thread, roberta_config, write_string_data
+from textclf.core.errors import UserError
+from textclf.core.options import parse_config
 from training.train import TrainConfig
-from training.tune import SPACE, TuneConfig, main, pruning_callback
+from training.tune import SPACE, TuneConfig, how_to_reproduce, main, pruning_callback
 
 
 @pytest.fixture(scope="module")
@@ -52,8 +54,32 @@ def test_best_json_reproduces_the_best_trial_through_train_config(tuned, tmp_pat
     assert SPACE["learning_rate"][1] <= parsed.learning_rate <= SPACE["learning_rate"][2]
     assert parsed.batch_size in SPACE["batch_size"][1:]
     assert (parsed.data, parsed.model, parsed.max_length) == (config.train.data, config.train.model, 32)
+    assert (parsed.max_train_samples, parsed.max_steps) == (30, -1)  # the trial's quick-run limit, kept
     # a flag on the command line wins over the file
     assert parse_config(TrainConfig, ["--config", best_file, "--output-dir", "x", "--epochs", "1"]).epochs == 1
+
+
+def test_best_full_json_is_the_best_recipe_without_the_quick_run_limits(tuned, tmp_path):
+    config, result = tuned
+    assert result["limits"] == {"max_train_samples": 30}
+    assert result["full_run_file"] == f"{config.train.output_dir}/best_full.json"
+    full = parse_config(TrainConfig, ["--config", result["full_run_file"], "--output-dir", str(tmp_path / "run")])
+    best = parse_config(TrainConfig, ["--config", result["best_file"], "--output-dir", str(tmp_path / "run")])
+    assert (full.max_train_samples, full.max_steps, full.max_eval_samples) == (None, -1, None)
+    assert asdict(replace(full, max_train_samples=30)) == asdict(best)  # only the limits differ
+
+
+def test_the_last_lines_say_what_each_file_reproduces(tuned):
+    _, result = tuned
+    best, reproduce, full = how_to_reproduce(result)
+    assert best.startswith(f"best: trial {result['best_trial']}, validation macro-F1 ")
+    assert reproduce.startswith("reproduce that trial (with its quick-run limits --max-train-samples 30): "
+                                f"textclf train --config {result['best_file']} --output-dir runs/NAME")
+    assert full.startswith("a full run with its hyperparameters (limits lifted): "
+                           f"textclf train --config {result['full_run_file']} --output-dir runs/NAME")
+    assert f'(make train RUN=runs/NAME ARGS="--config {result["full_run_file"]}")' in full
+    unlimited = how_to_reproduce({**result, "limits": {}, "full_run_file": None})
+    assert len(unlimited) == 2 and "a full run: the trials had no quick-run limits" in unlimited[1]
 
 
 def test_rerun_continues_the_study(tuned):

@@ -37,22 +37,29 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from cli import UserError, check_int, option, run
+from handlers.bundle import sha256_file
+from handlers.checks import check_int
+from textclf.core.errors import UserError
+from textclf.core.options import option, run
+from training import train
 from training.problems import Objective
+from training.report import predict_probs
 from training.rundir import RunDir
 from training.train import EMBEDDED_MODEL, TrainConfig, world_size
 
-log = logging.getLogger("training.distill")
+log = logging.getLogger(__name__)
 # Encoder layers are numbered in their parameter names: bert.encoder.layer.3., roberta.encoder.layer.3.,
 # mpnet.encoder.layer.3., distilbert.transformer.layer.3.
 LAYER_KEY = re.compile(r"(\.layer\.)(\d+)(\.)")
 # A layer-copied student's hidden-state term weight unless --hidden-weight says otherwise. Chosen on validation
 # accuracy (rt-polarity, 3 of MiniLM-L6's 6 layers): 1 beat 0 with three seeds (85.00% vs 84.48%, 83.23% vs
-# 82.50%, 82.60% vs 82.50%), and beat 3 and a [CLS]-only variant (bench/README.md has the runs and their test
+# 82.50%, 82.60% vs 82.50%), and beat 3 and a [CLS]-only variant (bench/JOURNAL.md has the runs and their test
 # accuracies).
 LAYER_STUDENT_HIDDEN_WEIGHT = 1.0
 
@@ -78,7 +85,7 @@ class DistillConfig:
     temperature: float = option("softmax temperature of the soft labels (both teacher and student)", 2.0)
     noisy_copies: int = option("add this many copies of each training text with words dropped or swapped, "
                                "answered by the teacher (each costs one teacher pass and one more row per epoch)", 0)
-    hidden_weight: Optional[float] = option(
+    hidden_weight: float | None = option(
         "weight of the hidden-state term: the squared distance between each student layer's output and the "
         "teacher's at the same relative depth, per token; runs the teacher on every training batch (about 1.4x "
         "the training time of a 3-of-6-layer student). Only with --student-layers, where it defaults to "
@@ -90,7 +97,7 @@ class DistillConfig:
             raise UserError(f"--alpha must be between 0 and 1, got {self.alpha}")
         if self.temperature <= 0:
             raise UserError(f"--temperature must be positive, got {self.temperature}")
-        check_int("--noisy-copies", self.noisy_copies, 0)
+        check_int("--noisy-copies", self.noisy_copies, 0, error=UserError)
         if self.hidden_weight is None:
             self.hidden_weight = 0.0 if self.student_layers is None else LAYER_STUDENT_HIDDEN_WEIGHT
         if self.hidden_weight < 0:
@@ -118,7 +125,6 @@ class DistillConfig:
 
 def distillation_loss(student, teacher, labels, alpha: float, temperature: float, weight=None):
     """alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(softmax(teacher/T) || softmax(student/T))."""
-    import torch.nn.functional as F
 
     hard = F.cross_entropy(student.float(), labels, weight=weight)
     if alpha == 1:
@@ -162,7 +168,6 @@ class DistilledLoss(Objective):
     def forward_loss(self, model, inputs: dict, targets, weight=None):
         if targets.dim() == 1 or not self.hidden_weight:
             return super().forward_loss(model, inputs, targets, weight)
-        import torch
 
         outputs = model(**inputs, output_hidden_states=True)
         self.teacher.to(outputs.logits.device)  # a no-op after the first batch
@@ -177,8 +182,6 @@ class DistilledLoss(Objective):
 def student_from_layers(teacher_dir: Path, layers: list[int], out_dir: Path) -> Path:
     """Save a student holding exactly the chosen teacher layers (renumbered 0..k-1), the teacher's embeddings,
     head and tokenizer, into out_dir; loading it strictly proves every weight came from the teacher."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
     depth = teacher.config.num_hidden_layers
@@ -229,9 +232,7 @@ def teacher_logits(teacher: RunDir, texts: list[str], cache: Path) -> np.ndarray
     if cache.is_file():
         log.info("teacher logits from %s", cache)
         return np.load(cache)
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from training.report import predict_probs
 
     model = AutoModelForSequenceClassification.from_pretrained(teacher.model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(teacher.model_dir)
@@ -266,7 +267,6 @@ class Distillation:
         if splits.labels != self.labels:
             raise UserError(f"the data's labels {splits.labels[:5]} differ from the teacher's {self.labels[:5]}: "
                             "distil on data with the teacher's label set")
-        from handlers.bundle import sha256_file
 
         teacher_sha, texts = sha256_file(self.teacher.weights_file), train["text"].tolist()
         soft = teacher_logits(self.teacher, texts, out.teacher_logits_file(splits.fingerprint, teacher_sha))
@@ -284,7 +284,6 @@ class Distillation:
     def loss(self, problem) -> DistilledLoss:
         teacher = None
         if self.config.hidden_weight:  # run beside the student: its hidden states are too large to cache
-            from transformers import AutoModelForSequenceClassification
 
             teacher = AutoModelForSequenceClassification.from_pretrained(self.teacher.model_dir)
             teacher.eval().requires_grad_(False)
@@ -294,7 +293,6 @@ class Distillation:
         """run.json's `distillation` entry; summary shows student vs teacher from it."""
         pairs = None
         if self.config.hidden_weight:
-            from transformers import AutoConfig
 
             depth = AutoConfig.from_pretrained(self.teacher.model_dir).num_hidden_layers
             pairs = layer_pairs(len(self.config.student_layers), depth)
@@ -303,11 +301,14 @@ class Distillation:
 
 
 def main(config: DistillConfig) -> dict:
-    from training import train
 
     return train.main(config.train, student=Distillation(config))
 
 
-if __name__ == "__main__":
+def command(argv=None, prog="python -m training.distill") -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    sys.exit(run(main, DistillConfig, prog="python -m training.distill"))
+    return run(main, DistillConfig, argv, prog=prog)
+
+
+if __name__ == "__main__":
+    sys.exit(command())

@@ -10,6 +10,8 @@ import socket
 import threading
 from urllib.parse import urlparse
 
+from huggingface_hub import constants
+
 PROBE_TIMEOUT_S = 3.0
 OFFLINE_HINT = ("offline, use a local model directory (--model DIR) or the embedded encoder (omit --model), "
                 "and local CSV/JSONL/Parquet files (--data DIR) or the embedded dataset builtin:tweets")
@@ -20,7 +22,6 @@ def hub_unreachable_reason(endpoint: str | None = None) -> str | None:
     if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
         return None  # behind a proxy a direct connection proves nothing; let the library try
     if endpoint is None:
-        from huggingface_hub import constants
 
         endpoint = constants.ENDPOINT
     url = urlparse(endpoint)
@@ -41,6 +42,5 @@ def hub_unreachable_reason(endpoint: str | None = None) -> str | None:
 
 
 def hub_offline_mode() -> bool:
-    from huggingface_hub import constants
 
     return bool(constants.HF_HUB_OFFLINE)

@@ -1,35 +1,11 @@
 """Build the ONNX model of a bundle: export, fuse for ONNX Runtime, optionally quantise to int8.
 
 Used by `training.export --format onnx`, which runs the same parity grid and accuracy gate on the result
-as on a TorchScript trace. Why these choices (torch 2.13, onnx 1.23, onnxscript 0.7, onnxruntime 1.32):
-
-- The dynamo exporter (torch.onnx.export's default). The older TorchScript-based exporter (dynamo=False)
-  gives a graph onnxruntime's own BERT optimizer fuses fully, but on MiniLM-L6 its logits were 0.03 away from
-  eager at lengths other than the example's: it records shapes of the example input. The dynamo graph agrees
-  to 1e-7 at every length, but onnxruntime's optimizer does not recognise its attention subgraph (only
-  SkipLayerNormalization and BiasGelu fused).
-- So fusion is onnxscript's ORT rewriter (`optimize_for_ort`), written for dynamo graphs: on BERT-family
-  encoders it fuses each layer's attention into one `Attention` op, both residual LayerNorms into
-  `SkipLayerNormalization` and the FFN's bias + GELU into `BiasGelu`, with eager or SDPA attention alike.
-  The fused-op counts go into the model card, and fewer than one attention per layer is an error unless
-  the caller accepts an unfused graph (`--no-require-fusion`), because an unfused graph is the slow path
-  this format exists to avoid.
-- One self-contained .onnx file (external_data=False): these encoders are far below ONNX's 2 GB limit, and a
-  side `.data` file is one more thing to lose between export, archive and worker.
-- int8 is tried as onnxruntime's dynamic quantisation first (int8 weights, activations quantised per batch at
-  run time: no calibration, QAttention kernels). Each batch's activations share one scale, so a text's answer
-  moves with its batch neighbours, and on MiniLM-L6 rt-polarity it lost 1.3-1.8 accuracy points. When it
-  fails the accuracy gate or its logits move with its neighbours by more than int8's 1e-3, export tries
-  static quantisation and keeps it if it has neither fault (else whichever loses less; the gate decides):
-  QDQ, int8 weights per output channel, activation scales fixed once from training texts, so a text's
-  answer no longer depends on what it is batched with. Choices, measured on fine-tuned MiniLM-L6 (test
-  accuracy against fp32, 256 calibration texts): percentile calibration at 99.99 lost 0.0-0.5 points on
-  rt-polarity (four samples) but 2.37 on banking77, whose feed-forward output MatMul (its input is the wide
-  GELU output, with the heaviest tails) suffered most; min-max lost up to 0.84 and entropy 1.13 on
-  rt-polarity; clipping at 99.95 or 99.9 lost 2.6-3.7. Kept: percentile 99.999, the feed-forward output
-  MatMuls left in fp32: -0.09 / 0.00 / -0.47 on rt-polarity (three samples), +0.10 on banking77. The fused
-  Attention op, its Q/K/V projection included, stays fp32 too, so static int8 quantises the attention
-  output and feed-forward input projections.
+as on a TorchScript trace. The dynamo exporter, onnxscript's ORT fusion (a graph whose attention did not
+fuse is an error unless the caller accepts it), one self-contained file; int8 is dynamic quantisation first,
+then static (QDQ, calibrated on training texts) when dynamic answers move with their batch neighbours or
+lose more than the gate allows. Why, with the measurements: docs/design/onnx-export.md and
+docs/design/quantisation.md.
 """
 from __future__ import annotations
 
@@ -37,12 +13,13 @@ import collections
 import contextlib
 import io
 import logging
+import math
 import warnings
 from pathlib import Path
 
 import torch
 
-log = logging.getLogger("training.export")
+log = logging.getLogger(__name__)
 OPSET = 18
 # What a fused transformer layer turns into: one attention, two residual LayerNorms, one bias + GELU.
 FUSED_OPS = ("Attention", "SkipLayerNormalization", "BiasGelu")
@@ -69,9 +46,9 @@ def export(module: torch.nn.Module, example: dict, path: Path) -> None:
 
 def fuse(source: Path, target: Path) -> dict[str, int]:
     """Rewrite the graph with onnxruntime's fused transformer ops; returns how many of each op it has."""
-    import onnx_ir as ir
-    import onnxscript
-    from onnxscript.rewriter.ort_fusions import optimize_for_ort
+    import onnx_ir as ir  # imported here: a TorchScript export never loads the ONNX toolchain (seconds)
+    import onnxscript  # imported here: see above
+    from onnxscript.rewriter.ort_fusions import optimize_for_ort  # imported here: see above
 
     model = ir.load(str(source))
     onnxscript.optimizer.optimize(model)
@@ -82,7 +59,7 @@ def fuse(source: Path, target: Path) -> dict[str, int]:
 
 def op_counts(path: Path) -> dict[str, int]:
     """Occurrences of the fused ops in the main graph of an .onnx file."""
-    import onnx
+    import onnx  # imported here: see fuse()
 
     counts = collections.Counter(node.op_type for node in onnx.load(str(path)).graph.node)
     return {op: counts.get(op, 0) for op in FUSED_OPS}
@@ -129,7 +106,10 @@ QUANTIZATION = {"dynamic": "dynamic (int8 weights, activations per batch)",
 
 def quantize_dynamic_int8(source: Path, target: Path) -> None:
     """Dynamic int8: weights quantised once, activations per batch. Fused Attention becomes QAttention."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization import (  # imported here: see fuse()
+        QuantType,
+        quantize_dynamic,
+    )
 
     with _quiet_quantizer():
         quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8)
@@ -138,8 +118,13 @@ def quantize_dynamic_int8(source: Path, target: Path) -> None:
 def quantize_static_int8(source: Path, target: Path, calibration: dict) -> None:
     """Static int8 (QDQ) of the MatMuls but the feed-forward outputs, activation ranges from `calibration` (one
     padded batch of input_ids/attention_mask as numpy int64: the percentile calibrator needs one shape)."""
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (  # imported here: see fuse()
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class OneBatch(CalibrationDataReader):
         def __init__(self):
@@ -160,9 +145,8 @@ def int8_weights(path: Path) -> int:
     integer kernel takes them (dynamic) or a DequantizeLinear in front of a MatMul (static QDQ); embedding
     lookups (Gather) aside. The serving benchmark divides this by all Linear weights for the share of the
     model's FLOPs that int8 kernels run, so the count comes from the graph that is served, not from a rule."""
-    import math
 
-    import onnx
+    import onnx  # imported here: see fuse()
 
     graph = onnx.load(str(path)).graph
     consumers = collections.defaultdict(list)
@@ -182,7 +166,7 @@ def int8_weights(path: Path) -> int:
 def feed_forward_outputs(path: Path) -> list[str]:
     """Names of the MatMuls that narrow the feed-forward width back to the hidden size: their weight has more
     rows than columns ([intermediate, hidden]); every other MatMul's is square or widening."""
-    import onnx
+    import onnx  # imported here: see fuse()
 
     graph = onnx.load(str(path)).graph
     shapes = {t.name: list(t.dims) for t in graph.initializer}

@@ -17,6 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from handlers.bundle import MULTI, SINGLE
+from training.data import label_ids, label_matrix
+from training.report import headline, write_multilabel_report, write_report
+from training.scores import f1_scores, label_f1, macro_f1
+
 # Threshold grid for multi-label decisions, and the validation positives a label needs before its threshold
 # is tuned rather than shared: a threshold fitted to one or two examples is noise.
 # Low thresholds are in the grid because rare labels' probabilities stay far below 0.5 for a long time.
@@ -25,40 +29,8 @@ MIN_POSITIVES_TO_TUNE = 5
 # Per-label thresholds are kept only if they beat one shared threshold out of fold on validation. With a
 # few dozen validation positives a label, a threshold per label fits that split's noise: on banking77-multi
 # (77 labels, 1,000 validation rows, ~24 positives a label) per-label thresholds scored 90.4 macro-F1 out of
-# fold against 90.8 for one shared threshold, and 85.0 against 86.1 on the test split (bench/README.md).
+# fold against 90.8 for one shared threshold, and 85.0 against 86.1 on the test split (bench/JOURNAL.md).
 THRESHOLD_FOLDS = 5
-
-
-def label_f1(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
-    """F1 per label of 0/1 matrices [texts, labels]; a label never true nor predicted scores 0, as in
-    scikit-learn."""
-    y_true, y_pred = np.asarray(y_true, dtype=bool), np.asarray(y_pred, dtype=bool)
-    tp = (y_true & y_pred).sum(axis=0)
-    return 2 * tp / np.maximum(y_true.sum(axis=0) + y_pred.sum(axis=0), 1)
-
-
-def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Mean per-label F1 of 0/1 matrices [texts, labels]."""
-    return float(np.mean(label_f1(y_true, y_pred)))
-
-
-def f1_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
-    """micro-, macro- and samples-F1, subset accuracy and Hamming loss of 0/1 matrices [texts, labels]
-    (the data layer guarantees at least two labels). Macro-F1 is `macro_f1`, the score the thresholds
-    are chosen by."""
-    from sklearn.metrics import f1_score, hamming_loss
-
-    y_true, y_pred = np.asarray(y_true, dtype=int), np.asarray(y_pred, dtype=int)
-    return {
-        "micro_f1": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
-        "macro_f1": macro_f1(y_true, y_pred),
-        # A text with no labels that is given none counts as a perfect 1 (scikit-learn would say 0).
-        "samples_f1": float(np.mean([1.0 if not t.any() and not p.any() else
-                                     2 * (t & p).sum() / (t.sum() + p.sum()) for t, p in zip(y_true, y_pred)])),
-        "subset_accuracy": float((y_true == y_pred).all(axis=1).mean()),
-        "hamming_loss": float(hamming_loss(y_true, y_pred)),
-        "samples": int(len(y_true)),
-    }
 
 
 def tune_thresholds(probs: np.ndarray, y_true: np.ndarray, grid=THRESHOLD_GRID,
@@ -117,7 +89,7 @@ def fit_temperature(probs: np.ndarray, targets) -> float:
     """The temperature T minimising the negative log-likelihood of softmax(log(probs) / T) on (probs, targets):
     log-probabilities are the logits up to a per-row constant, which the softmax ignores. Dividing every
     logit by one positive T never changes the argmax, so decisions and accuracy stay as they were."""
-    import torch
+    import torch  # imported here: training.summary reads metrics without torch
 
     logp = torch.log(torch.as_tensor(np.asarray(probs), dtype=torch.float64).clamp_min(1e-12))
     y = torch.as_tensor(np.asarray(targets), dtype=torch.long)
@@ -163,7 +135,6 @@ class SingleLabel(Objective):
     learning_rate_scale: float = 1.0  # the default learning rate's factor (training.train.learning_rate_for)
 
     def targets(self, frame, labels: list[str]) -> np.ndarray:
-        from training.data import label_ids
 
         return np.asarray(label_ids(frame, labels))
 
@@ -174,7 +145,7 @@ class SingleLabel(Objective):
 
     def loss(self, logits, targets, weight=None):
         """Cross-entropy on float32 logits; `weight`: one per class (--class-weights balanced)."""
-        import torch
+        import torch  # imported here: training.summary reads metrics without torch
 
         return torch.nn.functional.cross_entropy(logits.float(), targets, weight=weight)
 
@@ -187,8 +158,6 @@ class SingleLabel(Objective):
         return np.asarray(probs).argmax(axis=1)
 
     def headline(self, targets, probs: np.ndarray) -> dict:
-        from training.report import headline
-
         return headline(targets, self.decide(probs))
 
     def fit(self, probs: np.ndarray, targets) -> str | None:
@@ -208,8 +177,6 @@ class SingleLabel(Objective):
         return f"accuracy {100 * m['accuracy']:.1f}%, macro-F1 {100 * m['macro_f1']:.1f} on {m['samples']} texts"
 
     def write_report(self, out_dir, labels: list[str], texts: list[str], targets, probs: np.ndarray) -> dict:
-        from training.report import write_report
-
         return write_report(out_dir, labels, texts, targets, probs)
 
 
@@ -227,7 +194,6 @@ class MultiLabel(Objective):
     learning_rate_scale: float = 2.0
 
     def targets(self, frame, labels: list[str]) -> np.ndarray:
-        from training.data import label_matrix
 
         return label_matrix(frame, labels)
 
@@ -236,13 +202,13 @@ class MultiLabel(Objective):
             self.thresholds = [0.5] * self.n_labels
 
     def probabilities(self, logits):
-        from handlers.answers import sigmoid
+        from handlers.answers import sigmoid  # imported here: it imports torch, which training.summary does without
 
         return sigmoid(logits)
 
     def loss(self, logits, targets, weight=None):
         """Binary cross-entropy per label; `weight`: a pos_weight per label (--class-weights balanced)."""
-        import torch
+        import torch  # imported here: training.summary reads metrics without torch
 
         return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), targets.float(),
                                                                     pos_weight=weight)
@@ -268,7 +234,7 @@ class MultiLabel(Objective):
         every label; with 77 labels of about 3% prevalence each, plain BCE then spends its first epochs
         learning "mostly no" (on 2,000 banking77-multi rows, 3 epochs predicted no label at all) before it
         learns which. Starting from the prior skips that phase (Lin et al., 2017, focal loss, section 3.3)."""
-        import torch
+        import torch  # imported here: training.summary reads metrics without torch
 
         head = last_linear(model, self.n_labels)
         prevalence = np.clip(np.asarray(targets).mean(axis=0), 1e-4, 1 - 1e-4)
@@ -285,15 +251,13 @@ class MultiLabel(Objective):
                 f"{100 * m['subset_accuracy']:.1f}% on {m['samples']} texts")
 
     def write_report(self, out_dir, labels: list[str], texts: list[str], targets, probs: np.ndarray) -> dict:
-        from training.report import write_multilabel_report
-
         return write_multilabel_report(out_dir, labels, texts, targets, probs, self.decide(probs))
 
 
 def last_linear(model, out_features: int):
     """The classifier's output layer: the last Linear with one output per label (BERT's `classifier`,
     RoBERTa's `classifier.out_proj`, DistilBERT's `classifier`, ...)."""
-    import torch
+    import torch  # imported here: training.summary reads metrics without torch
 
     layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == out_features]
     if not layers or layers[-1].bias is None:

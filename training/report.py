@@ -6,13 +6,14 @@ for training and export alike."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, classification_report, confusion_matrix, f1_score
+from sklearn.metrics import classification_report, confusion_matrix, multilabel_confusion_matrix
 
+from training.scores import f1_scores, headline
 
 # Above this many labels the PNG shows only the most confused ones: 77 rows of tick labels and cells
 # cannot be read at any figure size that fits a screen. The CSV always holds the full matrix.
@@ -31,10 +32,10 @@ def predict_probs(forward: Callable, tokenizer, texts: list[str], max_length: in
     batches, so its predictions do not line up with the input rows. Batches here are length-sorted
     for speed and written back to their rows, tokenized by the same function serving uses.
     """
-    import torch
+    import torch  # imported here: training.summary reads reports without torch
 
-    from handlers.answers import softmax
-    from handlers.tokenization import encode
+    from handlers.answers import softmax  # imported here: they import torch, which training.summary does without
+    from handlers.tokenization import encode  # imported here: they import torch, which training.summary does without
 
     order = np.argsort([len(t) for t in texts], kind="stable")
     probs = None
@@ -49,14 +50,6 @@ def predict_probs(forward: Callable, tokenizer, texts: list[str], max_length: in
     if probs is None:
         raise ValueError("predict_probs needs at least one text")
     return probs
-
-
-def headline(y_true, y_pred) -> dict:
-    return {
-        "accuracy": float(accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
-        "samples": int(len(y_true)),
-    }
 
 
 def shorten(name: str, width: int = MAX_LABEL_WIDTH) -> str:
@@ -92,11 +85,11 @@ def most_confused(cm: np.ndarray, k: int) -> list[int]:
 def plot_confusion(cm: np.ndarray, labels: list[str], path: Path) -> list[str]:
     """Write the PNG; return the labels it shows (all of them, or the MAX_PLOTTED_LABELS most confused),
     as printed on its axes."""
-    import matplotlib
+    import matplotlib  # imported here: only plots need matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.colors import PowerNorm
+    import matplotlib.pyplot as plt  # imported here: only plots need matplotlib
+    from matplotlib.colors import PowerNorm  # imported here: only plots need matplotlib
 
     # Row-normalised over all labels, so rare classes are as visible as frequent ones and a cell means
     # "share of this class's texts" even when only some columns are shown.
@@ -166,9 +159,6 @@ def write_multilabel_report(out_dir: Path, labels: list[str], texts: list[str], 
     per-label confusion counts (CSV in full, PNG of the labels with most errors), the label pairs most often
     confused (one missed where the other was predicted) or missed together, and every imperfect text with
     its missing and extra labels."""
-    from sklearn.metrics import multilabel_confusion_matrix
-
-    from training.problems import f1_scores
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -200,10 +190,10 @@ def write_multilabel_report(out_dir: Path, labels: list[str], texts: list[str], 
 def plot_label_errors(table: pd.DataFrame, path: Path) -> list[str]:
     """Missed (false negative) and extra (false positive) predictions per label, as horizontal bars, for the
     MAX_PLOTTED_LABELS labels with most errors: one readable row per label even at 77 labels."""
-    import matplotlib
+    import matplotlib  # imported here: only plots need matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # imported here: only plots need matplotlib
 
     errors = table["fn"] + table["fp"]
     shown = table.assign(errors=errors).sort_values("errors", ascending=False, kind="stable").head(MAX_PLOTTED_LABELS)
@@ -252,10 +242,10 @@ def write_calibration(out_dir: Path, y_true, before: np.ndarray, after: np.ndarr
 
 
 def plot_reliability(y_true: np.ndarray, curves: dict, path: Path, bins: int = CALIBRATION_BINS) -> None:
-    import matplotlib
+    import matplotlib  # imported here: only plots need matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # imported here: only plots need matplotlib
 
     fig, ax = plt.subplots(figsize=(5, 5))
     ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="perfectly calibrated")

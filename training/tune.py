@@ -13,8 +13,15 @@ The output directory holds:
     trials.csv      every trial: its parameters, best validation macro-F1, state and duration
     trials.md       the same as a table, best first
     importance.png  Optuna's parameter importances (after two finished trials)
-    best.json       the best trial's full training.train options:
-                    `make train RUN=runs/best ARGS="--config runs/tune/best.json"` reproduces it
+    best.json       the best trial's training.train options exactly as it ran: its data, model, hyperparameters
+                    and quick-run limits (--max-steps, --max-train-samples, --max-eval-samples), so
+                    `textclf train --config runs/tune/best.json --output-dir runs/NAME` reproduces the trial
+    best_full.json  only when the trials ran with quick-run limits: best.json with those limits lifted, i.e. a
+                    full run with the best hyperparameters (`textclf train --config runs/tune/best_full.json
+                    --output-dir runs/NAME`); a trial's epoch cap had no effect where --max-steps ended it sooner
+
+Flags given to training.train after --config override the file (`make train RUN=runs/NAME ARGS="--config F"`
+passes --data and --model only when DATA= or MODEL= is set).
 """
 from __future__ import annotations
 
@@ -24,14 +31,15 @@ import shutil
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
-from typing import Optional
 
-from cli import UserError, check_int, option, run
-from training.train import TrainConfig, build_trainer, load_data, resolve_model
+from handlers.checks import check_int
+from textclf.core.errors import UserError
+from textclf.core.options import option, run
+from training.train import TrainConfig, build_trainer, load_data, resolve_model, show_progress
 
-log = logging.getLogger("training.tune")
+log = logging.getLogger(__name__)
 
 # The search space, in the ranges the fine-tuning literature uses for encoders from MiniLM to large.
 SPACE = {
@@ -41,8 +49,10 @@ SPACE = {
     "warmup_fraction": ("uniform", 0.0, 0.2),
     "weight_decay": ("uniform", 0.0, 0.1),
 }
-BEST_FILE, TRIALS_CSV, TRIALS_MD, IMPORTANCE_PNG, STUDY_DB = ("best.json", "trials.csv", "trials.md",
-                                                              "importance.png", "study.db")
+BEST_FILE, FULL_RUN_FILE, TRIALS_CSV, TRIALS_MD, IMPORTANCE_PNG, STUDY_DB = (
+    "best.json", "best_full.json", "trials.csv", "trials.md", "importance.png", "study.db")
+# Options that make a trial a quick run; best_full.json sets them back to training.train's defaults.
+QUICK_RUN_LIMITS = ("max_steps", "max_train_samples", "max_eval_samples")
 
 
 @dataclass
@@ -52,12 +62,12 @@ class TuneConfig:
 
     train: TrainConfig = option("the recipe to tune (every option of training.train; --output-dir is the tuning's)")
     trials: int = option("trials to run in all (a rerun continues the study up to this many)", 20)
-    minutes: Optional[float] = option("stop starting new trials after this many minutes (default: no limit)", None)
+    minutes: float | None = option("stop starting new trials after this many minutes (default: no limit)", None)
     startup_trials: int = option("trials that run to the end before the pruner may stop any", 2)
 
     def __post_init__(self):
-        check_int("--trials", self.trials, 1)
-        check_int("--startup-trials", self.startup_trials, 0)
+        check_int("--trials", self.trials, 1, error=UserError)
+        check_int("--startup-trials", self.startup_trials, 0, error=UserError)
         if self.minutes is not None and self.minutes <= 0:
             raise UserError(f"--minutes must be positive, got {self.minutes}")
         if self.train.refit:
@@ -86,7 +96,7 @@ def pruning_callback(trial, evals_per_epoch: int):
     """A TrainerCallback reporting each validation macro-F1 to Optuna and stopping the run when the pruner
     says so. Steps are counted in evaluations (half epochs by default), so trials with different batch
     sizes are compared at the same point of training."""
-    from transformers import TrainerCallback
+    from transformers import TrainerCallback  # lazy, like every heavy import here: `textclf tune --help` stays fast
 
     class Pruning(TrainerCallback):
         pruned = False
@@ -102,7 +112,7 @@ def pruning_callback(trial, evals_per_epoch: int):
 
 def objective_for(config: TuneConfig, out: Path):
     """Optuna's objective: a trial's best validation macro-F1 (its checkpoints deleted afterwards)."""
-    import optuna
+    import optuna  # lazy: loading Optuna takes a second `textclf tune --help` need not wait for
 
     splits, problem, weights = load_data(config.train)
     model_path = resolve_model(config.train.model)
@@ -135,8 +145,9 @@ def progress_line(study, trial) -> None:
 
 
 def write_results(study, config: TuneConfig, out: Path) -> dict:
-    """trials.csv, trials.md, importance.png and best.json; returns best.json's content."""
-    import optuna
+    """trials.csv, trials.md, importance.png, best.json and (after quick trials) best_full.json; returns what
+    was written and where."""
+    import optuna  # lazy: see objective_for
 
     frame = study.trials_dataframe(attrs=("number", "value", "params", "state", "duration", "user_attrs"))
     frame.to_csv(out / TRIALS_CSV, index=False)
@@ -153,10 +164,10 @@ def write_results(study, config: TuneConfig, out: Path) -> dict:
                     f"| {t.state.name.lower()} |")
     (out / TRIALS_MD).write_text("\n".join(rows) + "\n")
     if len(done) >= 2:
-        import matplotlib
+        import matplotlib  # lazy: only this plot needs it
 
         matplotlib.use("Agg")
-        from optuna.visualization.matplotlib import plot_param_importances
+        from optuna.visualization.matplotlib import plot_param_importances  # lazy: after matplotlib.use
 
         with warnings.catch_warnings():  # "experimental" since Optuna 2.2; the plot is what we want
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -166,14 +177,44 @@ def write_results(study, config: TuneConfig, out: Path) -> dict:
     best = asdict(replace(config.train, **study.best_trial.params))
     best.pop("output_dir")  # the file is a recipe; where to write a run is the caller's
     (out / BEST_FILE).write_text(json.dumps(best, indent=2) + "\n")
+    limits = quick_run_limits(best)
+    full = out / FULL_RUN_FILE
+    if limits:
+        full.write_text(json.dumps({**best, **full_run_values()}, indent=2) + "\n")
+    else:
+        full.unlink(missing_ok=True)  # best.json is a full run already; an older best_full.json would mislead
     return {"best_value": study.best_value, "best_trial": study.best_trial.number, "best": best,
+            "best_file": str(out / BEST_FILE), "full_run_file": str(full) if limits else None, "limits": limits,
             "trials": len(study.trials), "finished": len(done)}
 
 
-def main(config: TuneConfig) -> dict:
-    import optuna
+def full_run_values() -> dict:
+    """training.train's defaults for the quick-run limits: no step cap, every training and evaluation text."""
+    defaults = {f.name: f.default for f in fields(TrainConfig)}
+    return {name: defaults[name] for name in QUICK_RUN_LIMITS}
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+
+def quick_run_limits(recipe: dict) -> dict:
+    """The quick-run limits a recipe sets (those that differ from a full run's)."""
+    return {name: recipe[name] for name, value in full_run_values().items() if recipe[name] != value}
+
+
+def how_to_reproduce(result: dict) -> list[str]:
+    """The lines `textclf tune` ends with: what best.json reproduces and, after quick trials, the full run."""
+    lines = [f"best: trial {result['best_trial']}, validation macro-F1 {100 * result['best_value']:.1f}"]
+    command = "textclf train --config {0} --output-dir runs/NAME  (make train RUN=runs/NAME ARGS=\"--config {0}\")"
+    if result["limits"]:
+        limits = ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in result["limits"].items())
+        lines.append(f"reproduce that trial (with its quick-run limits {limits}): {command.format(result['best_file'])}")
+        lines.append(f"a full run with its hyperparameters (limits lifted): {command.format(result['full_run_file'])}")
+    else:
+        lines.append(f"reproduce it (a full run: the trials had no quick-run limits): {command.format(result['best_file'])}")
+    return lines
+
+
+def main(config: TuneConfig) -> dict:
+    import optuna  # lazy: see objective_for
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # progress_line says the same in one line
     out = Path(config.train.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -188,13 +229,17 @@ def main(config: TuneConfig) -> dict:
         started = time.perf_counter()
         study.optimize(objective_for(config, out), n_trials=remaining,
                        timeout=None if config.minutes is None else config.minutes * 60,
-                       callbacks=[progress_line], show_progress_bar=config.train.progress, gc_after_trial=True)
+                       callbacks=[progress_line], show_progress_bar=show_progress(config.train), gc_after_trial=True)
         log.info("tuning took %.0f s", time.perf_counter() - started)
     result = write_results(study, config, out)
-    log.info("best: trial %d, validation macro-F1 %.1f; reproduce with: make train RUN=runs/NAME ARGS=\"--config %s\"",
-             result["best_trial"], 100 * result["best_value"], out / BEST_FILE)
+    for line in how_to_reproduce(result):
+        log.info("%s", line)
     return result
 
 
+def command(argv=None, prog="python -m training.tune") -> int:
+    return run(main, TuneConfig, argv, prog=prog)
+
+
 if __name__ == "__main__":
-    sys.exit(run(main, TuneConfig, prog="python -m training.tune"))
+    sys.exit(command())

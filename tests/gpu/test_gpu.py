@@ -35,7 +35,7 @@ def answers(model_dir, gpu_id) -> tuple[str, list[dict]]:
 
 
 def worst_diff(a: list[dict], b: list[dict]) -> float:
-    return max(abs(x["scores"][k] - y["scores"][k]) for x, y in zip(a, b) for k in y["scores"])
+    return max(abs(x["scores"][k] - y["scores"][k]) for x, y in zip(a, b, strict=False) for k in y["scores"])
 
 
 @pytest.mark.parametrize("variant", ["fp32", "bf16"])
@@ -55,16 +55,16 @@ def test_live_gpu_workers_answer_like_the_cpu(tmp_path):
 
     if shutil.which("java") is None:
         pytest.skip("java not installed: TorchServe needs a JRE 11+ (make java-check)")
-    from tsclient import server
-    from tsclient.archive import ArchiveConfig, build_archive
-    from tsclient.grpc_client import StubsMissing, TorchServeGrpcClient, generate_stubs, load_stubs
+    from textclf.torchserve import temporary
+    from textclf.torchserve.archive import ArchiveConfig, build_archive
+    from textclf.torchserve.grpc_client import StubsMissing, TorchServeGrpcClient, generate_stubs, load_stubs
 
     try:
         load_stubs()
     except StubsMissing:
         generate_stubs()
     bundle = make_tiny_bundle(tmp_path / "bundle")
-    with server.temporary_server(prefix="gpu-check-") as running:
+    with temporary.temporary_server(prefix="gpu-check-") as running:
         build_archive(ArchiveConfig(bundle=bundle, name="gpucheck", version="1.0", store=running.store,
                                     batch_size=8, max_batch_delay=5, min_workers=2, max_workers=2))
         client, ep = running.client(), running.endpoints

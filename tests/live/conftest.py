@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tsclient import server
+from tests.conftest import tool_missing
+from textclf.torchserve import properties, temporary
 
 NAME = "clf"
 V1_LABELS = {"negative", "positive"}
@@ -23,10 +24,10 @@ V2_LABELS = {"negative", "neutral", "positive"}
 
 @dataclass
 class LiveServer:
-    cfg: server.ServerConfig
-    endpoints: server.Endpoints
-    rest: object  # tsclient.rest.TorchServeClient
-    grpc: object  # tsclient.grpc_client.TorchServeGrpcClient
+    cfg: properties.ServerConfig
+    endpoints: properties.Endpoints
+    rest: object  # textclf.torchserve.rest.TorchServeClient
+    grpc: object  # textclf.torchserve.grpc_client.TorchServeGrpcClient
     store: Path
 
     @property
@@ -36,8 +37,8 @@ class LiveServer:
 
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory):
+    from textclf.torchserve.archive import ArchiveConfig, build_archive
     from training.tiny import make_tiny_bundle
-    from tsclient.archive import ArchiveConfig, build_archive
 
     base = tmp_path_factory.mktemp("live-models")
     store = base / "store"
@@ -55,17 +56,17 @@ def model_store(tmp_path_factory):
 @pytest.fixture(scope="session")
 def live(model_store) -> LiveServer:
     if shutil.which("java") is None:
-        pytest.skip("java not installed: TorchServe needs a JRE 11+ (make java-check)")
-    from tsclient.grpc_client import StubsMissing, generate_stubs, load_stubs
+        tool_missing("java not installed: TorchServe needs a JRE 11+ (make java-check)")
+    from textclf.torchserve.grpc_client import StubsMissing, generate_stubs, load_stubs
 
     try:
         load_stubs()
     except StubsMissing:
-        generate_stubs()  # what `make grpc-stubs` does; tsclient/_proto is gitignored
-    from tsclient.grpc_client import TorchServeGrpcClient
+        generate_stubs()  # what `make grpc-stubs` does; textclf/torchserve/_proto is gitignored
+    from textclf.torchserve.grpc_client import TorchServeGrpcClient
 
     # Stopped at the end of the session (SIGTERM via `torchserve --stop`, then SIGKILL to the group if needed).
-    with server.temporary_server(model_store, prefix="ts-live-") as running:
+    with temporary.temporary_server(model_store, prefix="ts-live-") as running:
         ep = running.endpoints
         rest = running.client(backoff_s=0.1)
         grpc = TorchServeGrpcClient(ep.grpc_inference, ep.grpc_management, ep.key_file, management_url=ep.management_url)

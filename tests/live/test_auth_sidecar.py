@@ -1,10 +1,11 @@
 """The Kubernetes auth sidecar for real: deploy/k8s/base/nginx/ (the template, the main nginx.conf and the token
 check), rendered with envsubst as the nginx image does, run by this host's nginx in front of a live TorchServe
-started exactly as the pod starts it (tsclient.container.server_config: BIND_ADDRESS=127.0.0.1, TOKEN_AUTH=off),
+started exactly as the pod starts it (textclf.torchserve.container.server_config: BIND_ADDRESS=127.0.0.1, TOKEN_AUTH=off),
 on free loopback ports. One token for REST and gRPC; missing or wrong tokens never reach TorchServe; metrics and
 /ping answer without it on the probe listener only; management is not reachable; no token is ever logged.
 
-Skips without java (TorchServe) or without an nginx binary (`apt-get install -y nginx-light`).
+Skips without java (TorchServe) or without an nginx binary (`apt-get install -y nginx-light`; `make test` installs it
+through scripts/ensure_test_tools.sh), and fails instead under CI=true.
 """
 from __future__ import annotations
 
@@ -24,8 +25,10 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.conftest import tool_missing
 from tests.live.conftest import NAME, V1_LABELS
-from tsclient import server
+from textclf.torchserve import server
+from textclf.torchserve.ports import free_port_overrides, free_ports
 
 pytestmark = pytest.mark.live
 
@@ -40,9 +43,10 @@ GRPC_SERVICE = "org.pytorch.serve.grpc.inference.InferenceAPIsService"
 
 
 def _nginx() -> str:
-    found = shutil.which("nginx") or next((p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None)
+    sbin = (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK))
+    found = shutil.which("nginx") or next(sbin, None)
     if found is None:
-        pytest.skip("no nginx binary: install it with `apt-get install -y nginx-light` to test the auth sidecar")
+        tool_missing("no nginx binary: install it with `apt-get install -y nginx-light` to test the auth sidecar")
     return found
 
 
@@ -67,22 +71,22 @@ def _wait_listening(ports, proc, deadline_s=20.0) -> None:
                 break
             except OSError:
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"nginx does not listen on {port}")
+                    raise RuntimeError(f"nginx does not listen on {port}") from None
                 time.sleep(0.1)
 
 
 @pytest.fixture(scope="module")
 def backend(model_store):
-    """TorchServe as the pod runs it: tsclient.container's config for the sidecar's environment."""
+    """TorchServe as the pod runs it: textclf.torchserve.container's config for the sidecar's environment."""
     if shutil.which("java") is None:
-        pytest.skip("java not installed: TorchServe needs a JRE 11+ (make java-check)")
-    from tsclient.container import server_config
+        tool_missing("java not installed: TorchServe needs a JRE 11+ (make java-check)")
+    from textclf.torchserve.container import server_config
 
     base = Path(tempfile.mkdtemp(prefix="ts-sidecar-"))
     store = base / "store"
     store.mkdir()
     shutil.copy(model_store / f"{NAME}-1.0.mar", store)
-    ports = server.free_port_overrides()
+    ports = free_port_overrides()
     env = {"MODEL_STORE": str(store), "STATE_DIR": str(base / "state"), "BIND_ADDRESS": "127.0.0.1",
            "TOKEN_AUTH": "off", **{f"{name.upper()}_PORT": str(port) for name, port in ports.items()}}
     cfg = server_config(env)
@@ -111,7 +115,7 @@ def sidecar(backend):
     nginx = _nginx()
     _, ep = backend
     ts_ports = ep.ports()
-    listen = dict(zip(("TEXTCLF_HTTP_PORT", "TEXTCLF_GRPC_PORT", "TEXTCLF_PROBE_PORT"), server.free_ports(3)))
+    listen = dict(zip(("TEXTCLF_HTTP_PORT", "TEXTCLF_GRPC_PORT", "TEXTCLF_PROBE_PORT"), free_ports(3), strict=False))
     env = {"TEXTCLF_TOKEN": TOKEN, **{k: str(v) for k, v in listen.items()},
            "TEXTCLF_TS_INFERENCE_PORT": str(ts_ports["inference"]),
            "TEXTCLF_TS_GRPC_PORT": str(ts_ports["grpc_inference"]),
@@ -227,7 +231,7 @@ def test_refused_requests_never_reach_torchserve(sidecar, backend):
 
 
 def test_project_rest_client_works_through_the_sidecar(sidecar, tmp_path):
-    from tsclient.rest import TorchServeClient
+    from textclf.torchserve.rest import TorchServeClient
 
     client = TorchServeClient(sidecar.http, "http://127.0.0.1:9", _key_file(tmp_path / "key_file.json", TOKEN))
     answer = client.predict(NAME, texts=["the battery lasts forever", "why was my payment declined"])
@@ -264,16 +268,16 @@ def test_probe_listener_serves_metrics_and_ping_without_token_and_nothing_else(s
 
 @pytest.fixture(scope="module")
 def stubs():
-    from tsclient.grpc_client import StubsMissing, generate_stubs, load_stubs
+    from textclf.torchserve.grpc_client import StubsMissing, generate_stubs, load_stubs
 
     try:
         load_stubs()
     except StubsMissing:
-        generate_stubs()  # what `make grpc-stubs` does; tsclient/_proto is gitignored
+        generate_stubs()  # what `make grpc-stubs` does; textclf/torchserve/_proto is gitignored
 
 
 def test_grpc_inference_with_the_token(sidecar, stubs, tmp_path):
-    from tsclient.grpc_client import TorchServeGrpcClient
+    from textclf.torchserve.grpc_client import TorchServeGrpcClient
 
     with TorchServeGrpcClient(sidecar.grpc, sidecar.grpc, _key_file(tmp_path / "key_file.json", TOKEN)) as client:
         assert client.ping() == {"status": "Healthy"}
@@ -284,8 +288,8 @@ def test_grpc_inference_with_the_token(sidecar, stubs, tmp_path):
 
 @pytest.mark.parametrize("token", [None, WRONG, TOKEN.upper()], ids=["missing", "wrong", "wrong-case"])
 def test_grpc_without_the_right_token_is_unauthenticated(sidecar, stubs, tmp_path, token):
-    from tsclient.grpc_client import TorchServeGrpcClient
-    from tsclient.rest import TorchServeError
+    from textclf.torchserve.errors import TorchServeError
+    from textclf.torchserve.grpc_client import TorchServeGrpcClient
 
     key_file = tmp_path / "key_file.json"  # absent: the client sends no authorization metadata at all
     if token is not None:
@@ -298,8 +302,8 @@ def test_grpc_without_the_right_token_is_unauthenticated(sidecar, stubs, tmp_pat
 
 
 def test_grpc_management_is_not_exposed(sidecar, stubs, tmp_path):
-    from tsclient.grpc_client import TorchServeGrpcClient
-    from tsclient.rest import TorchServeError
+    from textclf.torchserve.errors import TorchServeError
+    from textclf.torchserve.grpc_client import TorchServeGrpcClient
 
     with TorchServeGrpcClient(sidecar.grpc, sidecar.grpc, _key_file(tmp_path / "key_file.json", TOKEN)) as client:
         for call in (lambda: client.describe(NAME), client.list_models, lambda: client.scale(NAME, min_workers=2)):
@@ -313,7 +317,7 @@ def test_grpc_token_reaches_nginx_not_torchserve_over_raw_grpcio(sidecar, stubs)
     import grpc
     from google.protobuf import empty_pb2
 
-    from tsclient.grpc_client import load_stubs
+    from textclf.torchserve.grpc_client import load_stubs
 
     _, inf_grpc, _, _ = load_stubs()
     with grpc.insecure_channel(sidecar.grpc) as channel:
@@ -329,7 +333,7 @@ def test_grpc_token_reaches_nginx_not_torchserve_over_raw_grpcio(sidecar, stubs)
 # --- logs -------------------------------------------------------------------------------------------------------
 
 def test_no_token_is_ever_logged(sidecar, stubs, tmp_path):
-    from tsclient.grpc_client import TorchServeGrpcClient
+    from textclf.torchserve.grpc_client import TorchServeGrpcClient
 
     for token in (TOKEN, WRONG):
         requests.get(f"{sidecar.http}/ping?token={token[:8]}", headers=_bearer(token), timeout=10)

@@ -12,8 +12,8 @@ import requests
 
 from tests.live.conftest import NAME, V1_LABELS
 from tests.live.test_rest import assert_prediction
-from tsclient.keys import bearer, read_keys
-from tsclient.rest import TorchServeError
+from textclf.torchserve.errors import TorchServeError
+from textclf.torchserve.keys import bearer, read_keys
 
 pytestmark = pytest.mark.live
 JSON, PLAIN = "application/json", "text/plain; charset=utf-8"

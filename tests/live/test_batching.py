@@ -7,7 +7,8 @@ import pytest
 
 from tests.live.conftest import NAME
 from tests.live.test_rest import assert_prediction
-from tsclient.rest import TorchServeClient, TorchServeError
+from textclf.torchserve.errors import TorchServeError
+from textclf.torchserve.rest import TorchServeClient
 
 pytestmark = pytest.mark.live
 N, BAD = 16, 7

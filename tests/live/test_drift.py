@@ -1,9 +1,19 @@
-"""make drift against a live TorchServe: traffic like the reference is stable, much longer texts alert (exit 1),
-and a snapshot limits the judgement to the traffic after it."""
+"""make drift against a live TorchServe: a cron series (`--since F --save-snapshot F`) starts on its first run with no
+live texts (not an alert), traffic like the reference is stable, much longer texts alert (exit 1), and each check
+judges only the traffic after the previous one's snapshot."""
 import json
 
 import pytest
+from transformers import AutoTokenizer
 
+from handlers import bundle as bundles
+from handlers.answers import softmax
+from handlers.drift_bins import PROFILE_FILE, profile_of
+from handlers.runtimes import load
+from textclf.pipelines import drift
+from textclf.torchserve.archive import ArchiveConfig, build_archive
+from textclf.torchserve.ops import Target
+from training.report import predict_probs
 from training.tiny import CORPUS, make_tiny_bundle
 
 pytestmark = pytest.mark.live
@@ -12,15 +22,6 @@ DRIFTING = "drifting"
 
 @pytest.fixture(scope="module")
 def deployed(live, tmp_path_factory):
-    from transformers import AutoTokenizer
-
-    from handlers.answers import softmax
-    from handlers.profile import PROFILE_FILE, profile_of
-    from training.report import predict_probs
-    from handlers.runtimes import load
-    from handlers import bundle as bundles
-    from tsclient.archive import ArchiveConfig, build_archive
-
     bundle = make_tiny_bundle(tmp_path_factory.mktemp("drift") / "export", labels=("negative", "positive"))
     card = bundles.check(bundle)
     model, _ = load(card, "cpu", 1)
@@ -37,9 +38,6 @@ def deployed(live, tmp_path_factory):
 
 
 def check(live, bundle, tmp_path, *args):
-    from tsclient import drift
-    from tsclient.ops import Target
-
     out = tmp_path / "drift.json"
     config = drift.DriftConfig(reference=bundle, name=DRIFTING, out=out, target=Target(
         config=live.cfg.effective_config(), state_dir=live.state_dir), **dict(args))
@@ -51,18 +49,21 @@ def check(live, bundle, tmp_path, *args):
     return code, json.loads(out.read_text())
 
 
-def test_like_the_reference_is_stable_and_long_texts_alert(live, deployed, tmp_path):
+def test_a_cron_series_starts_then_stable_then_long_texts_alert(live, deployed, tmp_path):
     bundle, texts = deployed
-    code, result = check(live, bundle, tmp_path)
-    assert (code, result["verdict"]) == (0, "too little traffic")
+    snapshot = tmp_path / "logs" / "drift-snapshot.json"
+    series = (("since", snapshot), ("save_snapshot", snapshot))  # the cron recipe: the same file both ways
+    code, result = check(live, bundle, tmp_path, *series)  # its first run: no snapshot yet, no traffic yet
+    assert (code, result["verdict"], result["features"], result["window"]) == (
+        0, "no live texts", {}, "since the workers started")
+    assert snapshot.is_file()
     for i in range(0, 300, 50):
         live.rest.predict(DRIFTING, texts=texts[i: i + 50])
-    snapshot = tmp_path / "snapshot.json"
-    code, result = check(live, bundle, tmp_path, ("save_snapshot", snapshot))
-    assert (code, result["verdict"], result["live_texts"]) == (0, "stable", 300)
+    code, result = check(live, bundle, tmp_path, *series)
+    assert (code, result["verdict"], result["live_texts"], result["versions"]) == (0, "stable", 300, ["1.0"])
+    assert result["window"].startswith(f"since the snapshot {snapshot}")
     long_texts = [" ".join(CORPUS[i % 8] for _ in range(12)) for i in range(300)]
-    for i in range(0, 300, 50):
-        live.rest.predict(DRIFTING, texts=long_texts[i: i + 50])
-    code, result = check(live, bundle, tmp_path, ("since", snapshot))
+    live.rest.predict(DRIFTING, texts=long_texts)  # 300 texts: the client splits them into requests the handler takes
+    code, result = check(live, bundle, tmp_path, *series)
     assert (code, result["verdict"], result["live_texts"]) == (1, "alert", 300)
     assert result["features"]["tokens"]["level"] == result["features"]["truncated"]["level"] == "alert"

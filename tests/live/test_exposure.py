@@ -14,12 +14,13 @@ import requests
 
 from tests.live.conftest import NAME
 from tests.live.test_rest import assert_prediction
-from tsclient import server
-from tsclient.keys import bearer, read_keys
-from tsclient.rest import TorchServeError
+from textclf.core import paths
+from textclf.torchserve import properties, server
+from textclf.torchserve.errors import TorchServeError
+from textclf.torchserve.keys import bearer, read_keys
 
 pytestmark = pytest.mark.live
-CONFIGS = [server.DEFAULT_CONFIG, server.ROOT / "config.locked.properties"]
+CONFIGS = [paths.SERVER_CONFIG, paths.LOCKED_CONFIG]
 
 
 def is_loopback(ip: str) -> bool:
@@ -30,7 +31,7 @@ def is_loopback(ip: str) -> bool:
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.name)
 def test_configured_listeners_are_loopback(config):
-    props = server.read_properties(config)
+    props = properties.read_properties(config)
     for key in ("inference_address", "management_address", "metrics_address"):
         assert is_loopback(urlparse(props[key]).hostname), key
     for key in ("grpc_inference_address", "grpc_management_address"):

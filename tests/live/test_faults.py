@@ -17,8 +17,8 @@ import torch
 from tests.live.conftest import NAME, V1_LABELS, V2_LABELS
 from tests.live.test_rest import assert_prediction
 from tests.live.traffic import Traffic
-from tsclient import ops, server
-from tsclient.rest import TorchServeError
+from textclf.torchserve import ops, server
+from textclf.torchserve.errors import TorchServeError
 
 pytestmark = pytest.mark.live
 
@@ -43,7 +43,7 @@ def test_killed_worker_is_restarted_and_no_request_is_lost(live):
         for _ in range(3):  # until a kill has caught requests in flight (almost always the first one)
             [(worker_id, pid)] = ready_workers(live)
             os.kill(pid, signal.SIGKILL)
-            traffic.wait_until(lambda: [w for w in ready_workers(live) if w[1] != pid], "the restarted worker")
+            traffic.wait_until(lambda pid=pid: [w for w in ready_workers(live) if w[1] != pid], "the restarted worker")
             traffic.wait_for_answers(20)
             if traffic.retried[507]:
                 break
@@ -58,7 +58,7 @@ def test_killed_worker_is_restarted_and_no_request_is_lost(live):
     assert traffic.retried[507] >= 1, "no request was in flight on the killed worker"
 
 
-# ---- broken archives, built directly (tsclient.archive would refuse to build them) -------------------------
+# ---- broken archives, built directly (textclf.torchserve.archive would refuse to build them) -------------------------
 def rewrite_mar(good: Path, out: Path, version: str, edit) -> None:
     with zipfile.ZipFile(good) as z:
         files = {name: z.read(name) for name in z.namelist()}

@@ -1,11 +1,18 @@
 """The feedback loop on a live TorchServe: review capture on the served champion, a scripted review, a retrain
-whose challenger the gate promotes (its version becomes the default), and one it refuses (nothing changes)."""
+whose challenger the gate promotes (its version becomes the default), and one it refuses (nothing changes); each
+says so in its outcome line."""
 import io
 import json
 
 import pytest
 
 from tests.test_train import one_torch_thread, shared_run
+from textclf.pipelines import retrain
+from textclf.pipelines.review import read_queue, review
+from textclf.torchserve.archive import ArchiveConfig, build_archive
+from textclf.torchserve.ops import Target
+from training.export import ExportConfig
+from training.export import main as export_main
 from training.tiny import CORPUS
 
 pytestmark = pytest.mark.live
@@ -15,9 +22,6 @@ LOOP = "loop"
 @pytest.fixture(scope="module")
 def served(live, tmp_path_factory, tiny_roberta_dir):
     """The shared tiny RoBERTa run, exported and served as loop 1.0 with review capture of every text."""
-    from training.export import ExportConfig, main as export_main
-    from tsclient.archive import ArchiveConfig, build_archive
-
     with one_torch_thread():
         champion = shared_run("roberta", tmp_path_factory, tiny_roberta_dir)
         bundle = tmp_path_factory.mktemp("loop") / "export"
@@ -41,10 +45,6 @@ def default_version(live) -> str:
 
 
 def test_capture_review_retrain_and_gated_promotion(live, served, tmp_path, monkeypatch):
-    from training import retrain
-    from training.review import read_queue, review
-    from tsclient.ops import Target
-
     champion, queue = served
     texts = [f"{CORPUS[i % 8]} review {i}" for i in range(12)]
     live.rest.predict(LOOP, texts=texts)
@@ -70,6 +70,8 @@ def test_capture_review_retrain_and_gated_promotion(live, served, tmp_path, monk
     monkeypatch.setattr(retrain, "scores", worse_challenger)
     refused = run_retrain(tmp_path / "worse")
     assert not refused["gate"]["promote"] and "promoted" not in refused
+    assert refused["outcome"].startswith("gate failed: kept the champion (test macro-F1 ")
+    assert refused["outcome"].endswith("; nothing changed on the server")
     assert not (live.store / f"{LOOP}-2.0.mar").exists()
     assert [v["modelVersion"] for v in live.rest.describe(LOOP, "all")] == ["1.0"]  # nothing changed on the server
     assert default_version(live) == "1.0"
@@ -79,5 +81,10 @@ def test_capture_review_retrain_and_gated_promotion(live, served, tmp_path, monk
     assert {v["modelVersion"] for v in live.rest.describe(LOOP, "all")} == {"1.0", "2.0"}
     assert default_version(live) == "2.0"
     assert live.rest.predict(LOOP, "is the new version answering")["label"] in {"mid", "neg", "pos"}
-    answered_by = json.loads((tmp_path / "better" / "report" / "comparison.json").read_text())["promoted"]
-    assert answered_by == {"archive": str(live.store / f"{LOOP}-2.0.mar"), "name": LOOP, "version": "2.0", "default": True}
+    saved = json.loads((tmp_path / "better" / "report" / "comparison.json").read_text())
+    archive = live.store / f"{LOOP}-2.0.mar"
+    assert saved["promoted"] == {"archive": str(archive), "name": LOOP, "version": "2.0", "default": True,
+                                 "previous_default": "1.0", "workers": 1}
+    assert saved["outcome"] == accepted["outcome"] == (
+        f"promoted: registered {LOOP} 2.0 ({archive}, 1 worker(s) READY) and made it the default version (was 1.0; "
+        f"roll back with `textclf set-default --name {LOOP} --version 1.0` or `make set-default NAME={LOOP} VERSION=1.0`)")

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.live.conftest import NAME
-from tests.test_parsing_fuzz import bodies
+from tests.live.conftest import NAME, V1_LABELS
+from tests.test_parsing_fuzz import assert_answer, bodies
 
 pytestmark = pytest.mark.live
 LIVE_CASES = 150  # requests generated per run (the README's reliability figures quote it)
@@ -35,11 +35,11 @@ def before(live):
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(bodies.map(encoded), st.sampled_from(CONTENT_TYPES))
 def test_generated_requests_get_a_2xx_or_a_json_4xx(live, before, body, content_type):
-    from tsclient.rest import TorchServeError
+    from textclf.torchserve.errors import TorchServeError
 
     try:
         answer = live.rest.post_prediction(NAME, body, content_type, version="1.0")
-        assert answer is not None
+        assert_answer(answer, V1_LABELS)  # predictions of v1: its labels, scores in [0, 1], best first
     except TorchServeError as e:
         assert isinstance(e.status, int) and 400 <= e.status < 500, str(e)
         assert e.kind  # the handler's JSON error body names its type

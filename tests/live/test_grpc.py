@@ -3,7 +3,7 @@ import pytest
 
 from tests.live.conftest import NAME, V1_LABELS
 from tests.live.test_rest import assert_prediction
-from tsclient.rest import TokenRefused, TorchServeError
+from textclf.torchserve.errors import TokenRefused, TorchServeError
 
 pytestmark = pytest.mark.live
 
@@ -42,7 +42,7 @@ def test_unknown_model_is_not_found(live):
 
 
 def test_wrong_token_is_refused_in_one_line(live, tmp_path):
-    from tsclient.grpc_client import TorchServeGrpcClient
+    from textclf.torchserve.grpc_client import TorchServeGrpcClient
 
     bad = tmp_path / "key_file.json"
     bad.write_text('{"management": {"key": "nope"}, "inference": {"key": "nope"}, "API": {"key": "nope"}}')
@@ -54,7 +54,7 @@ def test_wrong_token_is_refused_in_one_line(live, tmp_path):
 
 
 def test_refused_stale_key_is_recovered_once(live, monkeypatch):
-    from tsclient.keys import KeyStore, read_keys
+    from textclf.torchserve.keys import KeyStore, read_keys
 
     stale = read_keys(live.endpoints.key_file).inference
     KeyStore(live.endpoints.key_file, live.endpoints.management_url).refresh("inference")

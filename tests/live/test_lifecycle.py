@@ -1,9 +1,9 @@
-"""Roll a second version forward and back, scale workers, through tsclient.ops (what `make` runs)."""
+"""Roll a second version forward and back, scale workers, through textclf.torchserve.ops (what `make` runs)."""
 import pytest
 
 from tests.live.conftest import NAME, V1_LABELS, V2_LABELS
-from tsclient import ops
-from tsclient.rest import TorchServeError
+from textclf.torchserve import ops
+from textclf.torchserve.errors import TorchServeError
 
 pytestmark = pytest.mark.live
 
@@ -94,7 +94,7 @@ def test_registering_a_registered_version_is_refused(live, target):
 
 def test_no_worker_503_is_retried_a_bounded_number_of_times(live, target):
     """With 0 workers TorchServe answers 503; predictions retry with backoff, then fail with its message."""
-    from tsclient.rest import TorchServeClient
+    from textclf.torchserve.rest import TorchServeClient
 
     ep = live.endpoints
     client = TorchServeClient(ep.inference_url, ep.management_url, ep.key_file, retries=2, backoff_s=0.01)

@@ -14,18 +14,21 @@ import requests
 from tests.live.conftest import NAME, V1_LABELS, V2_LABELS
 from tests.live.test_server import our_processes
 from tests.live.traffic import Traffic
-from tsclient import ops, server
-from tsclient.rest import TorchServeClient, TorchServeError
+from textclf.core import paths
+from textclf.torchserve import ops, properties, server
+from textclf.torchserve.errors import TorchServeError
+from textclf.torchserve.ports import free_port_overrides, port_in_use
+from textclf.torchserve.rest import TorchServeClient
 
 pytestmark = pytest.mark.live
-LOCKED = server.ROOT / "config.locked.properties"
+LOCKED = paths.LOCKED_CONFIG
 HOSTILE_ENV = {"TS_DISABLE_TOKEN_AUTHORIZATION": "true", "TS_ENABLE_MODEL_API": "true"}
 
 
 @pytest.fixture(scope="module")
 def locked(tmp_path_factory, model_store, live):  # `live` first: the two servers never start together
-    cfg = server.ServerConfig(config=LOCKED, state_dir=tmp_path_factory.mktemp("ts-locked"), model_store=model_store,
-                              ports=server.free_port_overrides(),
+    cfg = properties.ServerConfig(config=LOCKED, state_dir=tmp_path_factory.mktemp("ts-locked"), model_store=model_store,
+                              ports=free_port_overrides(),
                               properties={"load_models": f"{NAME}-1.0.mar,{NAME}-2.0.mar"})
     saved = {k: os.environ.get(k) for k in HOSTILE_ENV}
     os.environ.update(HOSTILE_ENV)
@@ -39,7 +42,7 @@ def locked(tmp_path_factory, model_store, live):  # `live` first: the two server
 
 
 def test_locked_config_is_the_managed_one_with_the_model_api_off():
-    managed, locked = server.read_properties(server.DEFAULT_CONFIG), server.read_properties(LOCKED)
+    managed, locked = properties.read_properties(paths.SERVER_CONFIG), properties.read_properties(LOCKED)
     changed = {k for k in managed.keys() | locked.keys() if managed.get(k) != locked.get(k)}
     assert changed == {"enable_model_api", "load_models"}
     assert locked["enable_model_api"] == "false" and locked["load_models"] == "classifier-1.0.mar"
@@ -64,7 +67,7 @@ def test_registration_and_unregistration_are_refused(locked, tmp_path):
         with pytest.raises(TorchServeError) as e:
             call()
         assert (e.value.status, e.value.kind) == (405, "MethodNotAllowedException")
-    from tsclient.grpc_client import TorchServeGrpcClient
+    from textclf.torchserve.grpc_client import TorchServeGrpcClient
 
     with TorchServeGrpcClient(ep.grpc_inference, ep.grpc_management, ep.key_file) as grpc:
         for call in (lambda: grpc.register("other", f"{NAME}-1.0.mar"), lambda: grpc.unregister(NAME, "2.0")):
@@ -83,10 +86,10 @@ def test_environment_cannot_turn_tokens_off(locked):
 
 
 def test_archive_missing_from_the_store_fails_before_start(tmp_path, model_store):
-    cfg = server.ServerConfig(config=LOCKED, state_dir=tmp_path, model_store=model_store,
-                              ports=server.free_port_overrides(),
+    cfg = properties.ServerConfig(config=LOCKED, state_dir=tmp_path, model_store=model_store,
+                              ports=free_port_overrides(),
                               properties={"load_models": f"{NAME}-1.0.mar,{NAME}-7.7.mar"})
-    with pytest.raises(server.ServerError, match=rf"load_models lists {NAME}-7\.7\.mar, not in the model store"):
+    with pytest.raises(properties.ServerError, match=rf"load_models lists {NAME}-7\.7\.mar, not in the model store"):
         server.start(cfg)
     assert our_processes(tmp_path) == []
 
@@ -98,10 +101,10 @@ def test_archive_that_cannot_load_fails_the_start_with_its_reason(tmp_path, mode
     store = tmp_path / "store"
     store.mkdir()
     rewrite_mar(model_store / f"{NAME}-1.0.mar", store / f"{NAME}-9.2.mar", "9.2", tamper_model)
-    cfg = server.ServerConfig(config=LOCKED, state_dir=tmp_path / "state", model_store=store,
-                              ports=server.free_port_overrides(),
+    cfg = properties.ServerConfig(config=LOCKED, state_dir=tmp_path / "state", model_store=store,
+                              ports=free_port_overrides(),
                               properties={"load_models": f"{NAME}-9.2.mar"})
-    with pytest.raises(server.ServerError, match="cannot be loaded; its worker failed with: .*BundleError: .*"
+    with pytest.raises(properties.ServerError, match="cannot be loaded; its worker failed with: .*BundleError: .*"
                                                  "does not match the model card's"):
         server.start(cfg)
     assert our_processes(cfg.state_dir) == [] and server.running_pid(cfg) is None
@@ -121,9 +124,9 @@ def test_stop_while_requests_flow_then_serve_again(locked):
     stopped = ("cannot reach TorchServe", "UNAVAILABLE", "Worker died", "TorchServe 503", "token refused")
     assert answered >= 20 and all(any(s in error for s in stopped) for error in traffic.errors), traffic.errors[:5]
     assert our_processes(cfg.state_dir) == [] and not ep.key_file.exists()
-    assert not any(server.port_in_use(port) for port in ep.ports().values())
+    assert not any(port_in_use(port) for port in ep.ports().values())
 
-    again = server.ServerConfig(config=LOCKED, state_dir=cfg.state_dir, model_store=cfg.model_store, ports=cfg.ports,
+    again = properties.ServerConfig(config=LOCKED, state_dir=cfg.state_dir, model_store=cfg.model_store, ports=cfg.ports,
                                 properties={"load_models": f"{NAME}-2.0.mar", "disable_token_authorization": "true"})
     try:
         ep = server.start(again)

@@ -12,7 +12,7 @@ LABELS = ("negative", "positive")
 
 @pytest.fixture(scope="module")
 def watched(live, tmp_path_factory):
-    from tsclient.archive import ArchiveConfig, build_archive
+    from textclf.torchserve.archive import ArchiveConfig, build_archive
 
     bundle = make_tiny_bundle(tmp_path_factory.mktemp("watched") / "export", labels=LABELS)
     archive = build_archive(ArchiveConfig(bundle=bundle, name=WATCHED, version="3.1", store=live.store))
@@ -24,7 +24,7 @@ def watched(live, tmp_path_factory):
 
 def scrape(live) -> dict:
     """{(metric, frozenset of label pairs): value} for the watched model's series on /metrics."""
-    from tsclient.drift import series
+    from textclf.pipelines.drift import series
 
     text = requests.get(f"{live.endpoints.metrics_url}/metrics", timeout=10).text
     return {(metric, frozenset((k, v) for k, v in labels.items() if k not in ("Hostname", "Level"))): value
@@ -37,7 +37,7 @@ def counter(series: dict, name: str, **dims) -> float:
 
 
 def test_counters_match_the_traffic_sent(live, watched):
-    from tsclient.rest import TorchServeError
+    from textclf.torchserve.errors import TorchServeError
 
     answers = [live.rest.predict(WATCHED, "the film was a delight")]
     answers += live.rest.predict(WATCHED, texts=["why", "a dull, lifeless script and wooden acting " * 10])

@@ -12,7 +12,7 @@ TAG_LABELS = ("billing", "card", "refund")
 
 @pytest.fixture(scope="module")
 def tags(live, tmp_path_factory):
-    from tsclient.archive import ArchiveConfig, build_archive
+    from textclf.torchserve.archive import ArchiveConfig, build_archive
 
     # Thresholds 0.01 and 0.99 for a sigmoid that stays near 0.5: always, never, always.
     bundle = make_tiny_bundle(tmp_path_factory.mktemp("tags") / "export", labels=TAG_LABELS,
@@ -40,7 +40,7 @@ def test_rest_kserve_and_grpc_answer_label_sets(live, tags):
 
 
 def test_errors_and_the_single_label_model_beside_it(live, tags):
-    from tsclient.rest import TorchServeError
+    from textclf.torchserve.errors import TorchServeError
 
     with pytest.raises(TorchServeError) as e:
         live.rest.predict(TAGS, texts=[])

@@ -13,8 +13,7 @@ TEXTS = ["the film was a delight", "why was my payment declined at the shop"]
 @pytest.fixture(scope="module")
 def pair(live, tmp_path_factory):
     """One tiny model archived twice: as model.onnx and as model.pt (tiny bundles are seeded, so identical)."""
-    pytest.importorskip("onnxruntime")
-    from tsclient.archive import ArchiveConfig, build_archive
+    from textclf.torchserve.archive import ArchiveConfig, build_archive
 
     root, archives = tmp_path_factory.mktemp("onnx"), []
     for name, runtime in ((ONNX, "onnxruntime"), (SCRIPTED, "torchscript")):
@@ -23,7 +22,7 @@ def pair(live, tmp_path_factory):
         live.rest.register(name, archive.name, initial_workers=1)
         archives.append(archive)
     yield
-    for name, archive in zip((ONNX, SCRIPTED), archives):
+    for name, archive in zip((ONNX, SCRIPTED), archives, strict=False):
         live.rest.unregister(name, "1.0")
         archive.unlink()  # the session store lists exactly clf-1.0 and clf-2.0 for other tests
 
@@ -34,13 +33,13 @@ def assert_same(a: dict, b: dict) -> None:
 
 
 def test_onnx_archive_answers_as_the_torchscript_one_over_rest_and_grpc(live, pair):
-    for got, want in zip(live.rest.predict(ONNX, texts=TEXTS), live.rest.predict(SCRIPTED, texts=TEXTS)):
+    for got, want in zip(live.rest.predict(ONNX, texts=TEXTS), live.rest.predict(SCRIPTED, texts=TEXTS), strict=False):
         assert_same(got, want)
     assert_same(live.grpc.predict(ONNX, TEXTS[0]), live.rest.predict(SCRIPTED, TEXTS[0]))
 
 
 def test_onnx_archive_rejects_bad_requests_per_request(live, pair):
-    from tsclient.rest import TorchServeError
+    from textclf.torchserve.errors import TorchServeError
 
     with pytest.raises(TorchServeError) as e:
         live.rest.predict(ONNX, texts=[])

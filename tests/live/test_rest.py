@@ -1,11 +1,13 @@
 """Predictions over REST in every body form the handler accepts, against the session's v1."""
 
+import json
+
 import pytest
 import requests
 
 from tests.live.conftest import NAME, V1_LABELS
-from tsclient.keys import bearer, read_keys
-from tsclient.rest import TorchServeError
+from textclf.torchserve.errors import TorchServeError
+from textclf.torchserve.keys import bearer, read_keys
 
 pytestmark = pytest.mark.live
 
@@ -33,7 +35,7 @@ def test_texts_answer_in_order(live):
     texts = ["the film was a delight", "terrible service, I want a refund now", "ok"]
     answers = live.rest.predict(NAME, texts=texts)
     assert isinstance(answers, list) and len(answers) == len(texts)
-    for text, answer in zip(texts, answers):
+    for text, answer in zip(texts, answers, strict=False):
         assert_prediction(answer)
         assert answer["scores"] == pytest.approx(live.rest.predict(NAME, text)["scores"], abs=1e-4)
 
@@ -68,10 +70,14 @@ def test_malformed_body_gets_400_with_handler_message(live, body, content_type, 
     assert expected in e.value.message and "\n" not in str(e.value)
 
 
-def test_too_many_texts_gets_413(live):
+def test_too_many_texts_gets_413_and_the_client_splits_them(live):
     with pytest.raises(TorchServeError) as e:
-        live.rest.predict(NAME, texts=["x"] * 65)
+        live.rest.post_prediction(NAME, json.dumps({"texts": ["x"] * 65}).encode(), "application/json")
     assert e.value.status == 413
+    # The client sends a longer list in requests of the handler's limit, answers in order.
+    texts = [f"text number {i}" for i in range(65)]
+    split = live.rest.predict(NAME, texts=texts)
+    assert len(split) == 65 and split[64] == live.rest.predict(NAME, texts[64])
 
 
 def test_unknown_model_is_404_with_torchserve_message(live):
@@ -87,5 +93,5 @@ def test_error_body_is_json_with_error_and_type(live):
     assert r.status_code == 400
     assert r.json() == {"error": "text must be a string, got a number", "type": "invalid_text"}
     with pytest.raises(TorchServeError) as e:
-        live.rest.predict(NAME, texts=["x"] * 65)
+        live.rest.post_prediction(NAME, json.dumps({"texts": ["x"] * 65}).encode(), "application/json")
     assert (e.value.status, e.value.kind) == (413, "too_many_texts")  # the client carries the type

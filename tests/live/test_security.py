@@ -5,8 +5,9 @@ import pytest
 import requests
 
 from tests.live.conftest import NAME
-from tsclient.keys import KeyStore, bearer, read_keys
-from tsclient.rest import TokenRefused, TorchServeClient, TorchServeError
+from textclf.torchserve.errors import TokenRefused, TorchServeError
+from textclf.torchserve.keys import KeyStore, bearer, read_keys
+from textclf.torchserve.rest import TorchServeClient
 
 pytestmark = pytest.mark.live
 
@@ -69,7 +70,7 @@ def test_refused_stale_key_is_recovered_once(live, monkeypatch):
 
 
 def test_expired_key_is_refreshed_before_use(live, monkeypatch):
-    from tsclient import keys
+    from textclf.torchserve import keys
 
     before = read_keys(live.endpoints.key_file).inference
     monkeypatch.setattr(keys.Keys, "expired", lambda self, api, now=None: True)

@@ -6,7 +6,7 @@ import threading
 import time
 from collections import Counter
 
-from tsclient.server import Endpoints
+from textclf.torchserve.properties import Endpoints
 
 # A wait (or one request) that takes this long means the server stopped answering. Requests get the same limit
 # rather than the clients' 60 s default: on a 2-core machine at load average 8, requests sent around a killed
@@ -25,7 +25,7 @@ class Traffic:
         self._threads = [threading.Thread(target=self._rest, args=(i,), daemon=True) for i in range(rest_threads)]
         self._threads += [threading.Thread(target=self._grpc, args=(i,), daemon=True) for i in range(grpc_threads)]
 
-    def __enter__(self) -> "Traffic":
+    def __enter__(self) -> Traffic:
         for t in self._threads:
             t.start()
         return self
@@ -54,7 +54,7 @@ class Traffic:
             close()
 
     def _rest(self, _: int) -> None:
-        from tsclient.rest import TorchServeClient
+        from textclf.torchserve.rest import TorchServeClient
 
         ep = self.endpoints
         client = TorchServeClient(ep.inference_url, ep.management_url, ep.key_file, timeout=LIMIT_S,
@@ -63,7 +63,7 @@ class Traffic:
         self._loop(lambda text: client.predict(self.model, text))
 
     def _grpc(self, _: int) -> None:
-        from tsclient.grpc_client import TorchServeGrpcClient
+        from textclf.torchserve.grpc_client import TorchServeGrpcClient
 
         ep = self.endpoints
         client = TorchServeGrpcClient(ep.grpc_inference, ep.grpc_management, ep.key_file, timeout=LIMIT_S,

@@ -1,0 +1,1 @@
+"""TorchServe: archives, the server, its operations and its clients (REST, gRPC, keys), the container entry point."""

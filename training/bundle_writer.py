@@ -1,0 +1,57 @@
+"""The one writer of export bundles (handlers/bundle.py describes the layout): the model card, and the bundle
+itself, written into a sibling temporary folder and renamed into place, so a reader never sees half a bundle and
+a failed export leaves nothing. training.export and training.tiny's test bundles both write through it."""
+from __future__ import annotations
+
+import importlib.metadata as md
+import json
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from handlers import bundle
+from handlers.bundle import SINGLE
+from handlers.drift_bins import PROFILE_FILE
+from training.export_formats import FORMATS, RUNTIME_PACKAGES
+from training.rundir import RunDir
+
+
+def build_card(run: dict, run_dir: Path, results: dict, *, format: str, quantize: str, dtype: str, variant: str) -> dict:
+    """The model card of a bundle exported from `run_dir` (export's settings, its checks' `results`)."""
+    train_metrics = RunDir(run_dir).read_metrics()
+    packages = ("torch", "transformers", "tokenizers", *RUNTIME_PACKAGES[format])
+    return {
+        "base_model": run["base_model"], "max_length": run["max_length"], "variant": variant,
+        "runtime": FORMATS[format].runtime,
+        "quantize": quantize, "dtype": dtype, "inputs": ["input_ids", "attention_mask"],
+        "problem_type": run.get("problem_type", SINGLE), "data": run["data"],
+        "training": {"test": {k: v for k, v in train_metrics.get("test", {}).items() if isinstance(v, (int, float))},
+                     "train": train_metrics.get("train")},
+        "export": results, "versions": {p: md.version(p) for p in packages},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def write_bundle(out: Path, model_file: Path, tokenizer, model_config, labels: list[str], card: dict,
+                 force: bool, profile: dict | None = None) -> None:
+    """Write into a sibling temp dir, then rename: readers never see half a bundle. `model_file` is copied in
+    under the name the card's runtime reads; `profile` is the reference profile drift checks compare with."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        shutil.copyfile(model_file, tmp / bundle.model_file(card))
+        if profile is not None:
+            (tmp / PROFILE_FILE).write_text(json.dumps(profile, indent=2) + "\n")
+        tokenizer.save_pretrained(tmp)
+        model_config.save_pretrained(tmp)
+        bundle.write_metadata(tmp, labels, card)
+        bundle.check(tmp)  # read back what serving will read: the same checks as the archiver and the handler
+        if out.exists() and force:
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+

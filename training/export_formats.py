@@ -1,0 +1,181 @@
+"""How each format is built: a variant of the eager model (fp32, int8, bf16) made into the file the handler's
+runtime loads. A format yields candidates in order of preference; export checks each (training/export_checks.py)
+and keeps the first without faults.
+
+    torchscript  model.pt: a frozen trace of the eager variant (int8: torch.ao dynamic quantisation; bf16 weights)
+    onnx         model.onnx with fused attention, run by ONNX Runtime (int8: dynamic, then static; see
+                 training/onnx_build.py)
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from handlers.onnx_runtime import CPU, OnnxModel
+from handlers.tokenization import encode
+from handlers.torchscript import follow_input_device
+from training import onnx_build
+from training.export_checks import ExportError
+from training.rundir import CALIBRATION_FILE
+
+log = logging.getLogger(__name__)
+
+
+class LogitsOnly(torch.nn.Module):
+    """What gets traced: a plain (input_ids, attention_mask) -> float32 logits function."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits.float()
+
+
+# Library warnings our export cannot avoid, silenced by exact message and category around the one call
+# that raises them, so every other warning (ours included) still shows.
+#  - torch.jit builds a module's type by reading every attribute in dir() of each submodule; on a
+#    transformers model that reads the deprecated `is_gradient_checkpointing` property and the lazy
+#    `loss_function` of the base model (which has no loss and logs a default it will never use).
+#  - dynamic int8 is torch.ao's quantize_dynamic, deprecated in favour of torchao, which produces no
+#    TorchScript: the serving handler runs quantized::linear_dynamic ops only this API emits, and it
+#    creates its int8 weights with the (equally deprecated) quantized tensor functions.
+TRACE_WARNINGS = ((FutureWarning, r"`is_gradient_checkpointing` is deprecated"),)
+TRACE_LOG_LINES = (("transformers.modeling_utils", "`loss_type=None` was set in the config but it is unrecognized"),)
+QUANTIZE_WARNINGS = (
+    (DeprecationWarning, r"torch\.ao\.quantization is deprecated"),
+    (UserWarning, r"torch\.quantize_per_tensor, torch\.quantize_per_channel and other quantized tensor creation "
+                  r"functions .* are deprecated"),
+)
+
+
+class _DropLogLine(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+@contextlib.contextmanager
+def known_library_noise(warning_filters=(), log_lines=()):
+    """Ignore exactly these (category, message regex) warnings and (logger, message prefix) log lines."""
+    drops = [(logging.getLogger(name), _DropLogLine(prefix)) for name, prefix in log_lines]
+    with warnings.catch_warnings():
+        for category, message in warning_filters:
+            warnings.filterwarnings("ignore", message=message, category=category)
+        for logger, drop in drops:
+            logger.addFilter(drop)
+        try:
+            yield
+        finally:
+            for logger, drop in drops:
+                logger.removeFilter(drop)
+
+
+def make_variant(model, variant: str) -> torch.nn.Module:
+    model = copy.deepcopy(model)
+    if variant == "int8":
+        with known_library_noise(QUANTIZE_WARNINGS):
+            model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+    elif variant == "bf16":
+        model = model.to(torch.bfloat16)
+    return LogitsOnly(model).eval()
+
+
+def trace(module: torch.nn.Module, example: dict) -> torch.jit.ScriptModule:
+    # TracerWarnings flag Python branches on tensor values; the parity grid is what proves the trace.
+    with torch.inference_mode(False), torch.no_grad(), known_library_noise(TRACE_WARNINGS, TRACE_LOG_LINES):
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        traced = torch.jit.trace(module, (example["input_ids"], example["attention_mask"]), check_trace=False)
+        return follow_input_device(torch.jit.freeze(traced.eval()))
+
+
+def calibration_batch(tokenizer, texts: list[str] | None, max_length: int, model_config) -> dict | None:
+    """Static quantisation's input: the run's calibration texts (training texts; None for a run trained before
+    they were saved), padded to their longest and cut to the tokens onnx_build's memory budget allows for this
+    encoder, as one numpy batch (onnxruntime's percentile calibrator needs a single shape for all it sees)."""
+    if not texts:
+        return None
+    enc = encode(tokenizer, texts, max_length)
+    budget = onnx_build.calibration_tokens(model_config.num_hidden_layers, model_config.hidden_size)
+    keep = max(1, min(len(texts), budget // enc["input_ids"].shape[1]))
+    return {name: t[:keep].numpy() for name, t in enc.items()}
+
+
+@dataclass
+class Built:
+    """One exported variant: `module` runs it as serving will; `reference` is the eager model it must match
+    (None where there is none, as for onnxruntime's int8); `path` is the model file to put in the bundle."""
+
+    module: object
+    path: Path
+    reference: object = None
+    info: dict | None = None
+
+
+class TorchScriptFormat:
+    """model.pt: a frozen trace of the eager variant (int8 via torch.ao dynamic quantisation, bf16 weights)."""
+
+    runtime = "torchscript"
+
+    def candidates(self, model, variant: str, example: dict, scratch: Path,
+                   calibration: dict | None, require_fusion: bool) -> Iterator[Built]:
+        eager = make_variant(model, variant)
+        traced = trace(eager, example)
+        path = scratch / f"{variant}.pt"
+        torch.jit.save(traced, str(path))
+        yield Built(traced, path, reference=eager)
+
+
+class OnnxFormat:
+    """model.onnx, run by the handler's ONNX Runtime session (see training/onnx_build.py for the choices)."""
+
+    runtime = "onnxruntime"
+
+    def candidates(self, model, variant: str, example: dict, scratch: Path,
+                   calibration: dict | None, require_fusion: bool) -> Iterator[Built]:
+        fused = scratch / "fp32.onnx"
+        if not fused.exists():  # int8 is quantised from the fused fp32 graph, built first
+            eager = make_variant(model, "fp32")
+            onnx_build.export(eager, example, scratch / "exported.onnx")
+            counts = onnx_build.fuse(scratch / "exported.onnx", fused)
+            log.info("onnx: fused %s", ", ".join(f"{op} {n}" for op, n in counts.items()))
+            if require_fusion:
+                try:
+                    onnx_build.check_fusion(counts, model.config.num_hidden_layers, model.config.model_type)
+                except onnx_build.FusionError as e:
+                    raise ExportError(f"{e}; pass --no-require-fusion to export it anyway") from None
+        threads, fused_ops = torch.get_num_threads(), onnx_build.op_counts(fused)
+        if variant == "fp32":
+            yield Built(OnnxModel(fused, threads, [CPU]), fused, reference=make_variant(model, "fp32"),
+                        info={"fused_ops": fused_ops})
+            return
+        # int8 has no eager twin. Dynamic first; main asks for the next candidate (static, calibrated) only if
+        # dynamic falls short, so static is built only then.
+        dynamic = scratch / f"{variant}-dynamic.onnx"
+        onnx_build.quantize_dynamic_int8(fused, dynamic)
+        yield Built(OnnxModel(dynamic, threads, [CPU]), dynamic,
+                    info={"quantization": onnx_build.QUANTIZATION["dynamic"], "fused_ops": fused_ops})
+        if calibration is None:
+            log.warning("onnx int8: no static fallback: this run has no calibration texts (%s; runs trained "
+                        "since it was added have them)", CALIBRATION_FILE)
+            return
+        static = scratch / f"{variant}-static.onnx"
+        onnx_build.quantize_static_int8(fused, static, calibration)
+        yield Built(OnnxModel(static, threads, [CPU]), static,
+                    info={"quantization": onnx_build.QUANTIZATION["static"], "fused_ops": fused_ops})
+
+FORMATS = {"torchscript": TorchScriptFormat(), "onnx": OnnxFormat()}
+# The packages whose versions a bundle of each format records in its card.
+RUNTIME_PACKAGES = {"torchscript": (), "onnx": ("onnx", "onnxscript", "onnxruntime")}
+
+

@@ -1,1 +1,0 @@
-"""Command-line tools for building, serving and calling TorchServe text classifiers."""
