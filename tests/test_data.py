@@ -620,7 +620,6 @@ def test_hub_dataset_with_class_labels(hub_offline, monkeypatch):
     assert "glue-like[train]" in error("glue-like", text_column="text")
 
 
-
 def test_hub_dataset_with_lists_of_class_labels(hub_offline, monkeypatch):
     datasets = hub_offline
     # The go_emotions layout: a list of ClassLabel ids per text, multi-label by its type.

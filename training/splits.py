@@ -38,7 +38,6 @@ def at_most(frame: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
     return frame.sample(n=n, random_state=seed).reset_index(drop=True)
 
 
-
 def _rng(seed: int, purpose: str) -> np.random.Generator:
     # One stream per purpose, so carving validation does not shift the rows a subset draws.
     return np.random.default_rng([seed, int.from_bytes(purpose.encode(), "little")])

@@ -21,7 +21,6 @@ PORT_NAMES = tuple(PORT_KEYS)
 DEFAULT_PORTS = {"inference": 8080, "management": 8081, "metrics": 8082, "grpc_inference": 7070, "grpc_management": 7071}
 
 
-
 class ServerError(Failure):
     """TorchServe could not be started or stopped; the message says why in one line (plus log tail)."""
 
