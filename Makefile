@@ -98,42 +98,41 @@ demo: install ## the quick start: fine-tune, evaluate, export, archive, serve, p
 # key_file.json and logs/ land here (both gitignored); `make stop` always leaves a clean state.
 # VERSION (scale, predict) and NAME (models) are optional: they count only when you set them
 # on the command line or in the environment, not through their defaults above.
-OPS := $(TEXTCLF)
 
 serve: install ## start TorchServe (config.properties: loopback, token authorization) and wait until healthy
-	$(OPS) serve
+	$(TEXTCLF) serve
 
 stop: install ## stop TorchServe and clean its state
-	$(OPS) stop
+	$(TEXTCLF) stop
 
 register: install ## register NAME-VERSION.mar as its archive plans it [WORKERS=n, at most its max workers]
-	$(OPS) register --name '$(NAME)' --version '$(VERSION)' $(if $(WORKERS),--workers $(WORKERS))
+	$(TEXTCLF) register --name '$(NAME)' --version '$(VERSION)' $(if $(WORKERS),--workers $(WORKERS))
 
 # min = max = WORKERS; without VERSION= the default version is scaled.
 scale: install ## set a version's workers: NAME= WORKERS=n [VERSION=, default: the default version]
 	$(if $(WORKERS),,$(error make scale needs WORKERS=n))
-	$(OPS) scale --name '$(NAME)' $(if $(call given,VERSION),--version '$(VERSION)') --workers $(WORKERS)
+	$(TEXTCLF) scale --name '$(NAME)' $(if $(call given,VERSION),--version '$(VERSION)') --workers $(WORKERS)
 
 set-default: install ## roll forward or back: unversioned requests reach NAME VERSION
-	$(OPS) set-default --name '$(NAME)' --version '$(VERSION)'
+	$(TEXTCLF) set-default --name '$(NAME)' --version '$(VERSION)'
 
 unregister: install ## remove NAME VERSION once nothing is queued for it
-	$(OPS) unregister --name '$(NAME)' --version '$(VERSION)'
+	$(TEXTCLF) unregister --name '$(NAME)' --version '$(VERSION)'
 
 # `make models` lists every model with all its versions; `make models NAME=x [VERSION=v]` describes x in full.
 models: install ## every registered model and version; NAME=x describes x in full
-	$(OPS) models $(if $(call given,NAME),--name '$(NAME)' $(if $(call given,VERSION),--version '$(VERSION)'))
+	$(TEXTCLF) models $(if $(call given,NAME),--name '$(NAME)' $(if $(call given,VERSION),--version '$(VERSION)'))
 
 # FILE=texts.csv|.jsonl|.txt scores a whole file in chunks (OUTPUT=answers.jsonl, default stdout) instead of TEXT.
 predict: install ## classify TEXT= (or every text of FILE= [OUTPUT=]) with NAME [VERSION=] [TOP_K=n] over REST
-	$(OPS) predict --name '$(NAME)' $(if $(call given,VERSION),--version '$(VERSION)') $(if $(TOP_K),--top-k $(TOP_K)) \
+	$(TEXTCLF) predict --name '$(NAME)' $(if $(call given,VERSION),--version '$(VERSION)') $(if $(TOP_K),--top-k $(TOP_K)) \
 	  $(if $(FILE),--file '$(FILE)' $(if $(OUTPUT),--output '$(OUTPUT)'),--text '$(subst ','\'',$(TEXT))')
 
 drift: install ## NAME's live traffic vs EXPORT's reference profile [VERSION=]; exit 1 on an alert (ARGS="--since F --save-snapshot F")
 	$(TEXTCLF) drift --reference '$(EXPORT)' --name '$(NAME)' $(if $(call given,VERSION),--version '$(VERSION)') $(ARGS)
 
 health: install ## TorchServe's /ping, with the inference token
-	$(OPS) health
+	$(TEXTCLF) health
 
 # gRPC stubs are generated from the installed TorchServe's jar into textclf/torchserve/_proto/ (gitignored).
 grpc-stubs: install ## generate the gRPC client stubs from the installed TorchServe
@@ -150,7 +149,7 @@ archive: install ## build model-archive/store/NAME-VERSION.mar from EXPORT= (ARG
 MODELS ?=
 .PHONY: serve-locked
 serve-locked: install ## production mode: model API off, MODELS= archives loaded at start
-	$(OPS) serve --config config.locked.properties $(if $(MODELS),--load-models '$(MODELS)')
+	$(TEXTCLF) serve --config config.locked.properties $(if $(MODELS),--load-models '$(MODELS)')
 
 # ---- Container image (deploy/Dockerfile; its entry point and environment contract: textclf/torchserve/container.py).
 # Built with podman for hosts without an image registry: the base image comes from the Debian archive

@@ -29,7 +29,7 @@ def sigmoid(logits: torch.Tensor) -> torch.Tensor:
 
 
 def _ranked(probs: Sequence[float], labels: Sequence[str], top_k: int | None) -> dict:
-    ranked = sorted(zip(labels, probs, strict=False), key=lambda pair: pair[1], reverse=True)
+    ranked = sorted(zip(labels, probs, strict=True), key=lambda pair: pair[1], reverse=True)
     return {"label": ranked[0][0], "score": ranked[0][1], "scores": dict(ranked[: top_k or len(labels)])}
 
 
@@ -55,7 +55,7 @@ class MultiLabelAnswers:
 
     def answer(self, probs: Sequence[float], top_k: int | None) -> dict:
         """`labels` is the decision and is never cut by top_k; top_k limits `scores` only."""
-        chosen = sorted((p, name) for name, p, t in zip(self.labels, probs, self.thresholds, strict=False) if p >= t)
+        chosen = sorted((p, name) for name, p, t in zip(self.labels, probs, self.thresholds, strict=True) if p >= t)
         return {"labels": [name for _, name in reversed(chosen)], **_ranked(probs, self.labels, top_k)}
 
 

@@ -9,6 +9,8 @@ one). Logits come back in input order.
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 
@@ -22,7 +24,7 @@ def forward_by_length(model, input_ids: torch.Tensor, attention_mask: torch.Tens
     chunks = -(-n // chunk_size)
     bounds = [round(i * n / chunks) for i in range(chunks + 1)]
     out = None
-    for start, stop in zip(bounds, bounds[1:], strict=False):
+    for start, stop in itertools.pairwise(bounds):
         rows = order[start:stop]
         mask = attention_mask[rows]
         # Columns that hold a real token in any row of the chunk; works for left and right padding alike.

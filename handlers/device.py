@@ -1,7 +1,7 @@
 """Where a worker runs and what its CPU can do: probed at load time, never assumed from one machine.
 
-`python -m handlers.device` prints the export dtype this host serves fastest (bf16 where the CPU has
-bf16 instructions, else fp32); `textclf demo` asks it, so the bf16 test exists once.
+`fastest_cpu_dtype` is the export dtype this host serves fastest (bf16 where the CPU has bf16 instructions,
+else fp32); `textclf demo` exports that, so the bf16 test exists once.
 """
 from __future__ import annotations
 
@@ -45,6 +45,3 @@ def fastest_cpu_dtype() -> str:
     """The export --dtype to serve on this host's CPU: bf16 only where it runs in hardware."""
     return "bf16" if cpu_has_bf16() else "fp32"
 
-
-if __name__ == "__main__":
-    print(fastest_cpu_dtype())

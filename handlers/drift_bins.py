@@ -11,12 +11,16 @@ import bisect
 import math
 from dataclasses import dataclass, field
 
-from handlers.tokenization import encode
-
 PROFILE_FILE = "reference_profile.json"
 # Bucket upper bounds (inclusive). Confidence is finer near 1, where a healthy model puts most of its answers.
 CONFIDENCE_EDGES = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 TOKEN_EDGES = (8, 16, 24, 32, 48, 64, 96, 128, 256, 512, math.inf)
+
+
+def safe(value: str) -> str:
+    """A dimension value TorchServe can carry: its [METRICS] log line splits on ',', ':' and '|', so a label
+    name holding one would drop the update; they become '_'."""
+    return str(value).translate(str.maketrans({",": "_", ":": "_", "|": "_"}))
 
 
 def bucket(value: float, edges: tuple) -> str:
@@ -60,13 +64,14 @@ def text_features(input_ids, attention_mask, max_length: int, unk_id) -> list[tu
     counts as truncated: the batch no longer says whether anything was cut, and such texts are rare."""
     lengths = attention_mask.sum(dim=1).tolist()
     unknown = ((input_ids == unk_id) & attention_mask.bool()).sum(dim=1).tolist() if unk_id is not None else [0] * len(lengths)
-    return [(int(n), int(n) >= max_length, int(u)) for n, u in zip(lengths, unknown, strict=False)]
+    return [(int(n), int(n) >= max_length, int(u)) for n, u in zip(lengths, unknown, strict=True)]
 
 
 def profile_of(probs, labels: list[str], tokenizer, texts: list[str], max_length: int, batch_size: int = 64) -> Profile:
     """The profile of `texts` as a worker would record them: `probs` [texts, labels] are the served probabilities
     in text order (export already computed them for its accuracy check), the token features come from the
     serving encode, batch by batch (a text's features do not depend on its batch)."""
+    from handlers.tokenization import encode  # imported here: it loads torch, which `textclf drift` does without
 
     out, top, best = Profile(), probs.argmax(axis=1), probs.max(axis=1)
     for i in range(0, len(texts), batch_size):

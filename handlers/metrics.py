@@ -16,7 +16,7 @@ from collections import Counter
 
 from ts.metrics.metric_type_enum import MetricTypes
 
-from handlers.drift_bins import CONFIDENCE_EDGES, TOKEN_EDGES, bucket
+from handlers.drift_bins import CONFIDENCE_EDGES, TOKEN_EDGES, bucket, safe
 
 logger = logging.getLogger(__name__)
 MODEL_DIMENSIONS = ["ModelName", "ModelVersion", "Level"]
@@ -32,12 +32,6 @@ METRICS = {
     "TruncatedTexts": [],  # texts at max_length tokens
     "RejectedRequests": ["Reason"],  # by the error type of the JSON error body
 }
-
-
-def safe(value: str) -> str:
-    """A dimension value TorchServe can carry: its [METRICS] log line splits on ',', ':' and '|', so a label
-    name holding one would drop the update; they become '_'."""
-    return str(value).translate(str.maketrans({",": "_", ":": "_", "|": "_"}))
 
 
 class ModelMetrics:

@@ -130,7 +130,7 @@ class TextClassifierHandler(BaseHandler):
     def _capture(self, texts, answers) -> None:
         """Queue this request's texts that review capture keeps (handlers/capture.py); never costs an answer."""
         try:
-            self.review.append([self.review.record(t, a, why) for t, a in zip(texts, answers, strict=False)
+            self.review.append([self.review.record(t, a, why) for t, a in zip(texts, answers, strict=True)
                                 if (why := self.review.keep(a["score"]))])
         except OSError as e:
             logger.error("review capture failed, answers unaffected: %s", e)

@@ -253,3 +253,11 @@ def test_textclf_lists_every_verb_and_runs_each_modules_own_cli():
     helped = subprocess.run([sys.executable, "-m", "textclf", "register", "--help"], capture_output=True, text=True,
                             timeout=120)
     assert helped.returncode == 0 and helped.stdout.startswith("usage: textclf register") and "--workers" in helped.stdout
+
+
+def test_a_copy_installed_without_its_checkout_says_how_to_install(tmp_path, monkeypatch):
+    from textclf.core import paths
+
+    assert paths.missing(tmp_path / "x.properties") == f"{tmp_path / 'x.properties'} not found"
+    monkeypatch.setattr(paths, "ROOT", tmp_path)  # site-packages after `pip install .`: no pyproject.toml beside it
+    assert "install it with `pip install -e .`" in paths.missing(tmp_path / "config.properties")

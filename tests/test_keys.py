@@ -86,7 +86,7 @@ def test_missing_key_file_says_to_start_the_server(tmp_path):
     with pytest.raises(KeyFileError) as e:
         read_keys(tmp_path / "absent.json")
     assert str(e.value) == (f"{tmp_path / 'absent.json'} not found: is TorchServe running with this state dir? "
-                            "(start it with `make serve`)")
+                            "(start it with `textclf serve`)")
     assert isinstance(e.value, Failure)  # entry points print it as one `error:` line, exit 1
 
 

@@ -141,7 +141,7 @@ def test_locked_mode_refusal_says_what_is_refused_and_what_still_works(store):
     assert str(e.value) == ("TorchServe 405 MethodNotAllowedException: Requested method is not allowed, please refer to "
                             "API document: the server runs in locked mode (model API off: config.locked.properties), "
                             "so models cannot be registered or unregistered; scaling workers and set-default still "
-                            "work. `make stop serve` starts it in managed mode")
+                            "work. `textclf stop`, then `textclf serve`, starts it in managed mode")
     assert "scaled" not in ops.LOCKED_HINT  # scaling is allowed in locked mode (tests/live/test_locked_mode.py)
 
 

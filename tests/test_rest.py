@@ -163,7 +163,7 @@ def test_prediction_to_a_server_that_stays_down_is_unreachable_after_the_retries
     with pytest.raises(ServerUnreachable) as e:
         client(session, key_file).predict("clf", texts=["a", "b"])
     assert str(e.value) == (f"cannot reach TorchServe at {INF} (ConnectionError): is it running? "
-                            "(start it with `make serve`)")
+                            "(start it with `textclf serve`)")
     assert len(session.sent) == 4 and sleeps == [0.5, 1.0, 2.0]
 
 
@@ -366,7 +366,7 @@ def test_entry_point_prints_one_line_when_the_server_is_down(tmp_path, closed_po
     assert run(lambda _: c.health(), Nothing, argv=[]) == 1
     err = capsys.readouterr().err
     assert err == (f"error: cannot reach TorchServe at {url} (ConnectionError): is it running? "
-                   "(start it with `make serve`)\n")
+                   "(start it with `textclf serve`)\n")
 
 
 # ---- gRPC: the same errors and retries ----------------------------------------------------------------------

@@ -46,7 +46,7 @@ def usage() -> str:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] in ("-h", "--help"):
-        print(usage())
+        print(usage(), file=sys.stdout if argv else sys.stderr)
         return 0 if argv else 2
     if argv[0] == "--version":
         from textclf import __version__
@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     verb, rest = argv[0], argv[1:]
     if verb not in VERBS:
-        print(f"error: unknown verb {verb!r}\n\n{usage()}", file=sys.stderr)
+        print(f"error: unknown verb {verb!r}; `textclf --help` lists the verbs", file=sys.stderr)
         return 2
     module, sub, _ = VERBS[verb]
     # Imported here, not at the top: each verb loads only its own module (torch, transformers) when it runs.

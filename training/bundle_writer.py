@@ -17,13 +17,13 @@ from training.export_formats import FORMATS, RUNTIME_PACKAGES
 from training.rundir import RunDir
 
 
-def build_card(run: dict, run_dir: Path, results: dict, *, format: str, quantize: str, dtype: str, variant: str) -> dict:
+def build_card(run: dict, run_dir: Path, results: dict, *, fmt: str, quantize: str, dtype: str, variant: str) -> dict:
     """The model card of a bundle exported from `run_dir` (export's settings, its checks' `results`)."""
     train_metrics = RunDir(run_dir).read_metrics()
-    packages = ("torch", "transformers", "tokenizers", *RUNTIME_PACKAGES[format])
+    packages = ("torch", "transformers", "tokenizers", *RUNTIME_PACKAGES[fmt])
     return {
         "base_model": run["base_model"], "max_length": run["max_length"], "variant": variant,
-        "runtime": FORMATS[format].runtime,
+        "runtime": FORMATS[fmt].runtime,
         "quantize": quantize, "dtype": dtype, "inputs": ["input_ids", "attention_mask"],
         "problem_type": run.get("problem_type", SINGLE), "data": run["data"],
         "training": {"test": {k: v for k, v in train_metrics.get("test", {}).items() if isinstance(v, (int, float))},

@@ -70,7 +70,7 @@ def check_split(raw: Raw, text_column: str, label_column: str, multi: bool = Fal
     if odd:
         raise DataError(f"{where}: {len(odd)} labels in column '{label_column}' are neither integers nor strings "
                         f"(e.g. {odd[0][1]!r} in data row {odd[0][0]})")
-    return list(zip(texts, keys, strict=False))
+    return list(zip(texts, keys, strict=True))
 
 
 def _label_set(value, separator: str | None) -> tuple:

@@ -39,9 +39,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from handlers.bundle import sha256_file
 from handlers.checks import check_int
@@ -125,6 +122,7 @@ class DistillConfig:
 
 def distillation_loss(student, teacher, labels, alpha: float, temperature: float, weight=None):
     """alpha * CE(student, labels) + (1 - alpha) * T^2 * KL(softmax(teacher/T) || softmax(student/T))."""
+    import torch.nn.functional as F  # imported here: `textclf distill --help` does without torch
 
     hard = F.cross_entropy(student.float(), labels, weight=weight)
     if alpha == 1:
@@ -166,6 +164,7 @@ class DistilledLoss(Objective):
         return distillation_loss(logits, targets[:, 1:], targets[:, 0].long(), self.alpha, self.temperature, weight)
 
     def forward_loss(self, model, inputs: dict, targets, weight=None):
+        import torch  # imported here: `textclf distill --help` does without torch
         if targets.dim() == 1 or not self.hidden_weight:
             return super().forward_loss(model, inputs, targets, weight)
 
@@ -182,6 +181,8 @@ class DistilledLoss(Objective):
 def student_from_layers(teacher_dir: Path, layers: list[int], out_dir: Path) -> Path:
     """Save a student holding exactly the chosen teacher layers (renumbered 0..k-1), the teacher's embeddings,
     head and tokenizer, into out_dir; loading it strictly proves every weight came from the teacher."""
+    import torch  # imported here: `textclf distill --help` does without torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer  # imported here: it loads torch
 
     teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
     depth = teacher.config.num_hidden_layers
@@ -229,6 +230,7 @@ def noisy_copies(texts: list[str], copies: int, seed: int) -> list[str]:
 
 def teacher_logits(teacher: RunDir, texts: list[str], cache: Path) -> np.ndarray:
     """The teacher's logits [texts, labels], computed once with its own tokenizer and max_length, then read back."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer  # imported here: it loads torch
     if cache.is_file():
         log.info("teacher logits from %s", cache)
         return np.load(cache)
@@ -282,6 +284,7 @@ class Distillation:
         return train, np.concatenate([hard.reshape(-1, 1).astype(np.float32), soft.astype(np.float32)], axis=1)
 
     def loss(self, problem) -> DistilledLoss:
+        from transformers import AutoModelForSequenceClassification  # imported here: it loads torch
         teacher = None
         if self.config.hidden_weight:  # run beside the student: its hidden states are too large to cache
 
@@ -291,6 +294,7 @@ class Distillation:
 
     def record(self) -> dict:
         """run.json's `distillation` entry; summary shows student vs teacher from it."""
+        from transformers import AutoConfig  # imported here: it loads torch
         pairs = None
         if self.config.hidden_weight:
 

@@ -180,7 +180,7 @@ def main(config: ExportConfig) -> dict:
         # The reference for drift checks (textclf.pipelines.drift): the test split as the served variant answers it.
         profile = profile_of(probs[config.variant], labels, tokenizer, texts, max_length).to_json()
         write_bundle(out, built[config.variant].path, tokenizer, model.config, labels,
-                     build_card(run, run_dir, results, format=config.format, quantize=config.quantize,
+                     build_card(run, run_dir, results, fmt=config.format, quantize=config.quantize,
                                 dtype=config.dtype, variant=config.variant), config.force, profile)
     log.info("bundle written to %s (%s)", out, config.variant)
     return results

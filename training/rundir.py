@@ -21,8 +21,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import pandas as pd
-
 from handlers.bundle import BundleError, labels_from_config
 from textclf.core.errors import UserError
 
@@ -108,6 +106,7 @@ class RunDir:
 
     def read_test(self):
         """The saved test split: a DataFrame with `text` and `label` (the label name) columns."""
+        import pandas as pd  # imported here: `textclf review` reads run folders without pandas
 
         if not self.test_file.is_file():
             raise self._missing(self.test_file)
@@ -115,6 +114,7 @@ class RunDir:
 
     def read_calibration(self) -> list[str] | None:
         """Training texts for static quantisation; None for a run trained before they were saved."""
+        import pandas as pd  # imported here: `textclf review` reads run folders without pandas
 
         if not self.calibration_file.is_file():
             return None

@@ -38,7 +38,7 @@ def f1_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict:
         "macro_f1": macro_f1(y_true, y_pred),
         # A text with no labels that is given none counts as a perfect 1 (scikit-learn would say 0).
         "samples_f1": float(np.mean([1.0 if not t.any() and not p.any() else
-                                     2 * (t & p).sum() / (t.sum() + p.sum()) for t, p in zip(y_true, y_pred, strict=False)])),
+                                     2 * (t & p).sum() / (t.sum() + p.sum()) for t, p in zip(y_true, y_pred, strict=True)])),
         "subset_accuracy": float((y_true == y_pred).all(axis=1).mean()),
         "hamming_loss": float(hamming_loss(y_true, y_pred)),
         "samples": int(len(y_true)),

@@ -124,7 +124,7 @@ def fingerprint(labels: list[str], *frames: pd.DataFrame) -> str:
     A multi-label row's tuple becomes a JSON array, in label order: one label set, one fingerprint.
     """
     digest = hashlib.sha256(json.dumps(labels, ensure_ascii=False).encode())
-    for name, frame in zip(("train", "validation", "test"), frames, strict=False):
+    for name, frame in zip(("train", "validation", "test"), frames, strict=True):
         pairs = zip(frame["text"], frame["label"], strict=True)
         rows = "\n".join(json.dumps([text, label], ensure_ascii=False) for text, label in pairs)
         digest.update(f"\n#{name} {len(frame)}\n{rows}".encode())

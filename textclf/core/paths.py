@@ -17,3 +17,12 @@ LOG_CONFIG = ROOT / "log4j2.xml"
 MODEL_CONFIG_TEMPLATE = ROOT / "model-archive" / "model-config.yaml"
 MODEL_STORE = ROOT / "model-archive" / "store"
 MODELS = ROOT / "models"
+
+
+def missing(path: Path) -> str:
+    """Why one of the checkout's files is not there: a copy installed without its checkout (`pip install .`
+    copies the packages alone) has none of them."""
+    if Path(path).resolve().is_relative_to(ROOT) and not (ROOT / "pyproject.toml").is_file():
+        return (f"{path} not found: textclf reads it from the checkout it is installed from; install it with "
+                "`pip install -e .` in a clone of the repository")
+    return f"{path} not found"

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import sys
 import time
@@ -33,6 +32,7 @@ import requests
 
 from handlers.drift_bins import PROFILE_FILE
 from textclf.core.errors import Failure, UserError
+from textclf.core.files import write_atomically
 from textclf.core.options import option, run
 from textclf.pipelines import drift_stats
 from textclf.torchserve.ops import Target
@@ -145,13 +145,9 @@ def read_snapshot(path: Path, name: str, version: str | None) -> dict:
 
 
 def write_snapshot(path: Path, live: dict, name: str, version: str | None) -> None:
-    """Written to a temporary file and renamed: a check killed halfway never leaves half a snapshot."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Written whole or not at all: a check killed halfway never leaves half a snapshot."""
     record = {**live, "model": name, "version": version, "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomically(path, [json.dumps(record, indent=2)])
 
 
 def scope(name: str, version: str | None) -> str:
@@ -206,7 +202,7 @@ def check(config: DriftConfig) -> dict:
     try:
         text = requests.get(url, timeout=10).text
     except requests.RequestException as e:
-        raise Failure(f"cannot read {url}: {type(e).__name__}; is the server running (make serve)?") from None
+        raise Failure(f"cannot read {url}: {type(e).__name__}; is the server running (`textclf serve`)?") from None
     live = parse_metrics(text, config.name, config.version)
     starting = config.starts_series  # before the snapshot below is saved: then the file exists
     # Read before saving: --since and --save-snapshot are usually the same file.

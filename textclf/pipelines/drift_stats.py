@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from handlers.metrics import safe  # label names as the worker's counters carry them
+from handlers.drift_bins import safe  # label names as the worker's counters carry them
 
 STABLE, WATCH = 0.1, 0.25
 SMOOTHING = 1e-4  # share given to an empty bucket, so one empty side does not make PSI infinite
@@ -60,9 +60,9 @@ def compare(reference: dict, live: dict) -> dict:
                "thresholds": {"stable_below": STABLE, "alert_above": WATCH}}
     if not live["texts"]:
         return {"verdict": NO_TEXTS, **summary, "features": {}}
-    rows = {}
+    rows, live_features = {}, features(live)
     for name, ref in features(reference).items():
-        got = features(live)[name]
+        got = live_features[name]
         value = psi(ref, got)
         rows[name] = {"psi": round(value, 4), "level": level(value), "chi2_p": round(chi_square_p(ref, got), 6)}
     if live["texts"] < MIN_TEXTS:

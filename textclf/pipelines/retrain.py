@@ -115,7 +115,7 @@ def scores(run_dir: Path, frame: pd.DataFrame, labels: list[str]) -> dict:
     per_label = f1_score(truth, pred, labels=list(range(len(labels))), average=None, zero_division=0)
     return {"samples": len(frame), "accuracy": float(accuracy_score(truth, pred)),
             "macro_f1": float(f1_score(truth, pred, labels=list(range(len(labels))), average="macro", zero_division=0)),
-            "per_label_f1": {name: float(f) for name, f in zip(labels, per_label, strict=False)}}
+            "per_label_f1": {name: float(f) for name, f in zip(labels, per_label, strict=True)}}
 
 
 def gate(champion: dict, challenger: dict, tolerance: float, max_label_drop: float) -> dict:

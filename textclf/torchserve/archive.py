@@ -92,7 +92,7 @@ class ArchiveConfig:
         check_int("--max-workers", self.max_workers, self.min_workers, error=UserError)
         check_int("--response-timeout", self.response_timeout, 1, error=UserError)
         if not self.template.is_file():
-            raise ArchiveError(f"{self.template}: model-config.yaml template not found")
+            raise ArchiveError(f"model-config.yaml template {paths.missing(self.template)}")
         self._check_bundle()
 
     def _check_bundle(self) -> None:
@@ -192,11 +192,11 @@ def archive_problem(path: Path) -> str | None:
         with zipfile.ZipFile(path) as z:
             corrupt, names = z.testzip(), set(z.namelist())
     except (zipfile.BadZipFile, OSError, EOFError) as e:
-        return f"{path.name} is not a readable zip archive ({e}): truncated or corrupt; rebuild it with `make archive`"
+        return f"{path.name} is not a readable zip archive ({e}): truncated or corrupt; rebuild it with `textclf archive`"
     if corrupt is not None:
-        return f"{path.name}: {corrupt} is corrupt (CRC mismatch); rebuild it with `make archive`"
+        return f"{path.name}: {corrupt} is corrupt (CRC mismatch); rebuild it with `textclf archive`"
     if "MAR-INF/MANIFEST.json" not in names:
-        return f"{path.name} has no MAR-INF/MANIFEST.json: not built by torch-model-archiver (`make archive`)"
+        return f"{path.name} has no MAR-INF/MANIFEST.json: not built by torch-model-archiver (`textclf archive`)"
     return None
 
 

@@ -43,7 +43,7 @@ DEFAULTS = {"MODEL_STORE": "/home/model-server/model-store", "STATE_DIR": "/home
 PORT_VARS = {f"{name.upper()}_PORT": name for name in properties.PORT_NAMES}  # INFERENCE_PORT -> inference
 # Inside the 10 s a container runtime waits after SIGTERM before it kills everything.
 STOP_TIMEOUT_S = 8.0
-log = logging.getLogger("textclf.torchserve.container")
+log = logging.getLogger(__name__)
 
 
 def _loopback(address: str) -> bool:

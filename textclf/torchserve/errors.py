@@ -24,7 +24,7 @@ class TokenRefused(TorchServeError):
             f"token refused: TorchServe answered {' '.join(str(x) for x in (status, kind) if x)} "
             f"({message.rstrip('.')}) — the key in {key_file} is "
             "missing, wrong or expired; make sure you call the server started with this state dir "
-            "(restart it with `make stop serve`)",
+            "(restart it with `textclf stop`, then `textclf serve`)",
         )
 
     def __str__(self) -> str:
@@ -37,7 +37,7 @@ class ServerUnreachable(TorchServeError):
     def __init__(self, url: str, cause: str):
         super().__init__("unreachable", f"cannot reach TorchServe at {url}", cause)
         self.url = url
-        self.args = (f"cannot reach TorchServe at {url} ({cause}): is it running? (start it with `make serve`)",)
+        self.args = (f"cannot reach TorchServe at {url} ({cause}): is it running? (start it with `textclf serve`)",)
 
     def __str__(self) -> str:
         return self.args[0]

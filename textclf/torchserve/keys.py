@@ -87,7 +87,7 @@ def read_keys(key_file: Path) -> Keys:
         )
     except FileNotFoundError:
         raise KeyFileError(f"{key_file} not found: is TorchServe running with this state dir? "
-                           "(start it with `make serve`)") from None
+                           "(start it with `textclf serve`)") from None
     except (ValueError, KeyError, TypeError) as e:
         raise KeyFileError(f"{key_file} is not a TorchServe key file ({type(e).__name__}: {e})") from None
 
@@ -133,7 +133,7 @@ class KeyStore:
                                f"within {self.timeout:g}s") from None
         if r.status_code != 200:
             raise KeyFileError(f"token refresh for the {api} key refused (HTTP {r.status_code}): the API key in "
-                               f"{self.key_file} is not the running server's; restart it with `make serve`")
+                               f"{self.key_file} is not the running server's; restart it with `textclf serve`")
         return read_keys(self.key_file).key(api)
 
     def recover(self, api: str, refused: str | None) -> str | None:
@@ -155,7 +155,7 @@ class PrintKeyConfig:
     """Print one API key of the server's key_file.json, for curl: KEY=$(.venv/bin/python -m textclf.torchserve.keys)"""
 
     api: Literal["inference", "management"] = option("which key", "inference")
-    key_file: Path = option("the server's key file (make serve writes it into the repository root)",
+    key_file: Path = option("the server's key file (`textclf serve` writes it into the checkout's root)",
                             Path("key_file.json"))
 
 

@@ -20,7 +20,6 @@ import csv
 import io
 import json
 import logging
-import os
 import re
 import sys
 import time
@@ -35,6 +34,7 @@ import yaml
 from handlers.checks import check_int
 from textclf.core import paths
 from textclf.core.errors import Failure, UserError
+from textclf.core.files import write_atomically
 from textclf.core.options import option, run
 from textclf.torchserve import properties, server, server_logs
 from textclf.torchserve.archive import Plan, archive_problem, read_plan
@@ -59,7 +59,7 @@ def _nonempty(name: str, value: str | None, optional: bool = False) -> None:
 
 @dataclass
 class Target:
-    """the server (default: the one `make serve` starts from this repository)"""
+    """the server (default: the one `textclf serve` starts from this repository)"""
 
     config: Path = option("TorchServe config.properties", paths.SERVER_CONFIG)
     state_dir: Path = option("the server's working dir, where key_file.json and logs/ live", paths.ROOT)
@@ -67,7 +67,7 @@ class Target:
     def __post_init__(self):
         self.config, self.state_dir = Path(self.config), Path(self.state_dir).resolve()
         if not self.config.is_file():
-            raise OpsError(f"{self.config}: TorchServe config file not found")
+            raise OpsError(f"TorchServe config file {paths.missing(self.config)}")
 
     def properties(self) -> dict[str, str]:
         derived = self.state_dir / properties.DERIVED_CONFIG  # written only while a server runs with overrides
@@ -252,7 +252,7 @@ def _register(c: RegisterConfig) -> Any:
     if not path.is_file():
         found = sorted(p.name for p in store.glob("*.mar")) if store.is_dir() else []
         raise OpsError(f"{path} not found (archives in the store: {', '.join(found) or 'none'}); "
-                       "build it with `make archive`")
+                       "build it with `textclf archive`")
     problem = archive_problem(path)
     if problem:
         raise OpsError(problem)
@@ -284,14 +284,14 @@ def _plan(archive: Path) -> Plan:
     try:
         return read_plan(archive)
     except (ValueError, KeyError, yaml.YAMLError, zipfile.BadZipFile, OSError) as e:
-        raise OpsError(f"{archive.name}: cannot read its model-config.yaml ({e}); rebuild it with `make archive`") from None
+        raise OpsError(f"{archive.name}: cannot read its model-config.yaml ({e}); rebuild it with `textclf archive`") from None
 
 
 def _check_planned(workers: int, plan: Plan, archive: str) -> None:
     if plan.max_workers is not None and workers > plan.max_workers:
         raise OpsError(f"{archive} plans at most {plan.max_workers} worker(s), each with its share of the CPU "
                        f"cores as threads; {workers} would oversubscribe them. Rebuild it with "
-                       f"`make archive ... ARGS=\"--max-workers {workers}\"` (a new version, or --force)")
+                       f"`textclf archive ... --max-workers {workers}` (a new version, or --force)")
 
 
 def _explained(e: TorchServeError, c: RegisterConfig, log_start: int) -> TorchServeError:
@@ -374,7 +374,7 @@ def _predict(c: PredictConfig) -> Any:
     answers = _answers(client, c, texts, places)
     if c.output is None:
         return JsonLines(json.dumps(answer, ensure_ascii=False) for answer in answers)
-    _write_lines(Path(c.output), (json.dumps(answer, ensure_ascii=False) for answer in answers))
+    write_atomically(Path(c.output), (json.dumps(answer, ensure_ascii=False) for answer in answers))
     return {"status": f"{len(texts)} texts of {c.file} classified", "output": str(c.output)}
 
 
@@ -483,19 +483,6 @@ def _located(e: TorchServeError, path: Path, places: list[str], start: int) -> T
     return e
 
 
-def _write_lines(path: Path, lines) -> None:
-    """Written to a temporary file beside `path` and renamed: never half a file, and no stale one replaced by it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            for line in lines:
-                f.write(line + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _health(c: HealthConfig) -> Any:
     return c.target.client().health()
 
@@ -509,8 +496,8 @@ VERBS = {"serve": ServeConfig, "stop": StopConfig, "register": RegisterConfig, "
          "set-default": SetDefaultConfig, "unregister": UnregisterConfig, "models": ModelsConfig,
          "predict": PredictConfig, "health": HealthConfig}
 LOCKED_HINT = ("the server runs in locked mode (model API off: config.locked.properties), so models cannot be "
-               "registered or unregistered; scaling workers and set-default still work. `make stop serve` starts it "
-               "in managed mode")
+               "registered or unregistered; scaling workers and set-default still work. `textclf stop`, then "
+               "`textclf serve`, starts it in managed mode")
 
 
 def main(config) -> Any:

@@ -32,4 +32,4 @@ def free_ports(count: int) -> list[int]:
 
 def free_port_overrides() -> dict[str, int]:
     """A free loopback port for every listener (ServerConfig.ports), for a server next to others."""
-    return dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=False))
+    return dict(zip(PORT_NAMES, free_ports(len(PORT_NAMES)), strict=True))

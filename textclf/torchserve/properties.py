@@ -85,7 +85,7 @@ class ServerConfig:
     def __post_init__(self):
         self.config, self.state_dir = Path(self.config), Path(self.state_dir).resolve()
         if not self.config.is_file():
-            raise ServerError(f"{self.config}: TorchServe config file not found")
+            raise ServerError(f"TorchServe config file {paths.missing(self.config)}")
         if self.log_config is not None:
             self.log_config = Path(self.log_config).resolve()  # the JVM runs in state_dir
             if not self.log_config.is_file():

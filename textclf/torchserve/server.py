@@ -2,7 +2,7 @@
 
 TorchServe's own CLI keeps a pid file in the system temp dir and writes key_file.json into its
 working directory, so two servers on one host step on each other and a crashed server blocks
-the next `--start`. Here every server gets a state dir (the repo root for `make serve`, a temp dir
+the next `--start`. Here every server gets a state dir (the repo root for `textclf serve`, a temp dir
 in tests) that is its working directory and holds everything it writes:
 
     key_file.json                 the API keys (TorchServe writes it; textclf.torchserve.keys reads it)
@@ -146,12 +146,13 @@ def _healthy(endpoints: Endpoints) -> bool:
 def start(cfg: ServerConfig) -> Endpoints:
     """Start TorchServe detached, wait until /ping answers Healthy; raise ServerError with the log tail if not."""
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
-        raise ServerError("java not found: TorchServe needs a JRE 11+ (run `make java-check`)")
+        raise ServerError("java not found: TorchServe needs a JRE 11+ "
+                          "(apt-get install openjdk-17-jre-headless; `make java-check` does it)")
     if not cfg.model_store.is_dir():
-        raise ServerError(f"model store {cfg.model_store} does not exist; build an archive first (`make archive`)")
+        raise ServerError(f"model store {cfg.model_store} does not exist; build an archive first (`textclf archive`)")
     pid = running_pid(cfg)
     if pid is not None:
-        raise ServerError(f"TorchServe is already running for {cfg.state_dir} (process group {pid}); run `make stop` first")
+        raise ServerError(f"TorchServe is already running for {cfg.state_dir} (process group {pid}); run `textclf stop` first")
     _clear_state(cfg)
     endpoints = cfg.endpoints()
     busy = [f"{name} port {port}" for name, port in endpoints.ports().items() if port_in_use(port)]
@@ -165,7 +166,7 @@ def start(cfg: ServerConfig) -> Endpoints:
     if missing:  # TorchServe would only log a warning and serve without them
         found = sorted(p.name for p in cfg.model_store.glob("*.mar"))
         raise ServerError(f"load_models lists {', '.join(missing)}, not in the model store {cfg.model_store} "
-                          f"(archives there: {', '.join(found) or 'none'}); build it with `make archive`")
+                          f"(archives there: {', '.join(found) or 'none'}); build it with `textclf archive`")
     config_path = cfg.write_effective_config()
     log_start = log_size(cfg.state_dir)
     cmd = [sys.executable, "-m", "ts.model_server", "--start", "--foreground", "--ncs",
