@@ -24,6 +24,7 @@ from textclf.torchserve.archive import ArchiveConfig, build_archive
 from textclf.torchserve.keys import bearer
 from textclf.torchserve.ops import Target
 from training import export, train
+from training.data_sources import BUILTIN_TWEETS
 from training.rundir import RunDir
 from training.summary import summary
 
@@ -57,7 +58,7 @@ def held_out_examples(run_dir: Path | None, per_label: int = 1, max_chars: int =
 class DemoConfig:
     """The quick start: fine-tune, export, archive, serve, register and predict, end to end."""
 
-    data: str = option("training data (as `textclf train --data`)", "builtin:tweets")
+    data: str = option("training data (as `textclf train --data`)", BUILTIN_TWEETS)
     model: str | None = option("model to fine-tune (default: the embedded all-MiniLM-L6-v2)", None)
     run_dir: Path = option("the run directory (replaced)", Path("runs/demo"))
     name: str = option("model name", "classifier")

@@ -56,7 +56,8 @@ class Endpoints:
             host = props.get(f"grpc_{kind}_address", "127.0.0.1")
             return f"{host}:{props.get(f'grpc_{kind}_port', DEFAULT_PORTS['grpc_' + kind])}"
 
-        return cls(url("inference_address", 8080), url("management_address", 8081), url("metrics_address", 8082),
+        return cls(url("inference_address", DEFAULT_PORTS["inference"]), url("management_address", DEFAULT_PORTS["management"]),
+                   url("metrics_address", DEFAULT_PORTS["metrics"]),
                    grpc("inference"), grpc("management"), Path(state_dir) / KEY_FILE)
 
     def ports(self) -> dict[str, int]:
