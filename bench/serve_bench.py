@@ -173,7 +173,8 @@ def ensure_exports(run: Path, cache: Path, variants: tuple[str, ...]) -> dict[st
     """One bundle per variant of the run, exported with training.export once per model and exporter.
 
     Export's own accuracy gate is opened wide: this benchmark measures every variant on all test texts
-    and applies the stricter 0.5-point rule itself."""
+    and applies the stricter 0.5-point rule itself. So is its baseline floor: a benchmark measures a model,
+    it does not ship it (and the tests run it on tiny random ones)."""
     from training.export import ExportConfig
     from training.export import main as export_main
 
@@ -190,7 +191,7 @@ def ensure_exports(run: Path, cache: Path, variants: tuple[str, ...]) -> dict[st
                                      format="onnx" if variant.startswith(ONNX) else "torchscript",
                                      quantize="int8" if arithmetic == "int8" else "none",
                                      dtype="bf16" if arithmetic == "bf16" else "fp32", max_accuracy_drop=100.0,
-                                     max_eval_samples=200, force=True))
+                                     max_eval_samples=200, force=True, allow_weak=True))
             mark.write_text(stamp + "\n")
         out[variant] = bundle
     return out

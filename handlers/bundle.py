@@ -12,6 +12,8 @@ Layout, written by `training.export` and read by the handler:
     tokenizer files       whatever `tokenizer.save_pretrained` wrote
     reference_profile.json  predicted labels, confidence, token-length and unknown-token counts on the test split,
                           binned as the worker's metrics are (handlers/drift_bins.py); what drift checks compare with
+    out_of_scope.npz      the out-of-scope detector (handlers/out_of_scope.py), described by the card's
+                          `out_of_scope` section with its SHA-256; bundles without one are served without detection
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ DEFAULT_RUNTIME = "torchscript"
 CONFIG_FILE = "config.json"
 INDEX_TO_NAME_FILE = "index_to_name.json"
 CARD_FILE = "model_card.json"
+OUT_OF_SCOPE_FILE = "out_of_scope.npz"  # read by handlers/out_of_scope.py
 SINGLE, MULTI = "single_label_classification", "multi_label_classification"
 # Keys of config.json that training writes next to id2label and serving reads (read_problem, read_temperature).
 THRESHOLDS_KEY, TEMPERATURE_KEY = "label_thresholds", "calibration_temperature"
@@ -131,6 +134,8 @@ def check(bundle_dir: Path) -> ModelCard:
     bundle_dir = Path(bundle_dir)
     labels, card = _read_meta(bundle_dir)
     model_path = _verify_model(bundle_dir, card)
+    if card.get("out_of_scope"):
+        _verify_file(bundle_dir / OUT_OF_SCOPE_FILE, card["out_of_scope"].get("sha256"))
     _require_tokenizer_files(bundle_dir)
     config = read_json(bundle_dir / CONFIG_FILE)
     problem_type, thresholds = read_problem(config, len(labels), bundle_dir / CONFIG_FILE)
@@ -179,15 +184,17 @@ def model_file(card: dict, where="the model card") -> str:
 def _verify_model(bundle_dir: Path, card: dict) -> Path:
     """Refuse a model file whose bytes are not the ones the card was written for."""
     model_path = Path(bundle_dir) / model_file(card, Path(bundle_dir) / CARD_FILE)
-    if not model_path.exists():
-        raise BundleError(f"{model_path}: missing from the bundle")
-    actual = sha256_file(model_path)
-    if actual != card["model_sha256"]:
-        raise BundleError(
-            f"{model_path}: SHA-256 {actual[:12]}... does not match the model card's {card['model_sha256'][:12]}...; "
-            "the file was modified or corrupted"
-        )
+    _verify_file(model_path, card["model_sha256"])
     return model_path
+
+
+def _verify_file(path: Path, expected) -> None:
+    if not path.exists():
+        raise BundleError(f"{path}: missing from the bundle")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise BundleError(f"{path}: SHA-256 {actual[:12]}... does not match the model card's {str(expected)[:12]}...; "
+                          "the file was modified or corrupted")
 
 
 def _require_tokenizer_files(bundle_dir: Path) -> None:

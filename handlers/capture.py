@@ -1,9 +1,10 @@
 """Review capture: the opt-in queue of served texts that a person should look at. OFF BY DEFAULT.
 
 Turned on per archive (`textclf.torchserve.archive --review`, the `review:` section of model-config.yaml), a worker
-appends to a JSONL queue every text whose top-1 calibrated score is below `below`, plus a random `sample`
-share of the rest: the text itself, the predicted label(s), the best scores, the model name and version, the
-time and why it was kept. THIS STORES REQUEST TEXT: the queue is the one place it is ever written, a file of
+appends to a JSONL queue every text whose top-1 calibrated score is below `below`, every text answered out of
+scope (handlers/out_of_scope.py), plus a random `sample` share of the rest: the text itself, the predicted
+label(s), the best scores, the in-scope score where detection runs, the model name and version, the time and why
+it was kept. THIS STORES REQUEST TEXT: the queue is the one place it is ever written, a file of
 its own created with mode 0600 (never the log), size-bounded and rotated (`max_mb`, `backups` older files).
 With capture off nothing is written at all. `python -m textclf.pipelines.review QUEUE` labels the queue.
 
@@ -78,17 +79,23 @@ class ReviewQueue:
         logger.warning("review capture is ON: texts below score %.2f and %.1f%% of the rest are stored in %s",
                        config.review_below, 100 * config.review_sample, self.path)
 
-    def keep(self, score: float) -> str | None:
-        """Why this text is kept for review, or None."""
-        if score < self.config.review_below:
+    def keep(self, answer: dict) -> str | None:
+        """Why this answer's text is kept for review, or None."""
+        # An out-of-scope answer's score is how sure the model is that the text fits none of its labels: often
+        # high, so the score rule alone would never keep it, yet these are the texts reviewers most need to see.
+        if answer.get("out_of_scope"):
+            return "out_of_scope"
+        if answer["score"] < self.config.review_below:
             return "low_confidence"
         return "sample" if self.random.random() < self.config.review_sample else None
 
     def record(self, text: str, answer: dict, reason: str) -> dict:
         predicted = answer["labels"] if "labels" in answer else answer["label"]
         scores = dict(list(answer["scores"].items())[:SCORES_KEPT])
-        return {"text": text, "predicted": predicted, "score": answer["score"], "scores": scores, "reason": reason,
-                "model": self.model, "version": self.version, "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        scope = {k: answer[k] for k in ("out_of_scope", "in_scope") if k in answer}  # bundles with a detector
+        return {"text": text, "predicted": predicted, "score": answer["score"], "scores": scores, **scope,
+                "reason": reason, "model": self.model, "version": self.version,
+                "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
     def append(self, records: list[dict]) -> None:
         if not records:

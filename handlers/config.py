@@ -67,6 +67,13 @@ class HandlerConfig:
         "to its own longest (auto: 4 for fp32 and int8, 16 for bf16, one pass on a GPU; none: one pass)",
         "auto", parse=parse_chunk_size)
     profile: bool = _option("emit TorchServe's per-stage handler timing metrics", False)
+    # Out-of-scope detection (handlers/out_of_scope.py), for bundles that carry a detector.
+    out_of_scope: bool = _option("answer texts the bundle's detector finds out of scope as such (false: every text "
+                                 "gets one of the model's labels, as before detection)", True)
+    out_of_scope_threshold: float | None = _option(
+        "move the detector's threshold without retraining: texts whose in_scope score is below it are out of scope "
+        "(0.05 keeps about 95%% of in-scope texts; default: the bundle's, chosen at training)", None)
+    out_of_scope_label: str = _option("the label of out-of-scope answers", "out_of_scope")
 
     def __post_init__(self):
         check = {"error": HandlerConfigError}
@@ -77,8 +84,15 @@ class HandlerConfig:
         check_int("handler option 'max_text_chars'", self.max_text_chars, 1, **check)
         if self.chunk_size != "auto":
             check_int("handler option 'chunk_size'", self.chunk_size, 1, optional=True, also='"auto"', **check)
-        if not isinstance(self.profile, bool):
-            raise HandlerConfigError(f"handler option 'profile' must be true or false, got {self.profile!r}")
+        for name in ("profile", "out_of_scope"):
+            if not isinstance(getattr(self, name), bool):
+                raise HandlerConfigError(f"handler option '{name}' must be true or false, got {getattr(self, name)!r}")
+        threshold = self.out_of_scope_threshold
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                      or not 0 <= threshold < 1):
+            raise HandlerConfigError(f"handler option 'out_of_scope_threshold' must be a number in [0, 1), got {threshold!r}")
+        if not isinstance(self.out_of_scope_label, str) or not self.out_of_scope_label.strip():
+            raise HandlerConfigError("handler option 'out_of_scope_label' must be a non-empty string")
 
     @classmethod
     def from_model_yaml(cls, model_yaml_config: dict | None) -> HandlerConfig:

@@ -2,8 +2,9 @@
 split) and in the worker (its Prometheus metrics), so `textclf.pipelines.drift` can compare the two bucket by bucket.
 
 Per text: the predicted label (top-1), the top-1 score (calibrated, as served), the number of tokens the model
-saw (after truncation at max_length), whether it was cut, and how many of its tokens were the tokenizer's
-unknown token. Nothing here keeps text.
+saw (after truncation at max_length), whether it was cut, how many of its tokens were the tokenizer's
+unknown token, and (bundles with an out-of-scope detector) whether it was answered out of scope. Nothing here
+keeps text.
 """
 from __future__ import annotations
 
@@ -43,6 +44,7 @@ class Profile:
     truncated: int = 0
     token_total: int = 0
     unknown_tokens: int = 0
+    out_of_scope: int | None = None  # None: the model has no detector (handlers/out_of_scope.py)
 
     def add(self, label: str, confidence: float, tokens: int, truncated: bool, unknown: int) -> None:
         self.labels[label] = self.labels.get(label, 0) + 1
@@ -56,7 +58,8 @@ class Profile:
     def to_json(self) -> dict:
         return {"texts": self.texts, "labels": self.labels, "confidence": self.confidence, "tokens": self.tokens,
                 "truncated": self.truncated, "token_total": self.token_total, "unknown_tokens": self.unknown_tokens,
-                "confidence_edges": list(CONFIDENCE_EDGES), "token_edges": [str(e) for e in TOKEN_EDGES]}
+                "confidence_edges": list(CONFIDENCE_EDGES), "token_edges": [str(e) for e in TOKEN_EDGES],
+                **({} if self.out_of_scope is None else {"out_of_scope": self.out_of_scope})}
 
 
 def text_features(input_ids, attention_mask, max_length: int, unk_id) -> list[tuple[int, bool, int]]:
@@ -67,16 +70,23 @@ def text_features(input_ids, attention_mask, max_length: int, unk_id) -> list[tu
     return [(int(n), int(n) >= max_length, int(u)) for n, u in zip(lengths, unknown, strict=True)]
 
 
-def profile_of(probs, labels: list[str], tokenizer, texts: list[str], max_length: int, batch_size: int = 64) -> Profile:
+def profile_of(probs, labels: list[str], tokenizer, texts: list[str], max_length: int, batch_size: int = 64,
+               out_of_scope: tuple[list[bool], str] | None = None) -> Profile:
     """The profile of `texts` as a worker would record them: `probs` [texts, labels] are the served probabilities
     in text order (export already computed them for its accuracy check), the token features come from the
-    serving encode, batch by batch (a text's features do not depend on its batch)."""
+    serving encode, batch by batch (a text's features do not depend on its batch). `out_of_scope`: which texts
+    the bundle's detector answers out of scope, and the label they are answered with."""
     from handlers.tokenization import encode  # imported here: it loads torch, which `textclf drift` does without
 
     out, top, best = Profile(), probs.argmax(axis=1), probs.max(axis=1)
+    names = [labels[int(t)] for t in top]
+    if out_of_scope is not None:
+        flagged, label = out_of_scope
+        names = [label if out else name for out, name in zip(flagged, names, strict=True)]
+        out.out_of_scope = int(sum(flagged))
     for i in range(0, len(texts), batch_size):
         batch = encode(tokenizer, texts[i: i + batch_size], max_length)
         features = text_features(batch["input_ids"], batch["attention_mask"], max_length, tokenizer.unk_token_id)
         for j, (tokens, cut, unknown) in enumerate(features, start=i):
-            out.add(labels[int(top[j])], float(best[j]), tokens, cut, unknown)
+            out.add(names[j], float(best[j]), tokens, cut, unknown)
     return out

@@ -31,6 +31,7 @@ METRICS = {
     "UnknownTokens": [],
     "TruncatedTexts": [],  # texts at max_length tokens
     "RejectedRequests": ["Reason"],  # by the error type of the JSON error body
+    "OutOfScopeTexts": [],  # texts answered out of scope (handlers/out_of_scope.py); their share is drift too
 }
 
 
@@ -50,9 +51,9 @@ class ModelMetrics:
             self.counters[name].add_or_update(value, [safe(v) for v in self.base + list(dimension_values)])
 
     def record(self, answers: list[tuple[str, float]], features: list[tuple[int, bool, int]], answered: int,
-               rejected: list[str]) -> None:
+               rejected: list[str], out_of_scope: int = 0) -> None:
         """answers: (top-1 label, top-1 score) per text; features: handlers.drift_bins.text_features rows; answered:
-        requests answered; rejected: the error type of each rejected request."""
+        requests answered; rejected: the error type of each rejected request; out_of_scope: texts answered so."""
         try:
             for label, n in Counter(label for label, _ in answers).items():
                 self._add("PredictionsPerLabel", n, label)
@@ -65,6 +66,7 @@ class ModelMetrics:
             self._add("TokensSeen", sum(t for t, _, _ in features))
             self._add("UnknownTokens", sum(u for _, _, u in features))
             self._add("TruncatedTexts", sum(cut for _, cut, _ in features))
+            self._add("OutOfScopeTexts", out_of_scope)
             for reason, n in Counter(rejected).items():
                 self._add("RejectedRequests", n, reason)
         except Exception:  # metrics must never cost an answer

@@ -17,7 +17,8 @@ SPINNING_STOP = "session.force_spinning_stop"
 
 
 class OnnxModel:
-    """model(input_ids, attention_mask) -> float32 logits [batch, labels], like a TorchScript module."""
+    """model(input_ids, attention_mask) -> float32 logits [batch, labels] (or logits and features), like a
+    TorchScript module."""
 
     def __init__(self, path, threads: int, providers: list):
 
@@ -35,10 +36,13 @@ class OnnxModel:
         options.log_severity_level = 3  # errors only: ORT's warnings about unused initializers are noise here
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.providers = self.session.get_providers()
+        # "logits", and "features" in bundles exported for out-of-scope detection (handlers/out_of_scope.py).
+        self.outputs = [o.name for o in self.session.get_outputs()]
 
-    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         feeds = {"input_ids": input_ids.cpu().numpy(), "attention_mask": attention_mask.cpu().numpy()}
-        return torch.from_numpy(self.session.run(["logits"], feeds)[0])
+        got = [torch.from_numpy(a) for a in self.session.run(self.outputs, feeds)]
+        return got[0] if len(got) == 1 else tuple(got)
 
 
 def providers_for(device: str, available: list) -> tuple[list, str]:

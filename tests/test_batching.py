@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from handlers.batching import forward_by_length
+from handlers.batching import forward_by_length, split_outputs
 from handlers.config import HandlerConfig, HandlerConfigError
 
 
@@ -42,6 +42,15 @@ def test_chunks_are_balanced_length_sorted_and_unpadded(left):
     assert torch.equal(out, RecordingModel()(ids, mask))  # every row in its input position
     # 17 texts with chunk_size 16: 8 + 9 (never 16 + 1), shortest first, each cut to its own longest text.
     assert model.shapes == [(8, 11), (9, 40)]
+
+
+def test_a_model_with_features_gets_both_outputs_back_in_input_order():
+    ids, mask = ragged(LENGTHS)
+    with_features = lambda i, m: (RecordingModel()(i, m), (i * m).float()[:, :1])  # noqa: E731
+    logits, features = forward_by_length(with_features, ids, mask, chunk_size=4)
+    expected = with_features(ids, mask)
+    assert torch.equal(logits, expected[0]) and torch.equal(features, expected[1])
+    assert split_outputs((logits, features))[1] is features and split_outputs(logits) == (logits, None)
 
 
 def test_small_batches_and_none_run_in_one_pass():

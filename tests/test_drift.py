@@ -25,6 +25,7 @@ TokensBucket{ModelName="clf",ModelVersion="1.0",Level="Model",Bucket="le_16",Hos
 TextsAnswered{ModelName="clf",ModelVersion="1.0",Level="Model",Hostname="h",} 7.0
 TokensSeen{ModelName="clf",ModelVersion="1.0",Level="Model",Hostname="h",} 70.0
 TruncatedTexts{ModelName="clf",ModelVersion="1.0",Level="Model",Hostname="h",} 1.0
+OutOfScopeTexts{ModelName="clf",ModelVersion="1.0",Level="Model",Hostname="h",} 2.0
 ts_inference_requests_total{model_name="clf",model_version="default",hostname="h",} 9.0
 """
 
@@ -32,7 +33,7 @@ ts_inference_requests_total{model_name="clf",model_version="default",hostname="h
 def test_counters_of_one_model_and_version_become_a_profile():
     live = parse_metrics(TEXT, "clf", "1.0")
     assert live == {"texts": 7, "labels": {"pos": 7}, "confidence": {"le_0.9": 7}, "tokens": {"le_16": 7},
-                    "truncated": 1, "token_total": 70, "unknown_tokens": 0}
+                    "truncated": 1, "token_total": 70, "unknown_tokens": 0, "out_of_scope": 2}
     assert parse_metrics(TEXT, "clf")["labels"] == {"pos": 9}  # every version of the name
     assert parse_metrics(TEXT, "missing")["texts"] == 0
 

@@ -50,6 +50,16 @@ def test_same_traffic_is_stable_and_shifted_traffic_alerts():
     assert shifted["features"]["confidence"]["chi2_p"] < 1e-6
 
 
+def test_a_rising_out_of_scope_share_is_drift_when_the_bundle_has_a_detector():
+    reference = {**profile(500), "out_of_scope": 25}  # 5% of the test split answered out of scope
+    calm = drift_stats.compare(reference, {**profile(400), "out_of_scope": 20})
+    assert calm["features"]["out_of_scope"]["level"] == "stable"
+    rising = drift_stats.compare(reference, {**profile(400), "out_of_scope": 160})
+    assert rising["features"]["out_of_scope"]["level"] == "alert" and rising["verdict"] == "alert"
+    # A reference without a detector has no such feature, whatever the live counters say.
+    assert "out_of_scope" not in drift_stats.compare(profile(500), {**profile(400), "out_of_scope": 0})["features"]
+
+
 def test_too_little_traffic_is_said_not_judged():
     out = drift_stats.compare(profile(500), profile(drift_stats.MIN_TEXTS - 1, confidence=0.45))
     assert out["verdict"] == "too little traffic" and out["features"]["confidence"]["level"] == "alert"
@@ -83,7 +93,7 @@ def test_an_rt_polarity_model_is_stable_on_movie_reviews_and_alerts_on_banking_q
     tokenizer = AutoTokenizer.from_pretrained(run / "model")
 
     def profile(texts: list[str]) -> dict:
-        probs = rescale(eager_probs(model, tokenizer, texts, 64, 64, SingleLabel()), meta["temperature"])
+        probs = rescale(eager_probs(model, tokenizer, texts, 64, 64, SingleLabel()), meta["temperature"] or 1.0)
         return profile_of(probs, meta["labels"], tokenizer, texts, 64).to_json()
 
     movies = pd.read_csv(shared_data / "rt-polarity" / "test.csv")["text"].tolist()

@@ -36,7 +36,7 @@ def test_the_scripted_reviewer_labels_every_record_with_its_truth(tmp_path):
     out = tmp_path / "feedback.csv"
     counts = review(records, ["negative", "positive"], out, scripted_answers(records, {"a": "positive", "b": "negative"}),
                     io.StringIO())
-    assert counts == {"accepted": 1, "corrected": 1, "skipped": 0, "left": 0}
+    assert counts == {"accepted": 1, "corrected": 1, "none_of_these": 0, "skipped": 0, "left": 0}
     assert pd.read_csv(out).values.tolist() == [["a", "positive"], ["b", "negative"]]
 
 

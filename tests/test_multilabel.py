@@ -100,13 +100,17 @@ def test_export_carries_problem_type_and_thresholds_and_the_handler_answers_labe
     from training.export import ExportConfig, main
 
     run, _ = multilabel_run
-    results = main(ExportConfig(run_dir=str(run), output_dir=str(tmp_path / "export")))
+    results = main(ExportConfig(run_dir=str(run), output_dir=str(tmp_path / "export"), allow_weak=True))
     assert set(results) == {"fp32", "micro_f1_drop_points"} and "subset_accuracy" in results["fp32"]["test"]
     card = bundle.check(tmp_path / "export")
     thresholds = json.loads((run / "run.json").read_text())["thresholds"]
     assert card.problem_type == "multi_label_classification" and list(card.thresholds) == thresholds
     assert card.raw["problem_type"] == "multi_label_classification"
-    [(status, _, answer)] = run_batch(make_handler(tmp_path / "export"), [body("my card has not arrived yet")])
+    assert card.raw["out_of_scope"]["kind"] == "mahalanobis"
+    # Label sets as the thresholds decide them: out-of-scope detection off (a tiny model's detector may reject any
+    # text, answering an empty set; tests/test_out_of_scope.py covers that path).
+    handler = make_handler(tmp_path / "export", {"out_of_scope": False})
+    [(status, _, answer)] = run_batch(handler, [body("my card has not arrived yet")])
     assert status == 200 and set(answer["scores"]) == set(LABELS)
     # The label set is every label at or above its own threshold, from the run's config.json.
     chosen = [name for name, t in zip(LABELS, thresholds, strict=False) if answer["scores"][name] >= t]

@@ -25,12 +25,15 @@ def _single_thread():
 @pytest.fixture(scope="module")
 def onnx_bundle(roberta_run, tmp_path_factory, _single_thread):
     out = tmp_path_factory.mktemp("onnx") / "fp32"
-    return out, main(ExportConfig(run_dir=str(roberta_run), output_dir=str(out), format="onnx"))
+    return out, main(ExportConfig(run_dir=str(roberta_run), output_dir=str(out), format="onnx", allow_weak=True))
 
 
 def onnx_logits(bundle_dir, enc):
+    """The logits of a bundle's ONNX model (which also outputs the features out-of-scope detection reads)."""
     with torch.inference_mode():
-        return OnnxModel(bundle_dir / bundle.ONNX_FILE, 1, [CPU])(enc["input_ids"], enc["attention_mask"])
+        logits, features = OnnxModel(bundle_dir / bundle.ONNX_FILE, 1, [CPU])(enc["input_ids"], enc["attention_mask"])
+    assert features.shape[0] == logits.shape[0]
+    return logits
 
 
 def test_onnx_bundle_is_one_self_contained_file_named_by_its_card(onnx_bundle):
@@ -57,7 +60,7 @@ def test_onnx_fuses_every_attention_layer_and_records_it(onnx_bundle, roberta_ru
 def test_onnx_matches_eager_on_ragged_batches(run_fixture, request, tmp_path):
     run = request.getfixturevalue(run_fixture)
     out = tmp_path / "onnx"
-    main(ExportConfig(run_dir=str(run), output_dir=str(out), format="onnx"))
+    main(ExportConfig(run_dir=str(run), output_dir=str(out), format="onnx", allow_weak=True))
     eager, enc = eager_logits(run / "model", TEXTS, 32)
     got = onnx_logits(out, enc)
     assert (got - eager).abs().max().item() <= 1e-4
@@ -67,7 +70,7 @@ def test_onnx_matches_eager_on_ragged_batches(run_fixture, request, tmp_path):
 def test_onnx_int8_is_quantized_and_gated(roberta_run, tmp_path, monkeypatch):
     monkeypatch.setattr(export, "shortcomings", lambda *a: [])  # dynamic is good enough: kept, nothing else built
     out = tmp_path / "int8"
-    results = main(ExportConfig(run_dir=str(roberta_run), output_dir=str(out), format="onnx", quantize="int8"))
+    results = main(ExportConfig(run_dir=str(roberta_run), output_dir=str(out), format="onnx", quantize="int8", allow_weak=True))
     card = json.loads((out / bundle.CARD_FILE).read_text())
     assert card["runtime"] == "onnxruntime" and card["variant"] == "int8"
     assert card["export"]["int8"]["quantization"].startswith("dynamic")
@@ -86,7 +89,7 @@ def test_onnx_int8_falls_back_to_static_when_dynamic_falls_short(roberta_run, tm
     monkeypatch.setattr(export, "shortcomings", lambda r, *a: (["simulated loss"] if r["quantization"].startswith(
         "dynamic") else real(r, *a)))
     out = tmp_path / "int8"
-    results = main(ExportConfig(run_dir=str(roberta_run), output_dir=str(out), format="onnx", quantize="int8"))
+    results = main(ExportConfig(run_dir=str(roberta_run), output_dir=str(out), format="onnx", quantize="int8", allow_weak=True))
     int8 = json.loads((out / bundle.CARD_FILE).read_text())["export"]["int8"]
     assert int8["quantization"].startswith("static") and int8 == results["int8"]
     assert [(t["quantization"].split()[0], t["kept"], t["faults"]) for t in int8["tried"]] == [
@@ -107,7 +110,8 @@ def test_onnx_int8_without_calibration_texts_keeps_dynamic(roberta_run, tmp_path
     monkeypatch.setattr(RunDir, "read_calibration", lambda self: None)  # a run trained before they were saved
     out = tmp_path / "int8"
     with caplog.at_level("WARNING", logger="training"):
-        results = main(ExportConfig(run_dir=str(roberta_run), output_dir=str(out), format="onnx", quantize="int8"))
+        results = main(ExportConfig(run_dir=str(roberta_run), output_dir=str(out), format="onnx", quantize="int8",
+                                    allow_weak=True))
     assert results["int8"]["quantization"].startswith("dynamic") and "tried" not in results["int8"]
     assert "no static fallback" in caplog.text and "calibration.parquet" in caplog.text
 

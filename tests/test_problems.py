@@ -106,8 +106,9 @@ def test_temperature_fitted_on_overconfident_probabilities_recovers_the_scale_an
     assert (calibrated.argmax(1) == overconfident.argmax(1)).all()
     assert calibration(truth, calibrated)["ece"] < calibration(truth, overconfident)["ece"] / 2
     single = SingleLabel()
-    assert single.calibrate(overconfident, truth) == pytest.approx(temperature)
-    assert MultiLabel(3).calibrate(overconfident, truth) is None
+    chosen, decision = single.calibrate(overconfident, truth)
+    assert chosen == pytest.approx(temperature) and decision["applied"]
+    assert MultiLabel(3).calibrate(overconfident, truth) == (None, {})
 
 
 def test_calibration_metrics_on_a_hand_made_example():

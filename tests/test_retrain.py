@@ -1,5 +1,6 @@
 """textclf.pipelines.retrain on the tiny RoBERTa run: the feedback merge (feedback wins, test untouched), the gate's
-rules, a whole compare-only retrain with its report, and the line saying what a retrain did on the server."""
+rules, a whole compare-only retrain with its report, out-of-scope feedback learnt as the out-of-scope class and
+both models scored as served, each with its own labels, and the line saying what a retrain did on the server."""
 from __future__ import annotations
 
 import json
@@ -13,7 +14,7 @@ import training.export
 from tests.test_train import STRING_LABELS, one_torch_thread, shared_run
 from textclf.core.errors import Failure, UserError
 from textclf.pipelines import retrain
-from textclf.pipelines.retrain import RetrainConfig, gate, merge, outcome, read_feedback
+from textclf.pipelines.retrain import Measured, RetrainConfig, gate, merge, outcome, read_feedback, scores
 from textclf.torchserve import ops
 from textclf.torchserve.errors import TorchServeError
 
@@ -40,6 +41,10 @@ def test_feedback_wins_and_is_checked(tmp_path):
     path.write_text("text,label\nx,unknown\n")
     with pytest.raises(UserError, match=r"labels \['unknown'\] are not the model's"):
         read_feedback(path, STRING_LABELS)
+    path.write_text("text,label\nx,out_of_scope\ny,pos\n")  # the review's "none of these"
+    assert read_feedback(path, STRING_LABELS, "out_of_scope").values.tolist() == [["x", "out_of_scope"], ["y", "pos"]]
+    with pytest.raises(UserError, match=r"labels \['out_of_scope'\] are not the model's"):
+        read_feedback(path, STRING_LABELS, "none")
 
 
 def _scores(macro, per_label):
@@ -75,6 +80,122 @@ def test_compare_only_retrain_writes_the_report_and_keeps_the_test_split(champio
     trained = pd.read_csv(out / "data" / "retrain" / "train.csv")
     assert test_text not in set(trained["text"])
     assert sum(t.startswith("reviewed text") for t in trained["text"]) == fb["used_for_training"]
+    assert json.loads((out / "run.json").read_text())["config"]["out_of_scope_label"] is None  # none in the feedback
+
+
+FAR = "qqq zzz xxxx vvvv {} %%%% ####"  # tokens the tiny model never saw together
+
+
+def test_out_of_scope_feedback_is_learnt_as_the_out_of_scope_class(champion, tmp_path):
+    feedback = tmp_path / "feedback.csv"
+    rows = [(f"reviewed text {i}", STRING_LABELS[i % 3]) for i in range(6)] + [(FAR.format(i), "out_of_scope")
+                                                                                for i in range(8)]
+    pd.DataFrame(rows, columns=["text", "label"]).to_csv(feedback, index=False)
+    out = tmp_path / "next"
+    report = retrain.main(RetrainConfig(run=champion / "run", feedback=feedback, output_dir=out, holdout_fraction=0.5,
+                                        tolerance=100, max_label_drop=100, max_steps=1))
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["config"]["out_of_scope_label"] == "out_of_scope" and report["challenger_learnt_out_of_scope"]
+    assert meta["labels"] == ["mid", "neg", "out_of_scope", "pos"] and meta["out_of_scope"]["oos_class"] == 2
+    fb = report["feedback"]
+    assert fb["out_of_scope_used_for_training"] > 0 and fb["out_of_scope_held_out"] > 0
+    assert fb["out_of_scope_used_for_training"] + fb["out_of_scope_held_out"] == 8
+    for who in ("champion", "challenger"):
+        held = report["feedback_holdout"][who]
+        assert held["out_of_scope_texts"] == fb["out_of_scope_held_out"] and 0 <= held["out_of_scope_recall"] <= 1
+        # The gate stays over the champion's in-scope labels: the challenger's new class is no intent.
+        assert list(report["test"][who]["per_label_f1"]) == STRING_LABELS
+        assert "out_of_scope_recall" not in report["test"][who]  # the test split has no out-of-scope texts
+    assert "Out-of-scope recall on feedback_holdout (" in (out / "report" / "comparison.md").read_text()
+
+
+class Trained(Exception):
+    """Raised in place of training: the test has seen the challenger's config."""
+
+
+def test_a_champion_that_learnt_out_of_scope_keeps_one_such_class(champion, tmp_path, monkeypatch):
+    # As if the champion had learnt "mid" as its out-of-scope class; the feedback's file calls those texts "none".
+    run = shutil.copytree(champion / "run", tmp_path / "run")
+    meta = json.loads((run / "run.json").read_text())
+    meta["out_of_scope"].update(label="mid", oos_class=0)
+    meta["config"].update(out_of_scope_detector="max_prob", in_scope_coverage=0.9)  # its recipe, copied
+    (run / "run.json").write_text(json.dumps(meta))
+    feedback = tmp_path / "feedback.csv"
+    rows = [(FAR.format(i), "none") for i in range(4)] + [("reviewed text", "pos")]
+    pd.DataFrame(rows, columns=["text", "label"]).to_csv(feedback, index=False)
+    configs = []
+
+    def train(config):
+        configs.append(config)
+        raise Trained
+
+    monkeypatch.setattr(retrain.train, "main", train)
+    out = tmp_path / "next"
+    with pytest.raises(Trained):
+        retrain.main(RetrainConfig(run=run, feedback=feedback, output_dir=out, holdout_fraction=0.0,
+                                   out_of_scope_label="none"))
+    assert configs[0].out_of_scope_label == "mid"
+    assert configs[0].out_of_scope_detector == "max_prob" and configs[0].in_scope_coverage == 0.9
+    trained = pd.read_csv(out / "data" / "retrain" / "train.csv")
+    assert set(trained.loc[trained["text"].str.startswith("qqq"), "label"]) == {"mid"}  # joined the champion's class
+    # Measured as served: the champion's "mid" texts are out-of-scope texts, and no label of the gate.
+    test = pd.read_parquet(run / "data" / "test.parquet")
+    got = scores(run, test, Measured(["neg", "pos"], "mid"))
+    assert list(got["per_label_f1"]) == ["neg", "pos"] and got["out_of_scope_texts"] == 4
+
+
+def without_detector(run, dest):
+    """A copy of the run as one trained before out-of-scope detection: answers are the argmax."""
+    copy = shutil.copytree(run, dest)
+    meta = json.loads((copy / "run.json").read_text())
+    del meta["out_of_scope"]
+    (copy / "run.json").write_text(json.dumps(meta))
+    (copy / "out_of_scope.npz").unlink()
+    return copy
+
+
+def with_a_first_label(run, dest):
+    """A copy of the run with one more label, "aaa", first in sorted order and never predicted (logit -1e4): every
+    other label's id moves up by one, as a challenger's do when it learnt a class that sorts before them."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    copy = shutil.copytree(run, dest)
+    model = AutoModelForSequenceClassification.from_pretrained(copy / "model")
+    head = model.classifier.out_proj  # RoBERTa's output layer
+    wider = torch.nn.Linear(head.in_features, head.out_features + 1)
+    with torch.no_grad():
+        wider.weight[0], wider.bias[0] = 0.0, -1e4
+        wider.weight[1:], wider.bias[1:] = head.weight, head.bias
+    model.classifier.out_proj = wider
+    meta = json.loads((copy / "run.json").read_text())
+    meta["labels"] = ["aaa", *meta["labels"]]
+    model.config.id2label = dict(enumerate(meta["labels"]))
+    model.config.label2id = {name: i for i, name in enumerate(meta["labels"])}
+    model.save_pretrained(copy / "model")
+    (copy / "run.json").write_text(json.dumps(meta))
+    return copy
+
+
+def test_scores_read_each_run_with_its_own_labels(champion, tmp_path):
+    plain = without_detector(champion / "run", tmp_path / "plain")
+    shifted = with_a_first_label(plain, tmp_path / "shifted")
+    test = pd.read_parquet(plain / "data" / "test.parquet")
+    measured = Measured(STRING_LABELS, "out_of_scope")
+    assert scores(shifted, test, measured) == scores(plain, test, measured)
+
+
+def test_scores_answer_out_of_scope_as_served(champion, tmp_path):
+    run = shutil.copytree(champion / "run", tmp_path / "run")
+    frame = pd.DataFrame({"text": [FAR.format(i) for i in range(4)], "label": "out_of_scope"})
+    measured = Measured(STRING_LABELS, "out_of_scope")
+    meta = json.loads((run / "run.json").read_text())
+    for threshold, recall in ((0.999, 1.0), (0.0, 0.0)):  # rejects (almost) every text; none
+        meta["out_of_scope"]["threshold"] = threshold
+        (run / "run.json").write_text(json.dumps(meta))
+        got = scores(run, frame, measured)
+        assert got["out_of_scope_texts"] == 4 and got["out_of_scope_recall"] == recall
+        assert got["accuracy"] == recall  # an out-of-scope text is right only when answered out of scope
 
 
 def test_changed_champion_data_is_refused(champion, tmp_path):

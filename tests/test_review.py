@@ -1,5 +1,6 @@
 """Review capture (handlers/capture.py): off by default and then writes nothing anywhere; on, it queues the
-texts below the score threshold plus a sample, in a 0600 file of its own, rotated at its size."""
+texts below the score threshold, those answered out of scope, plus a sample, in a 0600 file of its own, rotated at
+its size."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ import pytest
 
 from handlers.capture import ReviewConfig, ReviewConfigError, ReviewQueue
 from tests.test_handler import LABELS, body, make_context, run
-from training.tiny import make_tiny_bundle
+from training.tiny import CORPUS, make_tiny_bundle
 
 SECRET = "my card number is 4111 1111 1111 1111"
 
@@ -82,8 +83,34 @@ def test_queue_rotates_and_keeps_its_backups_bounded(tmp_path):
 def test_sample_keeps_about_its_share(tmp_path):
     queue = ReviewQueue(ReviewConfig(review=True, review_queue=str(tmp_path / "q.jsonl"), review_below=0.0,
                                      review_sample=0.1), "clf", "1.0", seed=1)
-    kept = [queue.keep(0.99) for _ in range(5000)]
+    kept = [queue.keep({"score": 0.99}) for _ in range(5000)]
     assert 400 < kept.count("sample") < 600 and set(kept) == {"sample", None}
+
+
+def test_out_of_scope_answers_are_kept_whatever_their_score(tmp_path):
+    queue = ReviewQueue(ReviewConfig(review=True, review_queue=str(tmp_path / "q.jsonl"), review_below=0.5,
+                                     review_sample=0.0), "clf", "1.0", seed=0)
+    out = {"label": "out_of_scope", "score": 0.99, "scores": {"positive": 0.7}, "in_scope": 0.01, "out_of_scope": True}
+    assert queue.keep(out) == "out_of_scope"
+    assert queue.keep({**out, "out_of_scope": False}) is None  # a confident in-scope answer: not kept
+    assert queue.keep({**out, "score": 0.2, "out_of_scope": False}) == "low_confidence"
+    record = queue.record("what is the weather", out, "out_of_scope")
+    assert record["out_of_scope"] is True and record["in_scope"] == 0.01 and record["predicted"] == "out_of_scope"
+    plain = queue.record("x", {"label": "positive", "score": 0.2, "scores": {"positive": 0.2}}, "low_confidence")
+    assert "out_of_scope" not in plain and "in_scope" not in plain  # bundles without a detector: as before
+
+
+def test_the_handler_queues_its_out_of_scope_answers(tmp_path):
+    detecting = make_tiny_bundle(tmp_path / "detecting", labels=LABELS, detector="mahalanobis")
+    queue = tmp_path / "q.jsonl"
+    handler = handler_with(detecting, {"review": True, "review_queue": str(queue), "review_below": 0.0,
+                                       "review_sample": 0.0})
+    far = "qqq zzz xxxx vvvv 12345 %%%% ####"  # tokens the tiny model never saw together: out of scope
+    [(_, _, answers)] = run(handler, [body({"texts": [CORPUS[0], far]})])
+    assert [a["out_of_scope"] for a in answers] == [False, True]
+    [record] = [json.loads(line) for line in queue.read_text().splitlines()]
+    assert record["text"] == far and record["reason"] == "out_of_scope" and record["out_of_scope"] is True
+    assert record["predicted"] == "out_of_scope" and record["in_scope"] == answers[1]["in_scope"]
 
 
 @pytest.mark.parametrize("section, message", [

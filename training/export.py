@@ -19,15 +19,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from handlers import bundle
+from handlers import bundle, out_of_scope
 from handlers.bundle import MULTI
+from handlers.config import HandlerConfig
 from handlers.device import cpu_has_bf16, slow_bf16_warning
 from handlers.drift_bins import profile_of
 from textclf.core.errors import UserError
 from textclf.core.options import check_choices, option, run
+from training.baselines import MAJORITY, TFIDF, shortfall
 from training.bundle_writer import build_card, write_bundle
 from training.export_checks import (
     DEFAULT_TOLERANCE,
@@ -42,6 +43,7 @@ from training.export_checks import (
     trace_example,
 )
 from training.export_formats import FORMATS, Built, calibration_batch
+from training.out_of_scope import decided_oos
 from training.problems import problem_for
 from training.rundir import RunDir
 from training.splits import at_most
@@ -70,6 +72,9 @@ class ExportConfig:
         "max |logit difference| traced vs eager (default: 1e-4 fp32, 1e-3 int8, 5e-2 bf16)", None)
     max_eval_samples: int | None = option("evaluate on at most this many test texts", None)
     force: bool = option("replace an existing output directory", False)
+    allow_weak: bool = option(
+        "export a model that does not beat the majority-class baseline on the test split (a warning instead of a "
+        "refusal)", False)
 
     def __post_init__(self):
         check_choices(self)
@@ -114,6 +119,27 @@ def run_problem(run_dir: Path, labels: list[str]):
     return problem_for(problem_type == MULTI, len(labels), list(thresholds), bundle.read_temperature(config, where))
 
 
+def check_baselines(run_dir: Path, gate: str, allow_weak: bool) -> None:
+    """The floor: refuse a model that does not beat the majority class on its own test split (unless
+    `allow_weak`), warn about one below TF-IDF + logistic regression. Runs trained before baselines were
+    recorded pass unchecked, with a line saying so."""
+    test = RunDir(run_dir).read_metrics().get("test", {})
+    if "baselines" not in test:
+        log.info("%s was trained before baselines were recorded: not checked against them", run_dir)
+        return
+    weak = shortfall(test, MAJORITY, gate)
+    if weak and not allow_weak:
+        raise ExportError(f"{weak}; not exported (pass --allow-weak to export it anyway)")
+    for line in filter(None, (weak, shortfall(test, TFIDF, gate))):
+        log.warning("%s", line)
+
+
+def read_detector(run_dir: Path, run: dict):
+    """The run's out-of-scope detector (training/out_of_scope.py), or None for a run trained without one."""
+    section = run.get("out_of_scope")
+    return out_of_scope.read(run_dir, section, RunDir(run_dir).run_file) if section else None
+
+
 def main(config: ExportConfig) -> dict:
     run_dir, out = Path(config.run_dir), Path(config.output_dir)
     if out.exists() and not config.force:
@@ -123,6 +149,7 @@ def main(config: ExportConfig) -> dict:
         log.warning("%s (this export's checks will be slow too)", warning)
     model, tokenizer, labels, run, test = load_run(run_dir)
     problem = run_problem(run_dir, labels)
+    check_baselines(run_dir, problem.gate_metric, config.allow_weak)
     if config.max_eval_samples:
         test = at_most(test, config.max_eval_samples, seed=0)
     max_length, texts = run["max_length"], test["text"].tolist()
@@ -133,19 +160,19 @@ def main(config: ExportConfig) -> dict:
     calibration = (calibration_batch(tokenizer, RunDir(run_dir).read_calibration(), max_length, model.config)
                    if config.quantize == "int8" else None)
 
-    def measure(b: Built, tolerance: float, refuse: bool) -> tuple[dict, np.ndarray]:
+    def measure(b: Built, tolerance: float, refuse: bool) -> tuple[dict, tuple]:
         if b.reference is not None:
             parity = check_parity(b.reference, b.module, cases, tolerance)
         else:  # no eager twin (onnxruntime's int8): the distance to fp32 is measured, the accuracy gate decides
             parity = dict(check_parity(built["fp32"].module, b.module, cases, math.inf), tolerance=None,
                           against="fp32")
-        metrics, probs = evaluate(b.module, tokenizer, test, labels, max_length, problem)
+        metrics, outputs = evaluate(b.module, tokenizer, test, labels, max_length, problem)
         return {"parity": parity, **(b.info or {}),
                 "neighbours": check_neighbours(b.module, tokenizer, texts, max_length, tolerance, refuse=refuse),
-                "test": metrics}, probs
+                "test": metrics}, outputs
 
     with tempfile.TemporaryDirectory(prefix="export-") as scratch:
-        built, probs = {}, {}
+        built, outputs = {}, {}
         for variant in dict.fromkeys(("fp32", config.variant)):  # fp32 first: the accuracy the variant must keep
             tolerance = config.tolerance if variant == config.variant else DEFAULT_TOLERANCE["fp32"]
             # Usually one candidate; onnx int8 has a second (static) tried only when the first falls short.
@@ -160,14 +187,14 @@ def main(config: ExportConfig) -> dict:
                 log.info("%s %s, %s: %s", fmt.runtime, variant, result.get("quantization", "as built"), "; ".join(faults))
             # The first without faults; failing that, the one that loses least (the gate below decides).
             kept = min(tried, key=lambda c: (bool(c.faults), points_lost(c.result, results.get("fp32"), gate)))
-            b, result, p = kept.built, kept.result, kept.probs
+            b, result, p = kept.built, kept.result, kept.outputs
             if len(tried) > 1:
                 result["tried"] = [{"quantization": c.result["quantization"], "kept": c is kept, "faults": c.faults,
                                     f"{gate}_drop_points": round(points_lost(c.result, results["fp32"], gate), 3)}
                                    for c in tried]
             if "quantization" in result:  # which int8 recipe was kept, in the log as well as the card
                 log.info("%s %s: kept %s", fmt.runtime, variant, result["quantization"])
-            built[variant], results[variant], probs[variant] = b, result, p
+            built[variant], results[variant], outputs[variant] = b, result, p
         for name, r in results.items():
             log.info("%s %s: parity max |Δlogit| %.2e over %d shapes; alone vs in a batch %.2e; test %s (%.0f texts/s)",
                      fmt.runtime, name, r["parity"]["max_abs_diff"], r["parity"]["cases"],
@@ -177,11 +204,24 @@ def main(config: ExportConfig) -> dict:
         if drop > config.max_accuracy_drop:
             raise ExportError(f"{config.variant} loses {drop:.2f} {gate} points against fp32 "
                               f"(limit --max-accuracy-drop {config.max_accuracy_drop}); not exported")
+        card = build_card(run, run_dir, results, fmt=config.format, quantize=config.quantize, dtype=config.dtype,
+                          variant=config.variant)
+        detector = read_detector(run_dir, run)
+        probs, features = outputs[config.variant]
+        flagged = None
+        if detector is not None:
+            # The served variant's features, on the scale the threshold was fitted on (the eager fp32 model's).
+            flagged = ((detector.in_scope(probs, features) < detector.threshold)
+                       | decided_oos(problem.decide(probs), detector.oos_class))
+            card["out_of_scope"] = {**detector.section(), "test_share": round(float(flagged.mean()), 4)}
+            log.info("out-of-scope detector %s: %.1f%% of the test split answered out of scope by %s %s",
+                     detector.kind, 100 * flagged.mean(), fmt.runtime, config.variant)
         # The reference for drift checks (textclf.pipelines.drift): the test split as the served variant answers it.
-        profile = profile_of(probs[config.variant], labels, tokenizer, texts, max_length).to_json()
-        write_bundle(out, built[config.variant].path, tokenizer, model.config, labels,
-                     build_card(run, run_dir, results, fmt=config.format, quantize=config.quantize,
-                                dtype=config.dtype, variant=config.variant), config.force, profile)
+        # Out-of-scope texts count under the handler's default label, as an archive answers them unless it names another.
+        scope = None if flagged is None else (flagged.tolist(), HandlerConfig.out_of_scope_label)
+        profile = profile_of(probs, labels, tokenizer, texts, max_length, out_of_scope=scope).to_json()
+        write_bundle(out, built[config.variant].path, tokenizer, model.config, labels, card, config.force, profile,
+                     detector=None if detector is None else RunDir(run_dir).out_of_scope_file)
     log.info("bundle written to %s (%s)", out, config.variant)
     return results
 

@@ -15,9 +15,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from handlers.batching import split_outputs
 from handlers.tokenization import encode
 from textclf.core.errors import UserError
-from training.report import predict_probs
+from training.report import predict_outputs
 
 log = logging.getLogger(__name__)
 PARITY_BATCHES = (1, 3, 8, 17, 32)
@@ -69,12 +70,18 @@ def _fit(t: torch.Tensor, length: int, fill: int) -> torch.Tensor:
 
 def check_parity(reference, traced, cases: list[dict], tolerance: float) -> dict:
     """Max |Δlogit| over all cases; argmax must agree wherever the reference's top-2 margin exceeds
-    the tolerance (a tie within numerical noise is not a disagreement). Raises ExportError."""
+    the tolerance (a tie within numerical noise is not a disagreement). The features out-of-scope detection
+    reads (training/features.py) are held to the same tolerance. Raises ExportError."""
     worst = {"max_abs_diff": 0.0, "shape": None}
+    features_diff = None  # None: the models return logits alone
     with torch.inference_mode():
         for case in cases:
-            ref = reference(case["input_ids"], case["attention_mask"]).float()
-            got = traced(case["input_ids"], case["attention_mask"]).float()
+            ref, ref_features = split_outputs(reference(case["input_ids"], case["attention_mask"]))
+            got, got_features = split_outputs(traced(case["input_ids"], case["attention_mask"]))
+            ref, got = ref.float(), got.float()
+            if ref_features is not None and got_features is not None:
+                gap = (ref_features.float() - got_features.float()).abs().max().item()
+                features_diff = gap if features_diff is None else float(np.max([features_diff, gap]))  # NaN stays
             diff = (ref - got).abs().max().item()
             shape = tuple(case["input_ids"].shape)
             if worst["shape"] is None or not np.isfinite(diff) or diff > worst["max_abs_diff"]:
@@ -89,21 +96,26 @@ def check_parity(reference, traced, cases: list[dict], tolerance: float) -> dict
         b, t = worst["shape"]
         raise ExportError(f"parity check failed: max |Δlogit| {worst['max_abs_diff']:.2e} > {tolerance:.0e} "
                           f"at batch {b} x length {t}")
+    if features_diff is not None and not features_diff <= tolerance:
+        raise ExportError(f"parity check failed: features max |Δ| {features_diff:.2e} > {tolerance:.0e} (out-of-scope "
+                          "detection reads them)")
     return {"max_abs_diff": worst["max_abs_diff"], "tolerance": tolerance, "cases": len(cases),
-            "worst_shape": list(worst["shape"])}
+            "worst_shape": list(worst["shape"]),
+            **({} if features_diff is None else {"features_max_abs_diff": features_diff})}
 
 
 def evaluate(module, tokenizer, test: pd.DataFrame, labels: list[str], max_length: int, problem,
-             batch_size: int = 64) -> tuple[dict, np.ndarray]:
+             batch_size: int = 64) -> tuple[dict, tuple[np.ndarray, np.ndarray | None]]:
     """The problem's headline metrics (accuracy and macro-F1, or the multi-label F1s) and the throughput of a
-    traced module on the test split, and its probabilities [texts, labels] (the bundle's reference profile)."""
+    traced module on the test split, and its outputs: probabilities [texts, labels] and features (None for a
+    module without them), from which export builds the bundle's reference profile."""
     texts = test["text"].tolist()
     started = time.perf_counter()
-    probs = predict_probs(module, tokenizer, texts, max_length, batch_size, activation=problem.probabilities)
+    probs, features = predict_outputs(module, tokenizer, texts, max_length, batch_size, activation=problem.probabilities)
     seconds = time.perf_counter() - started
     metrics = problem.headline(problem.targets(test, labels), probs)
     metrics["texts_per_second"] = round(len(texts) / seconds, 1)
-    return metrics, probs
+    return metrics, (probs, features)
 
 
 def check_neighbours(module, tokenizer, texts: list[str], max_length: int, tolerance: float, refuse: bool) -> dict:
@@ -114,10 +126,10 @@ def check_neighbours(module, tokenizer, texts: list[str], max_length: int, toler
     batch = encode(tokenizer, chosen, max_length)
     worst, changed = 0.0, 0
     with torch.inference_mode():
-        together = module(batch["input_ids"], batch["attention_mask"]).float()
+        together = split_outputs(module(batch["input_ids"], batch["attention_mask"]))[0].float()
         for i, text in enumerate(chosen[:NEIGHBOUR_TEXTS]):
             one = encode(tokenizer, [text], max_length)
-            alone = module(one["input_ids"], one["attention_mask"]).float()[0]
+            alone = split_outputs(module(one["input_ids"], one["attention_mask"]))[0].float()[0]
             worst = max(worst, (alone - together[i]).abs().max().item())
             top2 = alone.topk(min(2, alone.shape[-1])).values
             changed += int(alone.argmax() != together[i].argmax() and top2[0] - top2[-1] > tolerance)
@@ -152,10 +164,10 @@ def shortcomings(result: dict, fp32: dict, gate: str, max_accuracy_drop: float, 
 
 @dataclass
 class Candidate:
-    """One variant as built and measured: `result` is what the card records, `probs` its test probabilities
-    (the reference profile if kept), `faults` why it should give way to the next candidate (empty: none)."""
+    """One variant as built and measured: `result` is what the card records, `outputs` its test probabilities and
+    features (the reference profile if kept), `faults` why it should give way to the next candidate (empty: none)."""
 
     built: object  # export_formats.Built
     result: dict
-    probs: np.ndarray
+    outputs: tuple
     faults: list[str]

@@ -23,13 +23,18 @@ from handlers.tokenization import encode
 from handlers.torchscript import follow_input_device
 from training import onnx_build
 from training.export_checks import ExportError
+from training.features import LogitsAndFeatures, head_name
 from training.rundir import CALIBRATION_FILE
 
 log = logging.getLogger(__name__)
 
 
+OUTPUTS = ("logits", "features")  # what every exported model returns (training/features.py)
+
+
 class LogitsOnly(torch.nn.Module):
-    """What gets traced: a plain (input_ids, attention_mask) -> float32 logits function."""
+    """A plain (input_ids, attention_mask) -> float32 logits function: what bundles exported before out-of-scope
+    detection hold, and what training.tiny's default bundles and bench/gpu_chunks.py still trace."""
 
     def __init__(self, model):
         super().__init__()
@@ -82,13 +87,14 @@ def known_library_noise(warning_filters=(), log_lines=()):
 
 
 def make_variant(model, variant: str) -> torch.nn.Module:
+    head = head_name(model, model.config.num_labels)  # on fp32: an int8 head is no torch.nn.Linear
     model = copy.deepcopy(model)
     if variant == "int8":
         with known_library_noise(QUANTIZE_WARNINGS):
             model = torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
     elif variant == "bf16":
         model = model.to(torch.bfloat16)
-    return LogitsOnly(model).eval()
+    return LogitsAndFeatures(model, head).eval()
 
 
 def trace(module: torch.nn.Module, example: dict) -> torch.jit.ScriptModule:
@@ -146,7 +152,7 @@ class OnnxFormat:
         fused = scratch / "fp32.onnx"
         if not fused.exists():  # int8 is quantised from the fused fp32 graph, built first
             eager = make_variant(model, "fp32")
-            onnx_build.export(eager, example, scratch / "exported.onnx")
+            onnx_build.export(eager, example, scratch / "exported.onnx", OUTPUTS)
             counts = onnx_build.fuse(scratch / "exported.onnx", fused)
             log.info("onnx: fused %s", ", ".join(f"{op} {n}" for op, n in counts.items()))
             if require_fusion:

@@ -29,8 +29,9 @@ class FusionError(Exception):
     """The optimised graph lacks fusions that were expected; the message gives the counts."""
 
 
-def export(module: torch.nn.Module, example: dict, path: Path) -> None:
-    """(input_ids, attention_mask) -> logits with dynamic batch and sequence axes, to one file."""
+def export(module: torch.nn.Module, example: dict, path: Path, outputs: tuple[str, ...] = ("logits",)) -> None:
+    """(input_ids, attention_mask) -> `outputs` (logits; and features, training.features) with dynamic batch and
+    sequence axes, to one file."""
     batch, length = torch.export.Dim("batch"), torch.export.Dim("sequence")
     axes = {0: batch, 1: length}
     with warnings.catch_warnings(), torch.no_grad():
@@ -40,7 +41,7 @@ def export(module: torch.nn.Module, example: dict, path: Path) -> None:
         logging.getLogger("torch.onnx").setLevel(logging.ERROR)
         torch.onnx.export(module.eval(), (example["input_ids"], example["attention_mask"]), str(path),
                           dynamo=True, opset_version=OPSET, input_names=["input_ids", "attention_mask"],
-                          output_names=["logits"], dynamic_shapes=(axes, axes), external_data=False,
+                          output_names=list(outputs), dynamic_shapes=(axes, axes), external_data=False,
                           verbose=False, optimize=True)
 
 

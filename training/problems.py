@@ -18,7 +18,7 @@ import numpy as np
 
 from handlers.bundle import MULTI, SINGLE
 from training.data import label_ids, label_matrix
-from training.report import headline, write_multilabel_report, write_report
+from training.report import calibration, headline, write_multilabel_report, write_report
 from training.scores import f1_scores, label_f1, macro_f1
 
 # Threshold grid for multi-label decisions, and the validation positives a label needs before its threshold
@@ -31,6 +31,16 @@ MIN_POSITIVES_TO_TUNE = 5
 # (77 labels, 1,000 validation rows, ~24 positives a label) per-label thresholds scored 90.4 macro-F1 out of
 # fold against 90.8 for one shared threshold, and 85.0 against 86.1 on the test split (bench/JOURNAL.md).
 THRESHOLD_FOLDS = 5
+# A decision threshold under this says a label is chosen when the model itself gives it less than a 10% chance:
+# its probabilities have not separated the label from the rest, and the low threshold only trades precision
+# for recall on a model that has not learnt the label yet (the grid reaches 0.01 for rare labels early in
+# training). The trained banking77-multi model kept a shared 0.35 (bench/results/multilabel.md).
+THRESHOLD_FLOOR = 0.1
+# Temperature scaling is checked out of fold like the thresholds: fitted on all validation folds but one and
+# applied to the one left out. Below TEMPERATURE_MIN_ROWS validation rows the 15-bin ECE compares noise
+# (a few texts a bin), so no temperature is applied.
+TEMPERATURE_FOLDS = 5
+TEMPERATURE_MIN_ROWS = 50
 
 
 def tune_thresholds(probs: np.ndarray, y_true: np.ndarray, grid=THRESHOLD_GRID,
@@ -81,8 +91,22 @@ def choose_thresholds(probs: np.ndarray, y_true: np.ndarray, folds: int = THRESH
     score_per, score_shared = 100 * macro_f1(y_true, out_per), 100 * macro_f1(y_true, out_shared)
     if score_shared >= score_per:
         return [shared] * n, (f"one shared decision threshold {shared:.2f} for all {n} labels: per-label thresholds "
-                              f"scored {score_per:.1f} macro-F1 out of {k} validation folds, the shared one {score_shared:.1f}")
-    return per_label, tuned + f" (out of {k} validation folds: per-label {score_per:.1f} macro-F1, shared {score_shared:.1f})"
+                              f"scored {score_per:.1f} macro-F1 out of {k} validation folds, the shared one {score_shared:.1f}"
+                              + below_floor([shared] * n))
+    return per_label, (tuned + f" (out of {k} validation folds: per-label {score_per:.1f} macro-F1, shared {score_shared:.1f})"
+                       + below_floor(per_label))
+
+
+def below_floor(thresholds: list[float]) -> str:
+    """The clause a threshold line ends with when thresholds kept are below THRESHOLD_FLOOR; '' otherwise."""
+    low = [t for t in thresholds if t < THRESHOLD_FLOOR]
+    if not low:
+        return ""
+    advice = "the model's probabilities are too low to decide; train longer or with more rows per label"
+    if len(set(thresholds)) == 1:
+        return f"; shared threshold {low[0]:.2f} is below {THRESHOLD_FLOOR:.2f}: {advice}"
+    return (f"; {len(low)} of {len(thresholds)} labels' thresholds are below {THRESHOLD_FLOOR:.2f} "
+            f"(lowest {min(low):.2f}): {advice}")
 
 
 def fit_temperature(probs: np.ndarray, targets) -> float:
@@ -112,6 +136,39 @@ def rescale(probs: np.ndarray, temperature: float) -> np.ndarray:
     logp -= logp.max(axis=1, keepdims=True)
     out = np.exp(logp)
     return (out / out.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def choose_temperature(probs: np.ndarray, targets, folds: int = TEMPERATURE_FOLDS, seed: int = 13) -> tuple[float | None, dict]:
+    """The temperature to apply to validation `probs` (computed at T=1) and the decision, or None.
+
+    A temperature fitted on validation lowers validation's NLL by construction, yet out of sample it can raise
+    the calibration error. So, as `choose_thresholds` checks per-label thresholds: T is fitted on all but one
+    of `folds` folds and applied to the fold left out; the pooled out-of-fold probabilities' ECE is compared
+    with the same texts' ECE at T=1, and the temperature (refitted on all of validation) is applied only if it
+    is lower. Ties, and fewer than TEMPERATURE_MIN_ROWS rows, keep T=1 (None).
+    The decision: temperature (fitted on all of validation), applied, folds, rows, the out-of-fold ECE with
+    and without it, and a one-line `rule`."""
+    probs, targets = np.asarray(probs), np.asarray(targets)
+    fitted = fit_temperature(probs, targets)
+    decision = {"temperature": fitted, "applied": False, "folds": 0, "rows": len(probs),
+                "ece_out_of_fold_without": None, "ece_out_of_fold_with": None}
+    if len(probs) < TEMPERATURE_MIN_ROWS:
+        decision["rule"] = (f"no temperature: {len(probs)} validation rows are too few (under {TEMPERATURE_MIN_ROWS}) "
+                            f"to check the fitted {fitted:.2f} out of fold")
+        return None, decision
+    k = min(folds, len(probs) // 2)
+    fold = np.random.default_rng(seed).permutation(len(probs)) % k
+    scaled = np.zeros(probs.shape, dtype=np.float32)
+    for i in range(k):
+        fit, held = fold != i, fold == i
+        scaled[held] = rescale(probs[held], fit_temperature(probs[fit], targets[fit]))
+    without, with_t = calibration(targets, probs)["ece"], calibration(targets, scaled)["ece"]
+    applied = with_t < without - 1e-12  # a tie keeps the simpler rule: no temperature
+    decision.update(applied=applied, folds=k, ece_out_of_fold_without=without, ece_out_of_fold_with=with_t)
+    figures = f"out of {k} validation folds ECE {with_t:.4f} with it, {without:.4f} without"
+    decision["rule"] = (f"temperature {fitted:.2f} applied: {figures}" if applied else
+                        f"no temperature: the fitted {fitted:.2f} does not lower calibration error ({figures})")
+    return (fitted if applied else None), decision
 
 
 class Objective:
@@ -167,11 +224,12 @@ class SingleLabel(Objective):
     def init_head(self, model, targets: np.ndarray) -> None:
         """A fresh softmax head starts fine at zero bias."""
 
-    def calibrate(self, probs: np.ndarray, targets) -> float:
-        """The temperature fitted on validation probabilities computed at temperature 1. It is returned, not
-        kept: training.train goes on computing probabilities at temperature 1 (the test split's included,
-        after --refit) and rescales them itself, so no probability is scaled twice."""
-        return fit_temperature(probs, targets)
+    def calibrate(self, probs: np.ndarray, targets) -> tuple[float | None, dict]:
+        """(the temperature to apply or None, the decision): `choose_temperature` on validation probabilities
+        computed at temperature 1. It is returned, not kept: training.train goes on computing probabilities at
+        temperature 1 (the test split's included, after --refit) and rescales them itself, so no probability
+        is scaled twice."""
+        return choose_temperature(probs, targets)
 
     def describe(self, m: dict) -> str:
         return f"accuracy {100 * m['accuracy']:.1f}%, macro-F1 {100 * m['macro_f1']:.1f} on {m['samples']} texts"
@@ -225,9 +283,9 @@ class MultiLabel(Objective):
     def headline(self, targets, probs: np.ndarray) -> dict:
         return f1_scores(targets, self.decide(probs))
 
-    def calibrate(self, probs: np.ndarray, targets) -> None:
+    def calibrate(self, probs: np.ndarray, targets) -> tuple[None, dict]:
         """Multi-label decisions rest on per-label thresholds tuned on validation; no temperature."""
-        return None
+        return None, {}
 
     def init_head(self, model, targets: np.ndarray) -> None:
         """Start each label's output bias at the logit of its training prevalence. A fresh head says 0.5 for
@@ -255,14 +313,13 @@ class MultiLabel(Objective):
 
 
 def last_linear(model, out_features: int):
-    """The classifier's output layer: the last Linear with one output per label (BERT's `classifier`,
-    RoBERTa's `classifier.out_proj`, DistilBERT's `classifier`, ...)."""
-    import torch  # imported here: training.summary reads metrics without torch
+    """The classifier's output layer (training.features.head_name finds it), which must have a bias."""
+    from training.features import head_name  # imported here: it imports torch, which training.summary does without
 
-    layers = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m.out_features == out_features]
-    if not layers or layers[-1].bias is None:
-        raise ValueError(f"no output layer with {out_features} outputs and a bias in {type(model).__name__}")
-    return layers[-1]
+    layer = dict(model.named_modules())[head_name(model, out_features)]
+    if layer.bias is None:
+        raise ValueError(f"the output layer of {type(model).__name__} has no bias")
+    return layer
 
 
 def problem_for(multi_label: bool, n_labels: int, thresholds: list | None = None, temperature: float | None = None):

@@ -24,9 +24,16 @@ MAX_LABEL_WIDTH = 40
 
 def predict_probs(forward: Callable, tokenizer, texts: list[str], max_length: int, batch_size: int,
                   device="cpu", activation: Callable | None = None) -> np.ndarray:
-    """Probabilities [len(texts), labels] in the order of `texts`; `forward(input_ids, attention_mask)`
-    returns logits (an eager model wrapped in a lambda, or a traced module); `activation` turns logits into
-    probabilities (a problem type's `probabilities`; default: softmax).
+    """Probabilities [len(texts), labels] in the order of `texts` (predict_outputs without the features)."""
+    return predict_outputs(forward, tokenizer, texts, max_length, batch_size, device, activation)[0]
+
+
+def predict_outputs(forward: Callable, tokenizer, texts: list[str], max_length: int, batch_size: int,
+                    device="cpu", activation: Callable | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Probabilities [len(texts), labels] and features [len(texts), width] (None where `forward` returns logits
+    alone) in the order of `texts`; `forward(input_ids, attention_mask)` returns logits or (logits, features)
+    (an eager model wrapped in a lambda or training.features.with_features, or an exported module); `activation`
+    turns logits into probabilities (a problem type's `probabilities`; default: softmax).
 
     Not `Trainer.predict`: with length-grouped sampling, transformers 5 also permutes evaluation
     batches, so its predictions do not line up with the input rows. Batches here are length-sorted
@@ -35,21 +42,25 @@ def predict_probs(forward: Callable, tokenizer, texts: list[str], max_length: in
     import torch  # imported here: training.summary reads reports without torch
 
     from handlers.answers import softmax  # imported here: they import torch, which training.summary does without
-    from handlers.tokenization import encode  # imported here: they import torch, which training.summary does without
+    from handlers.batching import split_outputs  # imported here: see above
+    from handlers.tokenization import encode  # imported here: see above
 
     order = np.argsort([len(t) for t in texts], kind="stable")
-    probs = None
+    probs = features = None
     with torch.inference_mode():
         for i in range(0, len(order), batch_size):
             idx = order[i: i + batch_size]
             enc = encode(tokenizer, [texts[j] for j in idx], max_length)
-            logits = forward(enc["input_ids"].to(device), enc["attention_mask"].to(device)).float()
+            logits, feats = split_outputs(forward(enc["input_ids"].to(device), enc["attention_mask"].to(device)))
             if probs is None:
                 probs = np.zeros((len(texts), logits.shape[-1]), dtype=np.float32)
-            probs[idx] = (activation or softmax)(logits).cpu().numpy()
+                features = None if feats is None else np.zeros((len(texts), feats.shape[-1]), dtype=np.float32)
+            probs[idx] = (activation or softmax)(logits.float()).cpu().numpy()
+            if features is not None:
+                features[idx] = feats.float().cpu().numpy()
     if probs is None:
         raise ValueError("predict_probs needs at least one text")
-    return probs
+    return probs, features
 
 
 def shorten(name: str, width: int = MAX_LABEL_WIDTH) -> str:
@@ -230,15 +241,23 @@ def calibration(y_true, probs: np.ndarray, bins: int = CALIBRATION_BINS) -> dict
     return {"ece": float(ece), "brier": float(((probs - onehot) ** 2).sum(axis=1).mean())}
 
 
-def write_calibration(out_dir: Path, y_true, before: np.ndarray, after: np.ndarray, temperature: float) -> dict:
-    """ECE and Brier score before and after temperature scaling, and reliability.png with both curves."""
+def write_calibration(out_dir: Path, y_true, before: np.ndarray, after: np.ndarray, temperature: float,
+                      decision: dict | None = None) -> dict:
+    """ECE and Brier score without (`before`) and with (`after`) the fitted temperature, and reliability.png
+    with both curves. `decision`: training.problems.choose_temperature's, which says whether the temperature
+    is applied (without one, it is); the figures on both sides are reported either way, so a report shows
+    what the rule turned down as well as what it kept."""
     if (np.asarray(before).argmax(axis=1) != np.asarray(after).argmax(axis=1)).any():
         raise RuntimeError("temperature scaling changed a decision; it must only change confidences")
+    applied = True if decision is None else bool(decision["applied"])
     b, a = calibration(y_true, before), calibration(y_true, after)
-    plot_reliability(np.asarray(y_true), {"before": before, f"after (T = {temperature:.2f})": after},
-                     Path(out_dir) / "reliability.png")
-    return {"temperature": temperature, "bins": CALIBRATION_BINS, "ece_before": b["ece"], "ece_after": a["ece"],
-            "brier_before": b["brier"], "brier_after": a["brier"]}
+    curves = {"without temperature" + ("" if applied else " (served)"): before,
+              f"T = {temperature:.2f} " + ("(served)" if applied else "(not applied)"): after}
+    plot_reliability(np.asarray(y_true), curves, Path(out_dir) / "reliability.png")
+    return {"temperature": temperature, "applied": applied, "bins": CALIBRATION_BINS,
+            "ece_before": b["ece"], "ece_after": a["ece"], "brier_before": b["brier"], "brier_after": a["brier"],
+            "ece_served": (a if applied else b)["ece"],
+            **({"rule": {k: v for k, v in decision.items() if k not in ("temperature", "applied")}} if decision else {})}
 
 
 def plot_reliability(y_true: np.ndarray, curves: dict, path: Path, bins: int = CALIBRATION_BINS) -> None:

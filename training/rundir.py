@@ -6,6 +6,8 @@ Layout (the names live here and nowhere else):
                         and tokenizer: the best checkpoint
     metrics.json        validation + test headline metrics, per-class results, training throughput
     report/             confusion_matrix.{csv,png}, misclassified.csv, report.json (test split)
+    out_of_scope.npz    the out-of-scope detector fitted on the final model (training/out_of_scope.py; run.json's
+                        `out_of_scope` says which, its threshold and why)
     data/test.parquet   the normalised test split (text, label), so export evaluates without the source
     data/calibration.parquet  a sample of training texts (text): static int8 quantisation calibrates on them
     checkpoints/        Trainer checkpoints (resumed from automatically)
@@ -21,7 +23,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from handlers.bundle import BundleError, labels_from_config
+from handlers.bundle import OUT_OF_SCOPE_FILE, BundleError, labels_from_config
 from textclf.core.errors import UserError
 
 RUN_FILE = "run.json"
@@ -66,6 +68,7 @@ class RunDir:
     report_dir = _below(REPORT_DIR)
     test_file = _below(TEST_FILE)
     calibration_file = _below(CALIBRATION_FILE)
+    out_of_scope_file = _below(OUT_OF_SCOPE_FILE)
     checkpoints_dir = _below(CHECKPOINTS_DIR)
     student_init_dir = _below(DISTILL_DIR, "student-init")
 

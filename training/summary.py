@@ -6,6 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from textclf.core.options import option, run
+from training.baselines import NAMES
+from training.out_of_scope import describe
 from training.problems import MULTI, problem_for
 from training.report import label_rows, shorten
 from training.rundir import RunDir
@@ -23,6 +25,8 @@ def summary(run_dir: Path) -> str:
     width = max([len("label")] + [len(shorten(name)) for name, _ in shown])
     problem = problem_for(metrics.get("problem_type") == MULTI, len(per_class))
     lines = [f"test: {problem.describe(test)}",
+             *baseline_lines(problem, test),
+             *out_of_scope_lines(test),
              f"validation: {problem.describe(metrics['validation'])}",
              f"training: {train['examples']} examples, {train['steps']} steps, {train['seconds']:.0f} s, "
              + (f"{train['samples_per_second']:.1f} samples/s" if train.get("samples_per_second") else "resumed")
@@ -39,6 +43,27 @@ def summary(run_dir: Path) -> str:
     lines += teacher_lines(run, problem, test)
     lines.append(f"report: {run.report_dir} ({', '.join(sorted(p.name for p in run.report_dir.iterdir()))})")
     return "\n".join(lines)
+
+
+def baseline_lines(problem, test: dict) -> list[str]:
+    """The baselines on the same test split under the model's figures, and a line for each the model does not
+    beat (with its likely cause)."""
+    found, judged = test.get("baselines"), test.get("baseline_verdict")
+    if not found or not judged:
+        return ["baselines: none recorded (the run was trained before they were computed)"]
+    lines = [f"baseline {NAMES[name]}: {problem.describe(found[name])} "
+             f"(the model {judged['margin_points'][name]:+.1f} {judged['metric']} points)"
+             for name in NAMES if name in found]
+    return lines + judged["lines"]
+
+
+def out_of_scope_lines(test: dict) -> list[str]:
+    """The out-of-scope detector the run fitted (training/out_of_scope.py), its rule and its test figures."""
+    found = test.get("out_of_scope")
+    if not found:
+        return []
+    return [f"out of scope: {found['detector']} detector, threshold {found['threshold']:.3f} ({found['rule']}); "
+            f"test: {describe(found['test'])}"]
 
 
 def teacher_lines(run: RunDir, problem, test: dict) -> list[str]:

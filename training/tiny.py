@@ -12,6 +12,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 from tokenizers import BertWordPieceTokenizer, ByteLevelBPETokenizer
 from tokenizers.processors import BertProcessing, RobertaProcessing
@@ -25,12 +26,15 @@ from transformers import (
     RobertaForMaskedLM,
 )
 
+from handlers.answers import sigmoid, softmax
 from handlers.bundle import MULTI, THRESHOLDS_KEY
 from handlers.runtimes import RUNTIMES
 from handlers.tokenization import encode
-from training import onnx_build
+from training import onnx_build, out_of_scope
 from training.bundle_writer import write_bundle
-from training.export_formats import LogitsOnly, trace
+from training.export_formats import OUTPUTS, LogitsOnly, trace
+from training.features import with_features
+from training.report import predict_outputs
 
 CORPUS = [
     "the film was a delight from start to finish",
@@ -91,11 +95,13 @@ _BUILDERS = {"roberta": tiny_roberta, "distilbert": tiny_distilbert}
 
 def make_tiny_bundle(out_dir: Path, arch: str = "roberta", labels: Sequence[str] = ("negative", "positive"),
                      variant: str = "fp32", thresholds: Sequence[float] | None = None,
-                     runtime: str = "torchscript") -> Path:
+                     runtime: str = "torchscript", detector: str | None = None) -> Path:
     """Write a complete bundle for a tiny random `arch` classifier into `out_dir` and return it.
     variant "bf16" casts the weights before tracing, as `training.export --dtype bf16` does; `thresholds`
     (one per label) makes it a multi-label bundle, as training writes one; runtime "onnxruntime" writes the
-    same model as a fused model.onnx, as `training.export --format onnx` does."""
+    same model as a fused model.onnx, as `training.export --format onnx` does. `detector` (mahalanobis or
+    max_prob): the model also outputs its features, as export's bundles do, and the bundle carries an
+    out-of-scope detector fitted on CORPUS (each text labelled by its position), as training fits one."""
     if arch not in _BUILDERS:
         raise ValueError(f"arch must be one of {sorted(_BUILDERS)}, got {arch!r}")
     if variant not in ("fp32", "bf16") or (runtime != "torchscript" and variant != "fp32"):
@@ -122,12 +128,30 @@ def make_tiny_bundle(out_dir: Path, arch: str = "roberta", labels: Sequence[str]
         setattr(model.config, THRESHOLDS_KEY, list(thresholds))
     card = {"max_length": MAX_LENGTH, "base_model": f"tiny-random-{arch}", "task": "text-classification",
             "source": "training.tiny", "variant": variant, "runtime": runtime}
+    module, outputs = (LogitsOnly(model).eval(), ("logits",)) if detector is None else (with_features(model), OUTPUTS)
     with tempfile.TemporaryDirectory() as scratch:
         model_file = Path(scratch) / RUNTIMES[runtime].model_file
         if runtime == "onnxruntime":  # export's own exporter and fusion
-            onnx_build.export(LogitsOnly(model).eval(), example, Path(scratch) / "exported.onnx")
+            onnx_build.export(module, example, Path(scratch) / "exported.onnx", outputs)
             onnx_build.fuse(Path(scratch) / "exported.onnx", model_file)
         else:  # export's own tracing, device rewrite included
-            torch.jit.save(trace(LogitsOnly(model).eval(), example), str(model_file))
-        write_bundle(out_dir, model_file, tokenizer, model.config, labels, card, force=True)
+            torch.jit.save(trace(module, example), str(model_file))
+        detector_file = None
+        if detector is not None:
+            fitted = _tiny_detector(module, tokenizer, labels, thresholds, detector)
+            detector_file, card = fitted.save(Path(scratch)), {**card, "outputs": list(outputs),
+                                                               "out_of_scope": fitted.section()}
+        write_bundle(out_dir, model_file, tokenizer, model.config, labels, card, force=True, detector=detector_file)
     return out_dir
+
+
+def _tiny_detector(module, tokenizer, labels: list, thresholds, kind: str):
+    """A detector fitted as training fits one, with CORPUS as both training and validation texts."""
+    texts = sorted(set(CORPUS))
+    probs, features = predict_outputs(module, tokenizer, texts, MAX_LENGTH, 8,
+                                      activation=sigmoid if thresholds is not None else softmax)
+    ids = np.arange(len(texts)) % len(labels)
+    targets = ids if thresholds is None else np.eye(len(labels), dtype=int)[ids]
+    every = np.ones(len(texts), dtype=bool)
+    validation = out_of_scope.Texts(probs, features, every, every, ~every)
+    return out_of_scope.fit(kind, features, targets, validation, np.arange(len(labels)), None, 0.95)[0]

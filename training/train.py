@@ -15,7 +15,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -25,12 +25,15 @@ from huggingface_hub import try_to_load_from_cache
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from handlers.bundle import TEMPERATURE_KEY, THRESHOLDS_KEY
+from handlers.out_of_scope import KINDS
 from textclf.core.errors import UserError
 from textclf.core.options import check_choices, option, run
+from training import out_of_scope
+from training.baselines import baselines, verdict, write_baselines
 from training.data import Splits, check_sample_limits, load_splits
 from training.hub import OFFLINE_HINT, hub_offline_mode, hub_unreachable_reason
 from training.problems import problem_for, rescale
-from training.report import predict_probs, write_calibration
+from training.report import predict_outputs, predict_probs, write_calibration
 from training.rundir import RunDir
 
 # torch, transformers and datasets are imported inside the functions that use them: they take seconds to load,
@@ -96,6 +99,15 @@ class TrainConfig:
     validation_fraction: float = option("carved from train when there is no validation split", 0.1)
     resume: bool = option("resume from the last checkpoint in the run directory", True)
     progress: bool = option("show a progress bar (in a terminal only: never in a log file or pipe)", True)
+    out_of_scope_label: str | None = option(
+        "the label of out-of-scope examples in the data (e.g. oos): learnt as one more class, answered as out of "
+        "scope when served, and used to choose the detector's threshold", None)
+    out_of_scope_detector: Literal["mahalanobis", "max_prob", "none"] = option(
+        "out-of-scope detector fitted after training and carried in the bundle: mahalanobis (distance of the "
+        "text's features to the nearest class), max_prob (the top calibrated probability), none", "mahalanobis")
+    in_scope_coverage: float = option(
+        "without out-of-scope examples, the detector's threshold keeps this share of in-scope validation texts",
+        0.95)
 
     def __post_init__(self):
         check_choices(self)
@@ -124,6 +136,10 @@ class TrainConfig:
             raise UserError(f"--validation-fraction must be in (0, 1), got {self.validation_fraction}")
         if self.learning_rate is not None and self.learning_rate <= 0:
             raise UserError(f"--learning-rate must be positive, got {self.learning_rate}")
+        if not 0 < self.in_scope_coverage < 1:
+            raise UserError(f"--in-scope-coverage must be in (0, 1), got {self.in_scope_coverage}")
+        if self.out_of_scope_label is not None and self.out_of_scope_detector == "none":
+            raise UserError("--out-of-scope-label needs a detector; drop --out-of-scope-detector none")
 
 
 def show_progress(config: TrainConfig) -> bool:
@@ -432,7 +448,60 @@ def load_data(config: TrainConfig):
              len(splits.validation), len(splits.test), len(splits.labels), problem.name)
     weights = (problem.balanced_weights(problem.targets(splits.train, splits.labels), len(splits.labels))
                if config.class_weights == "balanced" else None)
+    if config.out_of_scope_label is not None and config.out_of_scope_label not in splits.labels:
+        raise UserError(f"--out-of-scope-label {config.out_of_scope_label!r} is not a label of the data "
+                        f"({', '.join(splits.labels[:8])}{', ...' if len(splits.labels) > 8 else ''})")
     return splits, problem, weights
+
+
+def fit_out_of_scope(config: TrainConfig, model, tokenizer, splits: Splits, problem, temperature: float | None,
+                     run_dir: RunDir) -> tuple[dict, dict] | None:
+    """Fit the detector on the final model (training/out_of_scope.py), save it in the run directory, and return
+    what run.json records and the test figures: the chosen detector's and, on the same splits, every other's,
+    so each run's report measures which is better on its own data."""
+    if config.out_of_scope_detector == "none":
+        return None
+    from training.features import with_features  # lazy: it imports torch
+
+    labels = splits.labels
+    oos_class = labels.index(config.out_of_scope_label) if config.out_of_scope_label is not None else None
+    in_scope_ids = np.array([i for i in range(len(labels)) if i != oos_class])
+    forward, device = with_features(model), next(model.parameters()).device
+
+    def outputs(frame):
+        probs, features = predict_outputs(forward, tokenizer, frame["text"].tolist(), config.max_length,
+                                          config.eval_batch_size, device=device, activation=problem.probabilities)
+        return (probs if temperature is None else rescale(probs, temperature)), features  # as served
+
+    def texts(frame) -> out_of_scope.Texts:
+        probs, features = outputs(frame)
+        targets, decided = problem.targets(frame, labels), problem.decide(probs)
+        correct = decided == targets if targets.ndim == 1 else (decided == targets).all(axis=1)
+        return out_of_scope.Texts(probs, features, ~out_of_scope.decided_oos(targets, oos_class), correct,
+                                  out_of_scope.decided_oos(decided, oos_class))
+
+    started = time.perf_counter()
+    validation, test = texts(splits.validation), texts(splits.test)
+    train_features = outputs(splits.train)[1]
+    train_targets = problem.targets(splits.train, labels)
+    fitted = {kind: out_of_scope.fit(kind, train_features, train_targets, validation, in_scope_ids, oos_class,
+                                     config.in_scope_coverage) for kind in KINDS}
+    detector, rule = fitted[config.out_of_scope_detector]
+    detector.save(run_dir.path)
+    compared = {kind: out_of_scope.evaluate(d, test) for kind, (d, _) in fitted.items()}
+    if oos_class is not None:  # the class alone, as Larson et al.'s oos-train: no threshold
+        compared["class_only"] = out_of_scope.evaluate(replace(detector, threshold=0.0), test)
+    figures = {"detector": detector.kind, "threshold": detector.threshold, "rule": rule,
+               "validation": out_of_scope.evaluate(detector, validation), "test": compared[detector.kind],
+               "compared": compared, "seconds": round(time.perf_counter() - started, 2)}
+    log.info("out-of-scope detector %s, threshold %.3f (%s); on the test split: %s", detector.kind, detector.threshold, rule,
+             out_of_scope.describe(figures["test"]))
+    if config.refit:
+        log.warning("--refit: the detector's threshold was chosen on validation, which the refit model trained on; "
+                    "its coverage there is optimistic")
+    section = {**detector.section(), "label": config.out_of_scope_label, "coverage": config.in_scope_coverage,
+               "rule": rule}
+    return section, figures
 
 
 def main(config: TrainConfig, student=None) -> dict:
@@ -472,7 +541,10 @@ def main(config: TrainConfig, student=None) -> dict:
     fitted = problem.fit(probs["validation"], targets["validation"])
     if fitted:
         log.info("%s", fitted)
-    temperature = problem.calibrate(probs["validation"], targets["validation"])
+    # Single-label: a temperature fitted on validation, applied only if it lowers out-of-fold calibration error.
+    temperature, calibration_rule = problem.calibrate(probs["validation"], targets["validation"])
+    if calibration_rule:
+        log.info("%s", calibration_rule["rule"])
     trained = {"seconds": round(train_seconds, 2), "steps": result.global_step, "epochs": round(trainer.state.epoch, 3),
                "samples_per_second": samples_per_second(trainer.state.epoch, plan["train_rows"], train_seconds, resume_from),
                "examples": plan["train_rows"], "loss": round(result.training_loss, 4)}
@@ -489,12 +561,26 @@ def main(config: TrainConfig, student=None) -> dict:
     trainer.save_model(str(run_dir.model_dir))
     test_metrics = problem.write_report(run_dir.report_dir, labels, splits.test["text"].tolist(), targets["test"],
                                         probs["test"])
-    if temperature is not None:
+    # The baselines on the same test split: a model that TF-IDF (or the majority class) beats is not worth serving.
+    found = baselines(splits.train, splits.test, labels, problem)
+    judged = verdict(problem, test_metrics, found, len(splits.train) / len(labels), result.global_step)
+    test_metrics["baselines"], test_metrics["baseline_verdict"] = found, judged
+    write_baselines(run_dir.report_dir, found, judged)
+    for line in judged["lines"] or [judged["summary"]]:
+        log.log(logging.INFO if judged["beats_all"] else logging.WARNING, "%s", line)
+    if calibration_rule:  # both sides on the test split, whether or not the rule applied the temperature
+        fitted_t = calibration_rule["temperature"]
         test_metrics["calibration"] = write_calibration(run_dir.report_dir, targets["test"], uncalibrated,
-                                                        probs["test"], temperature)
+                                                        rescale(uncalibrated, fitted_t), fitted_t, calibration_rule)
         c = test_metrics["calibration"]
-        log.info("temperature %.3f fitted on validation: test ECE %.4f -> %.4f, Brier %.4f -> %.4f", temperature,
-                 c["ece_before"], c["ece_after"], c["brier_before"], c["brier_after"])
+        log.info("temperature %.3f fitted on validation, %s: test ECE %.4f without, %.4f with; Brier %.4f, %.4f",
+                 fitted_t, "applied" if c["applied"] else "not applied", c["ece_before"], c["ece_after"],
+                 c["brier_before"], c["brier_after"])
+    # The temperature as served (config.json has it only where calibration applies one).
+    detection = fit_out_of_scope(config, trainer.model, tokenizer, splits, problem,
+                                 getattr(trainer.model.config, TEMPERATURE_KEY, None), run_dir)
+    if detection is not None:
+        test_metrics["out_of_scope"] = detection[1]
     metrics = {
         "problem_type": problem.name,
         "test": test_metrics,
@@ -508,6 +594,7 @@ def main(config: TrainConfig, student=None) -> dict:
         "config": asdict(config), "base_model": config.model, "model_path": model_path, "labels": labels,
         "problem_type": problem.name, "thresholds": problem.thresholds, "temperature": temperature,
         **({"thresholds_chosen": fitted} if fitted else {}),  # which kind of threshold was kept, and why
+        **({"out_of_scope": detection[0]} if detection is not None else {}),
         "max_length": config.max_length, "class_weights": weights, "plan": plan, "world_size": world_size(),
         "batch": {"global": config.batch_size, "per_process": config.batch_size // world_size(),
                   "grad_accum": config.grad_accum, "per_optimizer_step": config.batch_size * config.grad_accum},

@@ -24,15 +24,19 @@ def watched(live, tmp_path_factory):
 
 def scrape(live) -> dict:
     """{(metric, frozenset of label pairs): value} for the watched model's series on /metrics."""
+    return scrape_model(live, WATCHED)
+
+
+def scrape_model(live, name: str) -> dict:
     from textclf.pipelines.drift import series
 
     text = requests.get(f"{live.endpoints.metrics_url}/metrics", timeout=10).text
     return {(metric, frozenset((k, v) for k, v in labels.items() if k not in ("Hostname", "Level"))): value
-            for metric, labels, value in series(text) if labels.get("ModelName") == WATCHED}
+            for metric, labels, value in series(text) if labels.get("ModelName") == name}
 
 
-def counter(series: dict, name: str, **dims) -> float:
-    want = {("ModelName", WATCHED), ("ModelVersion", "3.1"), *dims.items()}
+def counter(series: dict, name: str, model: str = WATCHED, version: str = "3.1", **dims) -> float:
+    want = {("ModelName", model), ("ModelVersion", version), *dims.items()}
     return sum(v for (metric, labels), v in series.items() if metric == name and set(labels) == want)
 
 

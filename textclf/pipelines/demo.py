@@ -99,7 +99,16 @@ def main(config: DemoConfig) -> str:
     step(5, f"register {config.name} v{config.version} as its archive plans it")
     ops.main(ops.RegisterConfig(name=config.name, version=config.version, workers=config.workers, target=target))
     step(6, "live predictions")
-    return predictions(config.name, config.version, run_dir, target)
+    return "\n".join(filter(None, [predictions(config.name, config.version, run_dir, target), versus_baselines(run_dir)]))
+
+
+def versus_baselines(run_dir: Path) -> str:
+    """The model's test figure next to the majority class's and TF-IDF + logistic regression's, as training
+    judged them, and why it loses where it does; '' for a run without baselines."""
+    judged = RunDir(run_dir).read_metrics()["test"].get("baseline_verdict")
+    if not judged:
+        return ""
+    return "\n".join([f"\nBaselines: {judged['summary']}", *(f"  {line}" for line in judged["lines"])])
 
 
 def predictions(name: str, version: str, run_dir: Path | None, target: Target) -> str:

@@ -105,11 +105,11 @@ def series(text: str):
 def parse_metrics(text: str, name: str, version: str | None = None) -> dict:
     """The handler's counters for one model (and version) from Prometheus text, as a profile (handlers/drift_bins.py)."""
     live = {"texts": 0, "labels": {}, "confidence": {}, "tokens": {}, "truncated": 0, "token_total": 0,
-            "unknown_tokens": 0}
+            "unknown_tokens": 0, "out_of_scope": 0}
     into = {"PredictionsPerLabel": ("labels", "Label"), "ConfidenceBucket": ("confidence", "Bucket"),
             "TokensBucket": ("tokens", "Bucket")}
     totals = {"TextsAnswered": "texts", "TruncatedTexts": "truncated", "TokensSeen": "token_total",
-              "UnknownTokens": "unknown_tokens"}
+              "UnknownTokens": "unknown_tokens", "OutOfScopeTexts": "out_of_scope"}
     for metric, labels, value in series(text):
         if metric not in into and metric not in totals:
             continue

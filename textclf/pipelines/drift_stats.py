@@ -47,10 +47,13 @@ def features(profile: dict) -> dict[str, dict]:
     labels = {}
     for name, n in profile["labels"].items():
         labels[safe(name)] = labels.get(safe(name), 0) + n
-    return {"label": labels, "confidence": profile["confidence"], "tokens": profile["tokens"],
-            "truncated": {"cut": profile["truncated"], "whole": profile["texts"] - profile["truncated"]},
-            "unknown_tokens": {"unknown": profile["unknown_tokens"],
-                               "known": profile["token_total"] - profile["unknown_tokens"]}}
+    out = {"label": labels, "confidence": profile["confidence"], "tokens": profile["tokens"],
+           "truncated": {"cut": profile["truncated"], "whole": profile["texts"] - profile["truncated"]},
+           "unknown_tokens": {"unknown": profile["unknown_tokens"],
+                              "known": profile["token_total"] - profile["unknown_tokens"]}}
+    if profile.get("out_of_scope") is not None:  # bundles with a detector: a rising out-of-scope share is drift too
+        out["out_of_scope"] = {"out": profile["out_of_scope"], "in": profile["texts"] - profile["out_of_scope"]}
+    return out
 
 
 def compare(reference: dict, live: dict) -> dict:
