@@ -76,8 +76,8 @@ class ReviewQueue:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self.random = random.Random(seed)
-        logger.warning("review capture is ON: texts below score %.2f and %.1f%% of the rest are stored in %s",
-                       config.review_below, 100 * config.review_sample, self.path)
+        logger.warning("review capture is ON: texts below score %.2f, texts answered out of scope and %.1f%% of the "
+                       "rest are stored in %s", config.review_below, 100 * config.review_sample, self.path)
 
     def keep(self, answer: dict) -> str | None:
         """Why this answer's text is kept for review, or None."""

@@ -56,11 +56,14 @@ def test_threshold_with_out_of_scope_examples_maximises_accuracy_plus_recall():
     in_scope = np.concatenate([np.linspace(0.3, 1.0, 20), np.linspace(0.0, 0.2, 10)])
     known = np.arange(30) < 20
     split = out_of_scope.Texts(None, None, known, known, np.zeros(30, dtype=bool))
+    threshold, rule = out_of_scope.choose_threshold(in_scope, split, 0.7)
+    assert 0.2 < threshold <= 0.3 and "10 out-of-scope examples" in rule and "it keeps 100.0%" in rule
+    # --in-scope-coverage stays the floor: the examples never make the threshold reject more in-scope texts.
     threshold, rule = out_of_scope.choose_threshold(in_scope, split, 0.95)
-    assert 0.2 < threshold <= 0.3 and "10 out-of-scope examples" in rule and "keeps 100.0%" in rule
-    # A model that knows nothing scores best by rejecting everything; the threshold stays below 1, servable.
+    assert threshold == 0.05 and "keeping at least 95% of in-scope" in rule
+    # A model that knows nothing would score best by rejecting everything; the floor keeps it servable (below 1).
     weak = out_of_scope.Texts(None, None, known, np.zeros(30, dtype=bool), np.zeros(30, dtype=bool))
-    assert out_of_scope.choose_threshold(np.linspace(0.0, 1.0, 30), weak, 0.95)[0] < 1
+    assert out_of_scope.choose_threshold(np.linspace(0.0, 1.0, 30), weak, 0.5)[0] <= 0.5
     # Without them, the coverage rule.
     threshold, rule = out_of_scope.choose_threshold(in_scope[:20], out_of_scope.Texts(None, None, known[:20], known[:20],
                                                                                          np.zeros(20, dtype=bool)), 0.9)

@@ -42,12 +42,13 @@ def test_the_report_states_the_target_and_every_table():
                                       "tfidf_logreg": {"accuracy": 0.77, "macro_f1": 0.77}, "seconds": 1.0},
                       "runs": {}},
         "calibration": {"rt-polarity": {"temperature": 1.3, "applied": True, "test_ece_without": 0.05,
-                                        "test_ece_with": 0.02, "served_minus_best": 0.0, "noise_sd": 0.005}},
+                                        "test_ece_with": 0.02, "served_minus_without": -0.03, "served_minus_best": 0.0,
+                                        "noise_sd": 0.005}},
     }
     text = ob.markdown(results)
     assert "met by good." in text and "| good | 96.0% | 70.0% |" in text
     assert "| mahalanobis | 90.0% (92.0%) | 80.0% | 90.0% |" in text
     assert "| rt-polarity | accuracy 50.0%, macro-F1 33.0 | accuracy 77.0%, macro-F1 77.0 | 1.0 |" in text
-    assert "| rt-polarity | 1.30 | yes | 0.0500 | 0.0200 | +0.0000 | 0.0050 |" in text
+    assert "| rt-polarity | 1.30 | yes | 0.0500 | 0.0200 | -0.0300 | +0.0000 | 0.0050 |" in text
     results["clinc150"] = {"poor": results["clinc150"]["poor"]}
     assert "not met by any row" in ob.markdown(results)
