@@ -253,3 +253,18 @@ def test_too_few_validation_rows_keep_no_temperature():
     chosen, decision = choose_temperature(probs, np.arange(20) % 3)
     assert chosen is None and decision["folds"] == 0 and "20 validation rows are too few" in decision["rule"]
     assert decision["ece_out_of_fold_with"] is None
+
+
+def test_a_gain_within_validation_noise_keeps_no_temperature(monkeypatch):
+    from training import problems
+
+    rng = np.random.default_rng(3)
+    honest = softmax(rng.normal(size=(300, 3)) * 2.0)
+    truth = np.array([rng.choice(3, p=row) for row in honest])
+    slightly = rescale(honest, 1 / 1.3)  # a little overconfident: a small gain on 300 rows, as on the demo's 333
+    chosen, decision = choose_temperature(slightly, truth)
+    gain = decision["ece_out_of_fold_without"] - decision["ece_out_of_fold_with"]
+    assert chosen is None and 0 < gain <= 2 * decision["gain_noise"]
+    assert "by more than 2 standard deviations" in decision["rule"]
+    monkeypatch.setattr(problems, "TEMPERATURE_MARGIN", 0.0)  # without the margin, the same gain is taken
+    assert choose_temperature(slightly, truth)[0] == decision["temperature"]

@@ -41,6 +41,10 @@ THRESHOLD_FLOOR = 0.1
 # (a few texts a bin), so no temperature is applied.
 TEMPERATURE_FOLDS = 5
 TEMPERATURE_MIN_ROWS = 50
+# A temperature is applied only if its out-of-fold gain exceeds this many bootstrap standard deviations of
+# the gain (about a one-sided 98% level): a gain within validation's noise is as likely to be a loss on test.
+TEMPERATURE_MARGIN = 2.0
+TEMPERATURE_BOOTSTRAP = 200
 
 
 def tune_thresholds(probs: np.ndarray, y_true: np.ndarray, grid=THRESHOLD_GRID,
@@ -163,11 +167,22 @@ def choose_temperature(probs: np.ndarray, targets, folds: int = TEMPERATURE_FOLD
         fit, held = fold != i, fold == i
         scaled[held] = rescale(probs[held], fit_temperature(probs[fit], targets[fit]))
     without, with_t = calibration(targets, probs)["ece"], calibration(targets, scaled)["ece"]
-    applied = with_t < without - 1e-12  # a tie keeps the simpler rule: no temperature
-    decision.update(applied=applied, folds=k, ece_out_of_fold_without=without, ece_out_of_fold_with=with_t)
-    figures = f"out of {k} validation folds ECE {with_t:.4f} with it, {without:.4f} without"
+    # The gain must stand out of its own noise: on the demo's 333 validation tweets a temperature lowered
+    # out-of-fold ECE by 0.011 and raised test ECE from 0.028 to 0.038. The noise is the standard deviation of
+    # the gain over bootstrap resamples of validation (paired: both sides scored on the same resample).
+    rng, gains = np.random.default_rng(seed), []
+    for _ in range(TEMPERATURE_BOOTSTRAP):
+        i = rng.integers(0, len(probs), len(probs))
+        gains.append(calibration(targets[i], probs[i])["ece"] - calibration(targets[i], scaled[i])["ece"])
+    noise = float(np.std(gains))
+    applied = without - with_t > TEMPERATURE_MARGIN * noise + 1e-12  # a tie keeps the simpler rule: no temperature
+    decision.update(applied=applied, folds=k, ece_out_of_fold_without=without, ece_out_of_fold_with=with_t,
+                    gain_noise=noise)
+    figures = (f"out of {k} validation folds ECE {with_t:.4f} with it, {without:.4f} without; the gain's bootstrap "
+               f"standard deviation {noise:.4f}")
     decision["rule"] = (f"temperature {fitted:.2f} applied: {figures}" if applied else
-                        f"no temperature: the fitted {fitted:.2f} does not lower calibration error ({figures})")
+                        f"no temperature: the fitted {fitted:.2f} does not lower calibration error by more than "
+                        f"{TEMPERATURE_MARGIN:g} standard deviations ({figures})")
     return (fitted if applied else None), decision
 
 
