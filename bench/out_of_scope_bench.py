@@ -270,53 +270,55 @@ def pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
+def table(title: str, header: list[str], rows: list[list[str]]) -> list[str]:
+    """A markdown section: its title, then one table."""
+    return ["", f"## {title}", "", "| " + " | ".join(header) + " |", "|" + " --- |" * len(header),
+            *("| " + " | ".join(row) + " |" for row in rows)]
+
+
 def markdown(results: dict) -> str:
     m = results["machine"]
     lines = ["# Out-of-scope detection, baselines and calibration", "",
              f"`python -m bench.out_of_scope_bench` on {m['cpu_class']} ({m['cpus']} CPUs), {results['date']}. "
-             "Method and reading: bench/README.md, \"Out-of-scope detection\".", "",
-             "## clinc150 (test: 4,500 in-scope, 1,000 out-of-scope queries)", "",
-             "| model: detector | in-scope accuracy | out-of-scope recall | precision | AUROC | FPR at 95% in-scope "
-             "| threshold |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    for name, r in results["clinc150"].items():
-        lines.append(f"| {name} | {pct(r['in_scope_accuracy'])} | {pct(r['out_of_scope_recall'])} | "
-                     f"{pct(r['out_of_scope_precision'])} | {r['auroc']:.3f} | {pct(r['fpr_at_95_in_scope'])} | "
-                     f"{r.get('threshold', 0):.3f} |")
+             "Method and reading: bench/README.md, \"Out-of-scope detection\"."]
+    lines += table("clinc150 (test: 4,500 in-scope, 1,000 out-of-scope queries)",
+                   ["model: detector", "in-scope accuracy", "out-of-scope recall", "precision", "AUROC",
+                    "FPR at 95% in-scope", "threshold"],
+                   [[name, pct(r["in_scope_accuracy"]), pct(r["out_of_scope_recall"]), pct(r["out_of_scope_precision"]),
+                     f"{r['auroc']:.3f}", pct(r["fpr_at_95_in_scope"]), f"{r.get('threshold', 0):.3f}"]
+                    for name, r in results["clinc150"].items()])
     met = [n for n, r in results["clinc150"].items()
            if r["in_scope_accuracy"] >= TARGET["in_scope_accuracy"] and r["out_of_scope_recall"] >= TARGET["out_of_scope_recall"]]
     lines += ["", "Target (in-scope accuracy >= 95% with out-of-scope recall >= 60%; the paper's BERT: 96.2 / 52.3): "
-              + (f"met by {', '.join(met)}." if met else "not met by any row (see bench/README.md)."), "",
-              f"## banking77 trained without out-of-scope examples (coverage {DEFAULT_COVERAGE:g}, the default)", "",
-              "| detector | banking77 test: in-scope accuracy (without detection) | answered out of scope: "
-              "clinc150 oos test | rt-polarity test |", "| --- | --- | --- | --- |"]
-    for kind, r in results["banking77"].items():
-        b = r["banking77_test"]
-        lines.append(f"| {kind} | {pct(b['in_scope_accuracy'])} ({pct(b['in_scope_accuracy_without_detection'])}) | "
-                     f"{pct(r['clinc150_oos_test']['answered_out_of_scope'])} | "
-                     f"{pct(r['rt_polarity_test']['answered_out_of_scope'])} |")
-    lines += ["", "## Cost of the detector (mahalanobis) in the handler", "",
-              "| model | labels | forward ms/text | detector ms/text | share of forward | file |",
-              "| --- | --- | --- | --- | --- | --- |"]
-    for name, r in results["cost"].items():
-        lines.append(f"| {name} | {r['labels']} | {r['forward_ms_per_text']:.2f} | {r['detector_ms_per_text']:.3f} | "
-                     f"{pct(r['detector_share_of_forward'])} | {r['detector_file_bytes'] / 1e6:.2f} MB |")
-    lines += ["", "## Baselines on each dataset's test split", "",
-              "| dataset | majority | TF-IDF + logistic regression | seconds |", "| --- | --- | --- | --- |"]
+              + (f"met by {', '.join(met)}." if met else "not met by any row (see bench/README.md).")]
+    lines += table(f"banking77 trained without out-of-scope examples (coverage {DEFAULT_COVERAGE:g}, the default)",
+                   ["detector", "banking77 test: in-scope accuracy (without detection)",
+                    "answered out of scope: clinc150 oos test", "rt-polarity test"],
+                   [[kind, f"{pct(r['banking77_test']['in_scope_accuracy'])} "
+                           f"({pct(r['banking77_test']['in_scope_accuracy_without_detection'])})",
+                     pct(r["clinc150_oos_test"]["answered_out_of_scope"]),
+                     pct(r["rt_polarity_test"]["answered_out_of_scope"])] for kind, r in results["banking77"].items()])
+    lines += table("Cost of the detector (mahalanobis) in the handler",
+                   ["model", "labels", "forward ms/text", "detector ms/text", "share of forward", "file"],
+                   [[name, str(r["labels"]), f"{r['forward_ms_per_text']:.2f}", f"{r['detector_ms_per_text']:.3f}",
+                     pct(r["detector_share_of_forward"]), f"{r['detector_file_bytes'] / 1e6:.2f} MB"]
+                    for name, r in results["cost"].items()])
+    rows = []
     for name, r in results["baselines"].items():
         if name == "runs":
             continue
         key = "accuracy" if "accuracy" in r["majority"] else "micro_f1"
         shown = "accuracy" if key == "accuracy" else "micro-F1"
-        lines.append(f"| {name} | {shown} {pct(r['majority'][key])}, macro-F1 {100 * r['majority']['macro_f1']:.1f} | "
-                     f"{shown} {pct(r['tfidf_logreg'][key])}, macro-F1 {100 * r['tfidf_logreg']['macro_f1']:.1f} | "
-                     f"{r['seconds']:.1f} |")
-    lines += ["", "## Calibration: test ECE without and with the fitted temperature", "",
-              "| run | T | applied | ECE without | ECE with | served - without | served - best | noise (bootstrap sd) |",
-              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for name, r in results["calibration"].items():
-        lines.append(f"| {name} | {r['temperature']:.2f} | {'yes' if r['applied'] else 'no'} | "
-                     f"{r['test_ece_without']:.4f} | {r['test_ece_with']:.4f} | {r['served_minus_without']:+.4f} | "
-                     f"{r['served_minus_best']:+.4f} | {r['noise_sd']:.4f} |")
+        rows.append([name, *(f"{shown} {pct(r[b][key])}, macro-F1 {100 * r[b]['macro_f1']:.1f}"
+                             for b in ("majority", "tfidf_logreg")), f"{r['seconds']:.1f}"])
+    lines += table("Baselines on each dataset's test split",
+                   ["dataset", "majority", "TF-IDF + logistic regression", "seconds"], rows)
+    lines += table("Calibration: test ECE without and with the fitted temperature",
+                   ["run", "T", "applied", "ECE without", "ECE with", "served - without", "served - best",
+                    "noise (bootstrap sd)"],
+                   [[name, f"{r['temperature']:.2f}", "yes" if r["applied"] else "no", f"{r['test_ece_without']:.4f}",
+                     f"{r['test_ece_with']:.4f}", f"{r['served_minus_without']:+.4f}", f"{r['served_minus_best']:+.4f}",
+                     f"{r['noise_sd']:.4f}"] for name, r in results["calibration"].items()])
     return "\n".join(lines) + "\n"
 
 
