@@ -123,12 +123,8 @@ class Scored:
     def texts(self, frame: pd.DataFrame, extra_out_of_scope: list[str] = ()) -> out_of_scope.Texts:
         """A split as the detector sees it; `extra_out_of_scope`: texts known to belong to no label, appended."""
         probs, features = self.outputs(frame["text"].tolist() + list(extra_out_of_scope))
-        targets = self.problem.targets(frame, self.labels)
-        n = len(targets)
-        decided = self.problem.decide(probs)
-        is_oos = np.concatenate([out_of_scope.decided_oos(targets, self.oos_class), np.ones(len(extra_out_of_scope), bool)])
-        correct = np.concatenate([decided[:n] == targets, np.zeros(len(extra_out_of_scope), bool)])
-        return out_of_scope.Texts(probs, features, ~is_oos, correct, out_of_scope.decided_oos(decided, self.oos_class))
+        return out_of_scope.texts_of(self.problem, probs, features, self.problem.targets(frame, self.labels),
+                                     self.oos_class, len(extra_out_of_scope))
 
     @functools.cached_property
     def train_features(self) -> np.ndarray:

@@ -38,6 +38,17 @@ class Texts:
     decided_oos: np.ndarray  # the model's own answer is the out-of-scope class (always false without one)
 
 
+def texts_of(problem, probs: np.ndarray, features: np.ndarray | None, targets: np.ndarray, oos_class: int | None,
+             extra_out_of_scope: int = 0) -> Texts:
+    """A labelled split as the detector sees it: `probs` and `features` of its texts in order, then of
+    `extra_out_of_scope` more texts known to fit no label (a benchmark's; they are never answered right)."""
+    decided, n = problem.decide(probs), len(targets)
+    correct = decided[:n] == targets if np.ndim(targets) == 1 else (decided[:n] == targets).all(axis=1)
+    extra = np.ones(extra_out_of_scope, dtype=bool)
+    return Texts(probs, features, ~np.concatenate([decided_oos(targets, oos_class), extra]),
+                 np.concatenate([correct, ~extra]), decided_oos(decided, oos_class))
+
+
 def decided_oos(decided: np.ndarray, oos_class: int | None) -> np.ndarray:
     """Which texts the model's own decisions (ids, or a 0/1 matrix) give the out-of-scope class."""
     decided = np.asarray(decided)

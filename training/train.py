@@ -477,11 +477,7 @@ def fit_out_of_scope(config: TrainConfig, model, tokenizer, splits: Splits, prob
         return (probs if temperature is None else rescale(probs, temperature)), features  # as served
 
     def texts(frame) -> out_of_scope.Texts:
-        probs, features = outputs(frame)
-        targets, decided = problem.targets(frame, labels), problem.decide(probs)
-        correct = decided == targets if targets.ndim == 1 else (decided == targets).all(axis=1)
-        return out_of_scope.Texts(probs, features, ~out_of_scope.decided_oos(targets, oos_class), correct,
-                                  out_of_scope.decided_oos(decided, oos_class))
+        return out_of_scope.texts_of(problem, *outputs(frame), problem.targets(frame, labels), oos_class)
 
     started = time.perf_counter()
     validation, test = texts(splits.validation), texts(splits.test)
