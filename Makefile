@@ -205,7 +205,7 @@ bench-feedback: install ## feedback cycle on rt-polarity: capture, review, retra
 BENCH_RUN ?= runs/bench/rt-polarity
 BENCH_SERVE_ARGS ?=
 .PHONY: bench-serve
-bench: bench-train bench-serve bench-soak bench-switch bench-feedback bench-multilabel bench-distill bench-oos ## every benchmark (about 13 hours on 2 cores)
+bench: bench-train bench-serve bench-soak bench-switch bench-feedback bench-multilabel bench-distill bench-oos bench-cache bench-explain bench-long-texts ## every benchmark (about 14 hours on 2 cores)
 
 # Every recipe runs one after the other with every core: run it on an otherwise idle machine
 # (about 2 hours a dataset on 2 cores; a rerun skips finished rows; BENCH_TRAIN_ARGS="--part class-weights" reruns one
@@ -228,6 +228,25 @@ BENCH_OOS_ARGS ?=
 .PHONY: bench-oos
 bench-oos: install ## out-of-scope detection (clinc150, banking77), baselines and calibration on every dataset
 	$(PY) -m bench.out_of_scope_bench $(BENCH_OOS_ARGS)
+
+# The response cache on a real TorchServe (banking77 from bench-oos): throughput on and off, with and without
+# repeats, answers compared, bf16/int8 batch dependence, per-worker vs shared (about 15 min on 2 cores).
+BENCH_CACHE_ARGS ?=
+.PHONY: bench-cache
+bench-cache: install ## response cache: served throughput on/off with and without repeats (banking77 run of bench-oos)
+	$(PY) -m bench.cache_bench $(BENCH_CACHE_ARGS)
+
+# Explanations: faithfulness on rt-polarity and banking77 (runs of bench-oos) and texts explained per second.
+BENCH_EXPLAIN_ARGS ?=
+.PHONY: bench-explain
+bench-explain: install ## explanations: faithfulness (top-3 words vs random and bottom-3) and texts explained/s
+	$(PY) -m bench.explain_bench $(BENCH_EXPLAIN_ARGS)
+
+# Long texts: every policy on a seeded long-ticket set built from banking77 (bench/long_tickets.py).
+BENCH_LONG_ARGS ?=
+.PHONY: bench-long-texts
+bench-long-texts: install ## long texts: truncate vs head+tail vs windows on long banking77 tickets, accuracy and cost
+	$(PY) -m bench.long_text_bench $(BENCH_LONG_ARGS)
 
 BENCH_DISTILL_ARGS ?=
 .PHONY: bench-distill

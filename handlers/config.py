@@ -21,6 +21,10 @@ GPU_CHUNK_SIZE = None
 # Without a default_top_k, `scores` holds every label of a small label set and the best MANY_LABELS of a
 # large one: 77 scores per text (3.5 KB) is rarely what a client of a 77-intent router wants.
 MANY_LABELS = 10
+# Entries of the response cache per worker: 10,000 texts cost about 6 MB at 77 labels and catch the repeats of a
+# busy ticket queue's or moderation stream's frequent texts (templated notifications, copy-pasted spam, retries);
+# a hit saves a forward pass of ~2-5 ms for a hash and a dictionary lookup (bench/results/cache.md).
+DEFAULT_CACHE_SIZE = 10_000
 
 
 class HandlerConfigError(ValueError):
@@ -74,6 +78,17 @@ class HandlerConfig:
         "move the detector's threshold without retraining: texts whose in_scope score is below it are out of scope "
         "(0.05 keeps about 95%% of in-scope texts; default: the bundle's, chosen at training)", None)
     out_of_scope_label: str = _option("the label of out-of-scope answers", "out_of_scope")
+    # The response cache (handlers/cache.py): per worker, keyed by a hash of the text, never the text.
+    cache_size: int = _option(
+        "texts whose model outputs each worker keeps, least recently used first out (0: no cache); an entry is a "
+        "hash and one score per label, about 0.6 KB at 77 labels", DEFAULT_CACHE_SIZE)
+    cache_max_mb: float = _option("the most memory the cache of one worker may hold, in MB (bounds cache_size)", 64.0)
+    # Long texts (handlers/long_texts.py): the bundle's policy; windows policies expand a text into windows.
+    max_windows: int = _option("texts spanning more windows of max_length tokens are answered 413 (bundles with the "
+                               "windows long-text policy; each window costs one text's forward pass)", 16)
+    # Explanations (handlers/explanations.py): one forward pass per word of every text.
+    explain_max_words: int = _option("texts to explain with more words are answered 413", 64)
+    explain_max_texts: int = _option("explanation requests with more texts are answered 413", 8)
 
     def __post_init__(self):
         check = {"error": HandlerConfigError}
@@ -82,6 +97,13 @@ class HandlerConfig:
         check_int("handler option 'threads'", self.threads, 1, optional=True, **check)
         check_int("handler option 'max_length'", self.max_length, 2, optional=True, **check)  # room for specials
         check_int("handler option 'max_text_chars'", self.max_text_chars, 1, **check)
+        check_int("handler option 'cache_size'", self.cache_size, 0, **check)
+        check_int("handler option 'max_windows'", self.max_windows, 1, **check)
+        check_int("handler option 'explain_max_words'", self.explain_max_words, 1, **check)
+        check_int("handler option 'explain_max_texts'", self.explain_max_texts, 1, **check)
+        mb = self.cache_max_mb
+        if isinstance(mb, bool) or not isinstance(mb, (int, float)) or not mb > 0:
+            raise HandlerConfigError(f"handler option 'cache_max_mb' must be a positive number, got {mb!r}")
         if self.chunk_size != "auto":
             check_int("handler option 'chunk_size'", self.chunk_size, 1, optional=True, also='"auto"', **check)
         for name in ("profile", "out_of_scope"):

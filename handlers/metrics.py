@@ -32,6 +32,13 @@ METRICS = {
     "TruncatedTexts": [],  # texts at max_length tokens
     "RejectedRequests": ["Reason"],  # by the error type of the JSON error body
     "OutOfScopeTexts": [],  # texts answered out of scope (handlers/out_of_scope.py); their share is drift too
+    "CacheHits": [],  # texts answered from the worker's response cache (handlers/cache.py)
+    "CacheMisses": [],  # texts the cache did not hold (a cache of size 0 reports neither)
+    "CacheEvictions": [],  # entries dropped for newer ones: many, with few hits, asks for a larger cache_size
+}
+# Gauges: a value set, not added. Declared in metrics.yaml under model_metrics: gauge.
+GAUGES = {
+    "CacheEntries": [],  # entries held by the worker's response cache now
 }
 
 
@@ -43,17 +50,19 @@ class ModelMetrics:
 
         self.base = [model_name, version, "Model"]
         self.counters = {} if cache is None else {
-            name: cache.add_metric_to_cache(name, "Count", MODEL_DIMENSIONS + extra, MetricTypes.COUNTER)
-            for name, extra in METRICS.items()}
+            name: cache.add_metric_to_cache(name, "Count", MODEL_DIMENSIONS + extra, kind)
+            for table, kind in ((METRICS, MetricTypes.COUNTER), (GAUGES, MetricTypes.GAUGE))
+            for name, extra in table.items()}
 
     def _add(self, name: str, value: int, *dimension_values: str) -> None:
         if value and name in self.counters:
             self.counters[name].add_or_update(value, [safe(v) for v in self.base + list(dimension_values)])
 
     def record(self, answers: list[tuple[str, float]], features: list[tuple[int, bool, int]], answered: int,
-               rejected: list[str], out_of_scope: int = 0) -> None:
+               rejected: list[str], out_of_scope: int = 0, cache=None) -> None:
         """answers: (top-1 label, top-1 score) per text; features: handlers.drift_bins.text_features rows; answered:
-        requests answered; rejected: the error type of each rejected request; out_of_scope: texts answered so."""
+        requests answered; rejected: the error type of each rejected request; out_of_scope: texts answered so;
+        cache: the response cache's handlers.cache.CacheCounts since the last batch (None: no cache)."""
         try:
             for label, n in Counter(label for label, _ in answers).items():
                 self._add("PredictionsPerLabel", n, label)
@@ -69,5 +78,11 @@ class ModelMetrics:
             self._add("OutOfScopeTexts", out_of_scope)
             for reason, n in Counter(rejected).items():
                 self._add("RejectedRequests", n, reason)
+            if cache is not None and cache.hits + cache.misses:
+                self._add("CacheHits", cache.hits)
+                self._add("CacheMisses", cache.misses)
+                self._add("CacheEvictions", cache.evictions)
+                if "CacheEntries" in self.counters:
+                    self.counters["CacheEntries"].add_or_update(cache.entries, [safe(v) for v in self.base])
         except Exception:  # metrics must never cost an answer
             logger.exception("recording model metrics failed")

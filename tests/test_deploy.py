@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from handlers.metrics import METRICS
+from handlers.metrics import GAUGES, METRICS
 from textclf.torchserve.properties import read_properties
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,8 +26,9 @@ def test_dashboard_queries_name_emitted_metrics():
     for expr in exprs:
         expr = re.sub(r'"[^"]*"|\[[^\]]*\]', "", expr)  # label values and range durations
         used |= {w for w in re.findall(r"[A-Za-z_][A-Za-z0-9_]*", expr) if w not in PROMQL_WORDS and not w[0].isdigit()}
-    assert used and used <= set(METRICS) | torchserve, used - set(METRICS) - torchserve
-    assert {"TextsAnswered", "RejectedRequests", "PredictionsPerLabel", "ConfidenceBucket"} <= used
+    ours = set(METRICS) | set(GAUGES)
+    assert used and used <= ours | torchserve, used - ours - torchserve
+    assert {"TextsAnswered", "RejectedRequests", "PredictionsPerLabel", "ConfidenceBucket", "CacheHits", "CacheEntries"} <= used
     assert len({p["id"] for p in dash["panels"]}) == len(dash["panels"])
 
 

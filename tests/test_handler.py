@@ -11,7 +11,6 @@ import torch
 from handlers.bundle import BundleError, read_json, write_metadata
 from handlers.config import HandlerConfig, HandlerConfigError, parse_chunk_size
 from handlers.device import choose_device, cpu_only_warning, slow_bf16_warning
-from handlers.tokenization import encode
 from training.tiny import make_tiny_bundle
 
 LABELS = ("negative", "neutral", "positive")
@@ -137,7 +136,7 @@ def test_bundle_exported_before_the_device_fix_is_made_device_agnostic_on_load(t
     monkeypatch.setattr(export_formats, "follow_input_device", lambda traced: traced)  # export as it was before
     old = make_tiny_bundle(tmp_path / "old", labels=LABELS)
     assert fixed_devices(torch.jit.load(str(old / "model.pt")).graph)  # pinned to the CPU it was traced on
-    assert fixed_devices(make_handler(old).model.graph) == []
+    assert fixed_devices(make_handler(old).scorer.model.graph) == []
 
 
 def test_cpu_only_warning_names_the_idle_gpu():
@@ -189,8 +188,8 @@ def test_parse_chunk_size_from_a_command_line():
 
 
 def test_handler_runs_the_resolved_chunk_size(bundle):
-    assert make_handler(bundle).chunk_size == 4  # training.tiny writes an fp32 model
-    assert make_handler(bundle, {"chunk_size": None}).chunk_size is None
+    assert make_handler(bundle).scorer.chunk_size == 4  # training.tiny writes an fp32 model
+    assert make_handler(bundle, {"chunk_size": None}).scorer.chunk_size is None
 
 
 def test_handler_config_validation_and_threads():
@@ -244,13 +243,14 @@ def test_batch_with_one_malformed_request(handler, direct):
         assert sum(pred["scores"].values()) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_one_tokenizer_call_and_forward_per_batch(handler, monkeypatch):
-    import handlers.text_classifier as module
-
-    calls = []
-    monkeypatch.setattr(module, "encode", lambda tok, texts, n: calls.append(list(texts)) or encode(tok, texts, n))
+def test_one_tokenizer_call_and_forward_per_batch(bundle, monkeypatch):
+    handler = make_handler(bundle, {"cache_size": 0})
+    calls, forwards = [], []
+    encode_batch, forward = handler.scorer.encode, handler.scorer.forward
+    monkeypatch.setattr(handler.scorer, "encode", lambda texts: calls.append(list(texts)) or encode_batch(texts))
+    monkeypatch.setattr(handler.scorer, "forward", lambda ids, mask: forwards.append(ids.shape) or forward(ids, mask))
     run(handler, [body("a"), body({"texts": ["b", "c"]}), body(""), body({"instances": ["d"]})])
-    assert calls == [["a", "b", "c", "d"]]
+    assert calls == [["a", "b", "c", "d"]] and [shape[0] for shape in forwards] == [4]
 
 
 def test_only_invalid_requests(handler):
@@ -332,11 +332,12 @@ def test_bad_requests(handler, value, message, kind):
 
 
 def test_every_error_type_maps_to_one_status():
-    from handlers.parsing import PHRASES, ErrorType
+    from handlers.errors import PHRASES, ErrorType
 
     assert {t.code: t.status for t in ErrorType} == {
         "no_body": 400, "invalid_encoding": 400, "invalid_json": 400, "invalid_request": 400, "invalid_text": 400,
-        "invalid_top_k": 400, "too_many_texts": 413}
+        "invalid_top_k": 400, "invalid_label": 400, "too_many_texts": 413, "too_many_windows": 413,
+        "too_many_words": 413}
     assert all(t.status in PHRASES for t in ErrorType)
 
 
@@ -371,10 +372,8 @@ def test_row_without_body(handler):
 
 
 def test_one_megabyte_text_is_cut_and_answered(handler, direct, monkeypatch):
-    import handlers.text_classifier as module
-
-    lengths = []
-    monkeypatch.setattr(module, "encode", lambda tok, texts, n: lengths.extend(map(len, texts)) or encode(tok, texts, n))
+    lengths, encode_batch = [], handler.scorer.encode
+    monkeypatch.setattr(handler.scorer, "encode", lambda texts: lengths.extend(map(len, texts)) or encode_batch(texts))
     huge = "the film was a delight " * 46_000  # ~1 MB
     [(status, _, out), (status_bytes, _, _)] = run(handler, [body({"text": huge}), body(huge.encode())])
     assert status == status_bytes == 200 and lengths == [100_000, 100_000]  # cut before tokenizing
@@ -548,7 +547,7 @@ def test_onnx_and_torchscript_bundles_of_one_model_answer_alike(handler, onnx_bu
     from handlers.onnx_runtime import OnnxModel
 
     onnx_handler = make_handler(onnx_bundle)
-    assert isinstance(onnx_handler.model, OnnxModel) and str(onnx_handler.device) == "cpu"
+    assert isinstance(onnx_handler.scorer.model, OnnxModel) and str(onnx_handler.scorer.device) == "cpu"
     got, want = run(onnx_handler, ROWS), run(handler, ROWS)
     assert [status for status, _, _ in got] == [status for status, _, _ in want] == [200, 200, 400, 200]
     for (_, _, mine), (_, _, theirs) in zip(got, want, strict=True):
@@ -565,7 +564,7 @@ def test_onnx_worker_threads_stop_spinning_when_a_run_returns(onnx_bundle):
     # Threads left spinning between requests take the cores TorchServe's frontend and the other workers need.
     from handlers.onnx_runtime import SPINNING_STOP
 
-    options = make_handler(onnx_bundle).model.session.get_session_options()
+    options = make_handler(onnx_bundle).scorer.model.session.get_session_options()
     assert options.get_session_config_entry(SPINNING_STOP) == "1"
     assert options.inter_op_num_threads == 1
 

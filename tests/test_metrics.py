@@ -7,15 +7,18 @@ from pathlib import Path
 
 import yaml
 
-from handlers.metrics import METRICS, MODEL_DIMENSIONS, ModelMetrics
+from handlers.metrics import GAUGES, METRICS, MODEL_DIMENSIONS, ModelMetrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_metrics_yaml_declares_every_model_metric_with_its_dimensions():
-    declared = {m["name"]: m["dimensions"] for m in yaml.safe_load((ROOT / "metrics.yaml").read_text())
-                ["model_metrics"]["counter"]}
+    model_metrics = yaml.safe_load((ROOT / "metrics.yaml").read_text())["model_metrics"]
+    declared = {m["name"]: m["dimensions"] for m in model_metrics["counter"]}
     assert declared == {name: MODEL_DIMENSIONS + extra for name, extra in METRICS.items()}
+    # TorchServe's own HandlerTime and PredictionTime gauges sit beside the cache's
+    gauges = {m["name"]: m["dimensions"] for m in model_metrics["gauge"]}
+    assert {name: gauges.get(name) for name in GAUGES} == {name: MODEL_DIMENSIONS + extra for name, extra in GAUGES.items()}
     for config in ("config.properties", "config.locked.properties"):
         assert "metrics_config=metrics.yaml" in (ROOT / config).read_text().splitlines()
 

@@ -33,6 +33,7 @@ VERBS: dict[str, tuple[str, str | None, str]] = {
     "review": ("textclf.pipelines.review", None, "label a review queue in the terminal"),
     "retrain": ("textclf.pipelines.retrain", None, "train a challenger on feedback, gate it, promote it"),
     "drift": ("textclf.pipelines.drift", None, "compare live traffic with the bundle's reference profile"),
+    "explain": ("textclf.pipelines.explain", None, "shade each word of a text by its weight in the bundle's decision"),
 }
 
 

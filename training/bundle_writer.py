@@ -13,6 +13,7 @@ from pathlib import Path
 from handlers import bundle
 from handlers.bundle import SINGLE
 from handlers.drift_bins import PROFILE_FILE
+from handlers.long_texts import CARD_KEY as LONG_TEXTS
 from training.export_formats import FORMATS, OUTPUTS, RUNTIME_PACKAGES
 from training.rundir import RunDir
 
@@ -32,6 +33,8 @@ def build_card(run: dict, run_dir: Path, results: dict, *, fmt: str, quantize: s
                      "baselines": train_metrics.get("test", {}).get("baselines")},
         "export": results, "versions": {p: md.version(p) for p in packages},
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        # The long-text policy the run was evaluated with, which serving applies (runs before it: truncate).
+        **({LONG_TEXTS: run[LONG_TEXTS]} if run.get(LONG_TEXTS) else {}),
     }
 
 

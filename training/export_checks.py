@@ -111,6 +111,8 @@ def evaluate(module, tokenizer, test: pd.DataFrame, labels: list[str], max_lengt
     module without them), from which export builds the bundle's reference profile."""
     texts = test["text"].tolist()
     started = time.perf_counter()
+    # Truncated whatever the run's long-text policy: these figures compare formats and variants on the same inputs
+    # (training measured the policy itself on its test split, and the card carries both).
     probs, features = predict_outputs(module, tokenizer, texts, max_length, batch_size, activation=problem.probabilities)
     seconds = time.perf_counter() - started
     metrics = problem.headline(problem.targets(test, labels), probs)

@@ -23,17 +23,24 @@ MAX_LABEL_WIDTH = 40
 
 
 def predict_probs(forward: Callable, tokenizer, texts: list[str], max_length: int, batch_size: int,
-                  device="cpu", activation: Callable | None = None) -> np.ndarray:
+                  device="cpu", activation: Callable | None = None, policy=None) -> np.ndarray:
     """Probabilities [len(texts), labels] in the order of `texts` (predict_outputs without the features)."""
-    return predict_outputs(forward, tokenizer, texts, max_length, batch_size, device, activation)[0]
+    return predict_outputs(forward, tokenizer, texts, max_length, batch_size, device, activation, policy)[0]
 
 
 def predict_outputs(forward: Callable, tokenizer, texts: list[str], max_length: int, batch_size: int,
-                    device="cpu", activation: Callable | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+                    device="cpu", activation: Callable | None = None,
+                    policy=None) -> tuple[np.ndarray, np.ndarray | None]:
     """Probabilities [len(texts), labels] and features [len(texts), width] (None where `forward` returns logits
     alone) in the order of `texts`; `forward(input_ids, attention_mask)` returns logits or (logits, features)
     (an eager model wrapped in a lambda or training.features.with_features, or an exported module); `activation`
     turns logits into probabilities (a problem type's `probabilities`; default: softmax).
+
+    `policy`: the run's long-text policy (handlers/long_texts.py; default truncate), as serving applies it: each
+    batch of `batch_size` texts is encoded by it, all their rows (windows) go through one forward pass, and a
+    text's logits are the policy's aggregate of its rows'. Its features are the mean of its rows' (serving's
+    out-of-scope score instead takes the max of the per-window in_scope scores: a text is in scope when any
+    of its windows is).
 
     Not `Trainer.predict`: with length-grouped sampling, transformers 5 also permutes evaluation
     batches, so its predictions do not line up with the input rows. Batches here are length-sorted
@@ -43,15 +50,18 @@ def predict_outputs(forward: Callable, tokenizer, texts: list[str], max_length: 
 
     from handlers.answers import softmax  # imported here: they import torch, which training.summary does without
     from handlers.batching import split_outputs  # imported here: see above
-    from handlers.tokenization import encode  # imported here: see above
+    from handlers.long_texts import Truncate, reduce_rows  # imported here: see above
 
+    policy = policy or Truncate()
     order = np.argsort([len(t) for t in texts], kind="stable")
     probs = features = None
     with torch.inference_mode():
         for i in range(0, len(order), batch_size):
             idx = order[i: i + batch_size]
-            enc = encode(tokenizer, [texts[j] for j in idx], max_length)
-            logits, feats = split_outputs(forward(enc["input_ids"].to(device), enc["attention_mask"].to(device)))
+            enc = policy.encode(tokenizer, [texts[j] for j in idx], max_length)
+            logits, feats = split_outputs(forward(enc.input_ids.to(device), enc.attention_mask.to(device)))
+            logits = policy.aggregate(logits, enc.owners, len(idx))  # one row per text: unchanged, bit for bit
+            feats = None if feats is None else reduce_rows(feats, enc.owners, len(idx), "mean")
             if probs is None:
                 probs = np.zeros((len(texts), logits.shape[-1]), dtype=np.float32)
                 features = None if feats is None else np.zeros((len(texts), feats.shape[-1]), dtype=np.float32)

@@ -28,6 +28,7 @@ from transformers import (
 
 from handlers.answers import sigmoid, softmax
 from handlers.bundle import MULTI, THRESHOLDS_KEY
+from handlers.long_texts import CARD_KEY as LONG_TEXTS
 from handlers.runtimes import RUNTIMES
 from handlers.tokenization import encode
 from training import onnx_build, out_of_scope
@@ -95,13 +96,15 @@ _BUILDERS = {"roberta": tiny_roberta, "distilbert": tiny_distilbert}
 
 def make_tiny_bundle(out_dir: Path, arch: str = "roberta", labels: Sequence[str] = ("negative", "positive"),
                      variant: str = "fp32", thresholds: Sequence[float] | None = None,
-                     runtime: str = "torchscript", detector: str | None = None) -> Path:
+                     runtime: str = "torchscript", detector: str | None = None,
+                     long_texts: dict | None = None) -> Path:
     """Write a complete bundle for a tiny random `arch` classifier into `out_dir` and return it.
     variant "bf16" casts the weights before tracing, as `training.export --dtype bf16` does; `thresholds`
     (one per label) makes it a multi-label bundle, as training writes one; runtime "onnxruntime" writes the
     same model as a fused model.onnx, as `training.export --format onnx` does. `detector` (mahalanobis or
     max_prob): the model also outputs its features, as export's bundles do, and the bundle carries an
-    out-of-scope detector fitted on CORPUS (each text labelled by its position), as training fits one."""
+    out-of-scope detector fitted on CORPUS (each text labelled by its position), as training fits one.
+    `long_texts`: the card's long-text section (handlers/long_texts.py), written as given (None: none, truncate)."""
     if arch not in _BUILDERS:
         raise ValueError(f"arch must be one of {sorted(_BUILDERS)}, got {arch!r}")
     if variant not in ("fp32", "bf16") or (runtime != "torchscript" and variant != "fp32"):
@@ -127,7 +130,8 @@ def make_tiny_bundle(out_dir: Path, arch: str = "roberta", labels: Sequence[str]
         model.config.problem_type = MULTI
         setattr(model.config, THRESHOLDS_KEY, list(thresholds))
     card = {"max_length": MAX_LENGTH, "base_model": f"tiny-random-{arch}", "task": "text-classification",
-            "source": "training.tiny", "variant": variant, "runtime": runtime}
+            "source": "training.tiny", "variant": variant, "runtime": runtime,
+            **({LONG_TEXTS: long_texts} if long_texts is not None else {})}
     module, outputs = (LogitsOnly(model).eval(), ("logits",)) if detector is None else (with_features(model), OUTPUTS)
     with tempfile.TemporaryDirectory() as scratch:
         model_file = Path(scratch) / RUNTIMES[runtime].model_file

@@ -71,6 +71,13 @@ class TrainConfig:
     max_eval_samples: int | None = option(
         "evaluate on at most this many validation and test texts (seeded sample), for quick runs", None)
     max_length: int = option("truncate texts to this many tokens (also used in serving)", 128)
+    long_texts: Literal["truncate", "head+tail", "windows"] = option(
+        "texts longer than --max-length tokens, in evaluation and in serving (the bundle carries it): truncate "
+        "(keep the start), head+tail (a quarter of the tokens from the start, the rest from the end), windows "
+        "(overlapping windows, the max of their logits per label); training itself reads the start (docs/long-texts.md)",
+        "truncate")
+    window_stride: int | None = option(
+        "--long-texts windows: tokens between the starts of consecutive windows (default: half of --max-length)", None)
     batch_size: int = option(
         "training batch size over all processes: under torchrun each of N processes takes batch-size / N of every "
         "batch, so the recipe is the same at any N", 32)
@@ -143,6 +150,11 @@ class TrainConfig:
             raise UserError(f"--in-scope-coverage must be in (0, 1), got {self.in_scope_coverage}")
         if self.out_of_scope_label is not None and self.out_of_scope_detector == "none":
             raise UserError("--out-of-scope-label needs a detector; drop --out-of-scope-detector none")
+        if self.window_stride is not None and self.long_texts != "windows":
+            raise UserError(f"--window-stride is for --long-texts windows, not {self.long_texts}")
+        if self.window_stride is not None and not 1 <= self.window_stride < self.max_length:
+            raise UserError(f"--window-stride must be from 1 to --max-length - 1 ({self.max_length - 1}), "
+                            f"got {self.window_stride}")
 
 
 def show_progress(config: TrainConfig) -> bool:
@@ -432,12 +444,24 @@ def samples_per_second(epochs_done: float, n_train: int, seconds: float, resumed
     return round(epochs_done * n_train / seconds, 2)
 
 
-def eager_probs(model, tokenizer, texts: list[str], max_length: int, batch_size: int, problem) -> np.ndarray:
-    """Probabilities of a Hugging Face model in the order of `texts` (report.predict_probs' loop)."""
+def eager_probs(model, tokenizer, texts: list[str], max_length: int, batch_size: int, problem,
+                policy=None) -> np.ndarray:
+    """Probabilities of a Hugging Face model in the order of `texts` (report.predict_probs' loop); `policy`: the
+    long-text policy (default truncate)."""
     model.eval()
     device = next(model.parameters()).device
     return predict_probs(lambda ids, mask: model(input_ids=ids, attention_mask=mask).logits, tokenizer, texts,
-                         max_length, batch_size, device=device, activation=problem.probabilities)
+                         max_length, batch_size, device=device, activation=problem.probabilities, policy=policy)
+
+
+def long_text_policy(config: TrainConfig, problem_type: str):
+    """The run's long-text policy, built from the section run.json records, as serving rebuilds it from the card."""
+    from handlers.long_texts import policy_from_section  # lazy: it imports torch
+
+    section = {"policy": config.long_texts}
+    if config.long_texts == "windows":
+        section["stride"] = config.window_stride or max(1, config.max_length // 2)
+    return policy_from_section(section, problem_type, "--long-texts")
 
 
 def load_data(config: TrainConfig):
@@ -470,10 +494,12 @@ def fit_out_of_scope(config: TrainConfig, model, tokenizer, splits: Splits, prob
     oos_class = labels.index(config.out_of_scope_label) if config.out_of_scope_label is not None else None
     in_scope_ids = np.array([i for i in range(len(labels)) if i != oos_class])
     forward, device = with_features(model), next(model.parameters()).device
+    policy = long_text_policy(config, problem.name)  # the policy serving reads texts with; features: window mean
 
     def outputs(frame):
         probs, features = predict_outputs(forward, tokenizer, frame["text"].tolist(), config.max_length,
-                                          config.eval_batch_size, device=device, activation=problem.probabilities)
+                                          config.eval_batch_size, device=device, activation=problem.probabilities,
+                                          policy=policy)
         return (probs if temperature is None else rescale(probs, temperature)), features  # as served
 
     def texts(frame) -> out_of_scope.Texts:
@@ -508,6 +534,8 @@ def main(config: TrainConfig, student=None) -> dict:
     training.distill.Distillation, which supplies the student, the teacher's logits and the loss."""
     import torch  # lazy: see the note at the imports
 
+    from handlers import long_texts  # lazy: it imports torch
+
     main_process = int(os.environ.get("RANK", "0")) == 0  # torchrun: process 0 alone reports and writes
     run_dir = RunDir(config.output_dir)
     model_path = resolve_model(config.model)  # before the data: a missing hub fails in seconds
@@ -530,10 +558,13 @@ def main(config: TrainConfig, student=None) -> dict:
         return {}
 
     # The best checkpoint is loaded (load_best_model_at_end); its decision thresholds are fitted on validation
-    # before it is saved, so they travel in config.json next to id2label.
+    # before it is saved, so they travel in config.json next to id2label. Texts are read by the run's long-text
+    # policy, as serving reads them.
+    policy = long_text_policy(config, problem.name)
+
     def predict(split: str):
         return eager_probs(trainer.model, tokenizer, getattr(splits, split)["text"].tolist(), config.max_length,
-                           config.eval_batch_size, problem)
+                           config.eval_batch_size, problem, policy)
 
     probs = {"validation": predict("validation")}
     targets = {split: problem.targets(getattr(splits, split), labels) for split in ("validation", "test")}
@@ -594,7 +625,8 @@ def main(config: TrainConfig, student=None) -> dict:
         "problem_type": problem.name, "thresholds": problem.thresholds, "temperature": temperature,
         **({"thresholds_chosen": fitted} if fitted else {}),  # which kind of threshold was kept, and why
         **({"out_of_scope": detection[0]} if detection is not None else {}),
-        "max_length": config.max_length, "class_weights": weights, "plan": plan, "world_size": world_size(),
+        "max_length": config.max_length, long_texts.CARD_KEY: policy.section(),
+        "class_weights": weights, "plan": plan, "world_size": world_size(),
         "batch": {"global": config.batch_size, "per_process": config.batch_size // world_size(),
                   "grad_accum": config.grad_accum, "per_optimizer_step": config.batch_size * config.grad_accum},
         "data": {"source": splits.source, "fingerprint": splits.fingerprint, "validation_carved": splits.validation_carved,

@@ -31,7 +31,7 @@ def answers(model_dir, gpu_id) -> tuple[str, list[dict]]:
     handler = TextClassifierHandler()
     handler.initialize(context(model_dir, gpu_id))
     out = handler.handle([{"body": {"text": t}} for t in TEXTS], context(model_dir, gpu_id))
-    return str(handler.device), [json.loads(o) for o in out]
+    return str(handler.scorer.device), [json.loads(o) for o in out]
 
 
 def worst_diff(a: list[dict], b: list[dict]) -> float:

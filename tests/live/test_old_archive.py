@@ -18,18 +18,21 @@ from training.tiny import make_tiny_bundle
 
 pytestmark = pytest.mark.live
 OLD_LAYOUT = "8adc0b2"  # the last commit with tsclient/ and cli/ at the top level
+# The last commit before the response cache, explanations, long-text policies and the Open Inference Protocol: its
+# handler has one module for parsing and errors and none for scoring; today's archive of the bundle answers alike.
+BEFORE_CACHE = "c179d2f"
 LABELS = ("negative", "neutral", "positive")
 TEXTS = ["the film was a delight", "why was my payment declined at the shop", "a dull, lifeless script"]
 
 
-def old_checkout(dest: Path) -> Path:
-    """The files of OLD_LAYOUT that build an archive, extracted from git history into `dest`."""
+def old_checkout(dest: Path, commit: str = OLD_LAYOUT,
+                 folders: tuple = ("cli", "tsclient", "handlers", "model-archive")) -> Path:
+    """The files of `commit` that build an archive, extracted from git history into `dest`."""
     git = ["git", "-C", str(paths.ROOT)]
-    if subprocess.run([*git, "cat-file", "-e", f"{OLD_LAYOUT}^{{commit}}"], capture_output=True).returncode:
-        pytest.skip(f"git history without commit {OLD_LAYOUT} (a shallow clone): no old archiver to build with")
+    if subprocess.run([*git, "cat-file", "-e", f"{commit}^{{commit}}"], capture_output=True).returncode:
+        pytest.skip(f"git history without commit {commit} (a shallow clone): no old archiver to build with")
     dest.mkdir()
-    tar = subprocess.run([*git, "archive", "--format=tar", OLD_LAYOUT, "cli", "tsclient", "handlers", "model-archive"],
-                         capture_output=True, check=True).stdout
+    tar = subprocess.run([*git, "archive", "--format=tar", commit, *folders], capture_output=True, check=True).stdout
     subprocess.run(["tar", "-x", "-C", str(dest)], input=tar, check=True)
     return dest
 
@@ -72,3 +75,36 @@ def test_an_archive_built_before_the_package_layout_answers_as_one_built_today(l
     for a, b in zip(old, new, strict=True):
         assert a["label"] == b["label"] and set(a["scores"]) == set(LABELS)
         assert a["scores"] == pytest.approx(b["scores"], abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def before_cache(live, tmp_path_factory):
+    root = tmp_path_factory.mktemp("before-cache")
+    bundle = make_tiny_bundle(root / "bundle", labels=LABELS, detector="mahalanobis")
+    old = old_checkout(root / "old", BEFORE_CACHE, ("textclf", "handlers", "model-archive"))
+    env = {**os.environ, "PYTHONPATH": str(old)}
+    built = subprocess.run([sys.executable, "-m", "textclf.torchserve.archive", "--bundle", str(bundle), "--name",
+                            "before-cache", "--version", "1.0", "--store", str(live.store)], cwd=old, env=env,
+                           capture_output=True, text=True, timeout=300)
+    assert built.returncode == 0, built.stderr
+    old_mar = live.store / "before-cache-1.0.mar"
+    new_mar = build_archive(ArchiveConfig(bundle=bundle, name="after-cache", version="1.0", store=live.store))
+    for name, mar in (("before-cache", old_mar), ("after-cache", new_mar)):
+        live.rest.register(name, mar.name, initial_workers=1)
+    yield old_mar
+    for name, mar in (("before-cache", old_mar), ("after-cache", new_mar)):
+        live.rest.unregister(name, "1.0")
+        mar.unlink()
+
+
+def test_an_archive_built_before_the_cache_answers_as_one_built_today(live, before_cache):
+    with zipfile.ZipFile(before_cache) as z:
+        assert not any(n.endswith(("cache.py", "scoring.py")) for n in z.namelist())  # the old handler's modules
+    for _ in range(2):  # the second time, today's archive answers from its cache
+        old = live.rest.predict("before-cache", texts=TEXTS, top_k=3)
+        new = live.rest.predict("after-cache", texts=TEXTS, top_k=3)
+        for a, b in zip(old, new, strict=True):
+            assert (a["label"], a["out_of_scope"]) == (b["label"], b["out_of_scope"])
+            assert a["scores"] == pytest.approx(b["scores"], abs=1e-6) and a["in_scope"] == b["in_scope"]
+        [a], [b] = (live.rest.predict(name, instances=TEXTS[:1])["predictions"] for name in ("before-cache", "after-cache"))
+        assert a["label"] == b["label"] and a["scores"] == pytest.approx(b["scores"], abs=1e-6)

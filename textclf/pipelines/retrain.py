@@ -128,6 +128,8 @@ def scores(run_dir: Path, frame: pd.DataFrame, labels: Measured) -> dict:
     detection answers its argmax. With out-of-scope texts in `frame`, also the share of them answered so."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer  # lazy: `--help` need not load it
 
+    from handlers.long_texts import CARD_KEY as LONG_TEXTS  # lazy: it loads torch
+    from handlers.long_texts import policy_from_section
     from training.export import read_detector, run_problem  # lazy: they load torch
     from training.features import with_features
 
@@ -138,8 +140,9 @@ def scores(run_dir: Path, frame: pd.DataFrame, labels: Measured) -> dict:
     model = AutoModelForSequenceClassification.from_pretrained(rd.model_dir)
     tokenizer = AutoTokenizer.from_pretrained(rd.model_dir)
     problem = run_problem(run_dir, own)  # with the served temperature: max_prob detection reads calibrated scores
+    policy = policy_from_section(run.get(LONG_TEXTS), problem.name, rd.run_file)  # as the run evaluated, and serves
     probs, features = predict_outputs(with_features(model), tokenizer, frame["text"].tolist(), int(run["max_length"]),
-                                      64, activation=problem.probabilities)
+                                      64, activation=problem.probabilities, policy=policy)
     decided = problem.decide(probs)
     rejected = np.zeros(len(frame), dtype=bool)
     detector = read_detector(run_dir, run)

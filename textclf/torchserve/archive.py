@@ -99,9 +99,12 @@ class ArchiveConfig:
         """Everything the handler checks at load time, checked now: a broken bundle never becomes a .mar."""
         if not self.bundle.is_dir():
             raise ArchiveError(f"{self.bundle}: bundle directory not found (run `make export` first)")
+        from handlers.long_texts import CARD_KEY, policy_from_section  # lazy: it loads torch, which --help need not
+
         card = bundle.check(self.bundle)
         self.model_path = card.model_path  # model.pt or model.onnx: the card's runtime says which
         self.handler.resolve_max_length(card.max_length)
+        policy_from_section(card.raw.get(CARD_KEY), card.problem_type, self.bundle / bundle.CARD_FILE)
         clashes = sorted(RESERVED & {p.name for p in self.bundle.iterdir()})
         if clashes:
             raise ArchiveError(f"{self.bundle}: contains {clashes}, names the archive reserves for itself")

@@ -23,7 +23,7 @@ from urllib.parse import quote
 import requests
 
 from handlers.config import HandlerConfig
-from handlers.parsing import ErrorType
+from handlers.errors import ErrorType
 from textclf.torchserve.errors import ServerUnreachable, TokenRefused, TorchServeError
 from textclf.torchserve.keys import KeyStore, bearer
 
@@ -219,6 +219,17 @@ class TorchServeClient:
         answer, self.max_texts = in_chunks(lambda chunk: self._post_json(name, json_body(field, chunk, top_k), version),
                                            items, self.max_texts, field)
         return answer
+
+    def explain(self, name: str, text: str | None = None, *, texts: Sequence[str] | None = None,
+                label: str | None = None, version: str | None = None) -> Any:
+        """Each word's weight in the decision (POST /explanations/<name>[/<version>], handlers/explanations.py):
+        `text` gets one explanation, `texts` a list; `label` explains that label instead of the predicted one."""
+        if (text is None) == (texts is None):
+            raise ValueError("give exactly one of text or texts")
+        body = {"text": text} if text is not None else {"texts": list(texts)}
+        url = f"{self.inference_url}/explanations/{_path(name, version)}"
+        r = self.request("inference", "POST", url, retry=True, json={**body, **({"label": label} if label else {})})
+        return self._json(r)
 
     def _post_json(self, name: str, body: dict, version: str | None) -> Any:
         if "instances" in body and version is None:
