@@ -9,8 +9,10 @@ repeats, about half of the requests repeat an earlier text: each request is, wit
 of --pool "hot" texts drawn Zipf-distributed (rank r with weight r^-zipf: a few texts very often, many rarely, as
 templated messages and spam are), else a text never sent before; the share that repeats is measured and reported.
 Without repeats every request is a new text. Each pass registers a fresh archive (an empty cache), warms it up on
-texts outside the traffic, sends the traffic once and is unregistered; passes alternate cache on / cache off and the
-fastest of --passes is kept (other work on a shared host only ever slows a pass down). The deployment is the serving
+texts outside the traffic, sends the traffic once and is unregistered; passes run in pairs, cache on and off back
+to back (alternating which goes first), and the speedup is the median of the --passes pairs' ratios: passes vary by
+a few percent with the host, more than the 3% the no-repeat target allows, and the two passes of a pair see the
+same host. The deployment is the serving
 benchmark's D: one single-threaded worker per core, batch size 32, 1 ms batch delay, so each worker has its own
 cache and sees part of the traffic, as in production. Writes bench/results/cache.{json,md}.
 """
@@ -73,7 +75,8 @@ class CacheBenchConfig:
                                  "repeat an earlier one; the other draws are first sightings)", 0.6)
     zipf: float = option("Zipf exponent of the hot texts' popularity", 1.1)
     concurrency: int = option("requests in flight", 32)
-    passes: int = option("passes per row; the fastest is kept", 3)
+    passes: int = option("passes per row, cache on and off in pairs; the speedup is the median of the pairs' ratios",
+                         5)
     cache_size: int = option("handler option cache_size of the cache-on archive", DEFAULT_CACHE_SIZE)
     seed: int = option("traffic seed", 13)
     out: Path = option("results file stem", RESULTS / "cache")
@@ -250,6 +253,9 @@ def main(config: CacheBenchConfig) -> dict:
                                  round(repeated_share(v), 4)} for k, v in workloads.items()},
                "served": {}}
     with torchserve() as srv:
+        # A first registration and traffic pay the server's own start-up costs (the JVM's compilation, the archive
+        # in the page cache); measured, it made the first pass of the run a quarter slower than the next ones.
+        served_pass(srv, bundles["fp32"], "cache-warm-up", warm * 8, warm, config, DEPLOYMENTS["default"], 0)
         for deployment, shape in DEPLOYMENTS.items():
             results["served"][deployment] = {}
             for workload, sent in workloads.items():
@@ -265,7 +271,11 @@ def main(config: CacheBenchConfig) -> dict:
                 results["served"][deployment][workload] = {
                     **{mode: {k: v for k, v in row.items() if k != "answers"} for mode, row in best.items()},
                     "all_passes_texts_per_s": {mode: [r["texts_per_s"] for r in p] for mode, p in passes.items()},
-                    "speedup": round(best["on"]["texts_per_s"] / best["off"]["texts_per_s"], 3),
+                    # Passes vary by a few percent with the host; a pair's two passes ran back to back, so the median
+                    # of the pairs' ratios is steadier than the ratio of the fastest passes (also recorded).
+                    "speedup": round(statistics.median(on["texts_per_s"] / off["texts_per_s"]
+                                                       for on, off in zip(passes["on"], passes["off"], strict=True)), 3),
+                    "speedup_of_fastest": round(best["on"]["texts_per_s"] / best["off"]["texts_per_s"], 3),
                     "answers": compare(best["on"]["answers"], best["off"]["answers"]),
                     # what recomputing alone changes: two cache-off passes of the same traffic
                     "recomputed": compare(passes["off"][0]["answers"], passes["off"][-1]["answers"])}
@@ -320,8 +330,9 @@ def targets(results: dict) -> list[dict]:
 def markdown(r: dict) -> str:
     lines = [f"# Response cache ({r['cpu_class']}, {r['cores']} cores, torch {r['torch']})", "",
              f"`{r['command']}`", "",
-             f"Answers called identical: the same labels, scores within {IDENTICAL:.0e} (fp32 rounding of a "
-             "recomputation in a batch of another shape).", "",
+             f"texts/s and p50: the fastest pass of {r['config']['passes']}; speedup: the median of the paired passes' "
+             f"ratios (cache on and off back to back). Answers called identical: the same labels, scores within "
+             f"{IDENTICAL:.0e} (fp32 rounding of a recomputation in a batch of another shape).", "",
              "| deployment | traffic | repeated share | cache | texts/s | p50 ms | hit rate | speedup | answers on vs off |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     rows = [(d, w, row) for d, workloads in r["served"].items() for w, row in workloads.items()]

@@ -47,7 +47,7 @@ def test_targets_and_report_from_results():
         row["off"] = {"texts_per_s": 200.0, "p50_ms": 120.0, "hit_rate": None}
     got = targets({"served": {"default": served}})
     assert [t["met"] for t in got] == [True, False]  # 4% slower without repeats misses the 3% target
-    results = {"cpu_class": "amx", "cores": 2, "torch": "2.13", "command": "python -m bench.cache_bench",
+    results = {"config": {"passes": 5}, "cpu_class": "amx", "cores": 2, "torch": "2.13", "command": "python -m bench.cache_bench",
                "served": {"default": served}, "targets": got,
                "workloads": {"repeats": {"repeated_share": 0.5}, "no_repeats": {"repeated_share": 0.0}},
                "batch_dependence": {"bf16": {"variant": "bf16", "runtime": "torchscript", "max_prob_diff": 0.01,
