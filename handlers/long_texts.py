@@ -53,16 +53,22 @@ class Encoded:
     owners: torch.Tensor  # int64 [rows]: the index of the text each row belongs to (0..n_texts-1)
     windows: list[int]  # rows per text (len == n_texts); 1 for every text under truncate and head+tail
 
+    def starts(self) -> torch.Tensor:
+        """The index of each text's first row (rows are grouped by text, in text order)."""
+        counts = torch.tensor(self.windows, dtype=torch.long)
+        return torch.cumsum(counts, 0) - counts
+
     def rows_of(self, texts: Sequence[int]) -> Encoded:
         """Only these texts' rows, owners renumbered 0..len(texts)-1 in the given order; padding columns nobody
         uses dropped (left or right padding alike), so a subset pays only for its own longest row."""
-        picked = [torch.nonzero(self.owners == t).flatten() for t in texts]
-        rows = torch.cat(picked) if picked else torch.zeros(0, dtype=torch.long)
-        owners = torch.cat([torch.full((len(p),), i, dtype=torch.long) for i, p in enumerate(picked)]) if picked else rows
+        starts, windows = self.starts(), [self.windows[t] for t in texts]
+        rows = torch.cat([torch.arange(int(starts[t]), int(starts[t]) + n) for t, n in zip(texts, windows, strict=True)]
+                         ) if windows else torch.zeros(0, dtype=torch.long)
+        owners = torch.repeat_interleave(torch.arange(len(windows)), torch.tensor(windows, dtype=torch.long))
         mask = self.attention_mask[rows]
         used = mask.any(dim=0).nonzero()
         lo, hi = (int(used[0]), int(used[-1]) + 1) if len(used) else (0, 0)
-        return Encoded(self.input_ids[rows, lo:hi], mask[:, lo:hi], owners, [self.windows[t] for t in texts])
+        return Encoded(self.input_ids[rows, lo:hi], mask[:, lo:hi], owners, windows)
 
 
 def reduce_rows(rows: torch.Tensor, owners: torch.Tensor, n_texts: int, how: str) -> torch.Tensor:

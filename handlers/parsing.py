@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 
 from handlers import open_inference
@@ -62,7 +62,7 @@ def parse_request(row, config: HandlerConfig, explain: bool = False, labels=()) 
     same bodies plus "label" (one of `labels`) and has limits of its own: explaining costs a forward per word."""
     try:
         parsed = _parse_body(_body_of(row), config, explain)
-        return _explanation(parsed, config, labels) if explain else parsed
+        return _explanation(replace(parsed, explain=True), config, labels) if explain else parsed
     except InvalidRequest as e:
         return Parsed(error=e.error, explain=explain)
 
@@ -90,18 +90,18 @@ def _body_of(row):
         return row["data"]
     # TorchServe hands a form-encoded body (curl -d without a Content-Type) over without a body.
     raise InvalidRequest(ErrorType.NO_BODY, "request has no body; send Content-Type: application/json or text/plain "
-                   "(a form-encoded body, e.g. curl -d without -H, arrives empty)")
+                         "(a form-encoded body, e.g. curl -d without -H, arrives empty)")
 
 
 def _parse_body(body, config: HandlerConfig, explain: bool) -> Parsed:
     if isinstance(body, (bytes, bytearray)):
         body = _decode(bytes(body))
     if isinstance(body, str):
-        return Parsed(texts=(_text(body, "body", config),), top_k=config.default_top_k, explain=explain)
+        return Parsed(texts=(_text(body, "body", config),), top_k=config.default_top_k)
     if isinstance(body, dict):
         return _parse_object(body, config, explain)
     raise InvalidRequest(ErrorType.INVALID_REQUEST,
-                   f"JSON body must be an object with 'text', 'texts' or 'instances', got {_kind(body)}")
+                         f"JSON body must be an object with 'text', 'texts' or 'instances', got {_kind(body)}")
 
 
 def _decode(raw: bytes):
@@ -116,7 +116,7 @@ def _decode(raw: bytes):
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise InvalidRequest(ErrorType.INVALID_JSON,
-                       f"body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+                             f"body is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
     except RecursionError:  # any exception escaping here would fail every request of the batch
         raise InvalidRequest(ErrorType.INVALID_JSON, "body is not valid JSON: nested too deeply") from None
     except ValueError:  # e.g. an integer literal longer than Python's 4300-digit limit
@@ -125,15 +125,15 @@ def _decode(raw: bytes):
 
 def _parse_object(obj: dict, config: HandlerConfig, explain: bool) -> Parsed:
     if "inputs" in obj:
-        return _parse_v2(obj, config, explain)
-    keys = EXPLAIN_KEYS if explain else JSON_KEYS
+        return _parse_v2(obj, config)
+    keys = EXPLAIN_KEYS if explain else JSON_KEYS  # the one difference between the two endpoints' bodies
     unknown = sorted(str(k) for k in obj if k not in keys)
     if unknown:  # a typo such as "topk" must not be silently ignored
         raise InvalidRequest(ErrorType.INVALID_REQUEST, f"unknown field(s) {unknown}; allowed: {list(keys)}")
     given = [k for k in ("text", "texts", "instances") if k in obj]
     if len(given) != 1:
         raise InvalidRequest(ErrorType.INVALID_REQUEST, "JSON body needs exactly one of 'text', 'texts' or 'instances'"
-                       + (f", got {given}" if given else ""))
+                             + (f", got {given}" if given else ""))
     top_k, label = _top_k(obj.get("top_k"), config), _label(obj.get("label"))
     if "text" in obj:
         texts, shape = (_text(obj["text"], "text", config),), Shape.ONE
@@ -144,13 +144,13 @@ def _parse_object(obj: dict, config: HandlerConfig, explain: bool) -> Parsed:
         items = _items(obj["instances"], "instances", config)
         texts = tuple(_text(_instance_text(x, i), f"instances[{i}]", config) for i, x in enumerate(items))
         shape = Shape.PREDICTIONS
-    return Parsed(texts=texts, top_k=top_k, shape=shape, explain=explain, label=label)
+    return Parsed(texts=texts, top_k=top_k, shape=shape, label=label)
 
 
-def _parse_v2(obj: dict, config: HandlerConfig, explain: bool) -> Parsed:
+def _parse_v2(obj: dict, config: HandlerConfig) -> Parsed:
     values, parameters, shape = open_inference.parse(obj, config.max_texts_per_request)
     texts = tuple(_text(t, f"inputs[0].data[{i}]", config) for i, t in enumerate(values))
-    return Parsed(texts=texts, top_k=_top_k(parameters.get("top_k"), config), shape=shape, explain=explain)
+    return Parsed(texts=texts, top_k=_top_k(parameters.get("top_k"), config), shape=shape)
 
 
 def _label(value) -> str | None:

@@ -11,7 +11,6 @@ served one.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +39,6 @@ class Scorer:
         self.labels, self.answers = card.labels, answers_for(card)
         self.policy = policy_from_section(card.raw.get(CARD_KEY), card.problem_type,
                                           Path(card.model_path).parent / bundle.CARD_FILE)
-        self.seconds = 0.0  # spent in forward passes, for the handler's timing log
 
     @classmethod
     def load(cls, model_dir: Path, device: str = "cpu", threads: int | None = None,
@@ -64,12 +62,9 @@ class Scorer:
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
         """The model's outputs (logits, or logits and features) for a padded batch."""
-        start = time.perf_counter()
         with torch.inference_mode():
-            out = forward_by_length(self.model, input_ids.to(self.device), attention_mask.to(self.device),
-                                    self.chunk_size)
-        self.seconds += time.perf_counter() - start
-        return out
+            return forward_by_length(self.model, input_ids.to(self.device), attention_mask.to(self.device),
+                                     self.chunk_size)
 
     def score(self, encoded) -> Scores:
         logits, features = split_outputs(self.forward(encoded.input_ids, encoded.attention_mask))

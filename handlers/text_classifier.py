@@ -186,8 +186,11 @@ class TextClassifierHandler(BaseHandler):
         """The batch's model metrics (handlers/metrics.py) from each text's (top-1 label, score), in batch order,
         and one log line of shapes, never text."""
         rejected = [p.error.type.code for p in parsed if p.error is not None]
-        features = [] if encoded is None else text_features(*_first_rows(encoded), self.scorer.max_length,
-                                                            self.scorer.tokenizer.unk_token_id)
+        features = []
+        if encoded is not None:  # each text's first row: the text, or its first window (as the drift profile counts)
+            first = encoded.starts()
+            features = text_features(encoded.input_ids[first], encoded.attention_mask[first], self.scorer.max_length,
+                                     self.scorer.tokenizer.unk_token_id)
         answered = sum(p.error is None and not p.explain for p in parsed)
         self.metrics.record(top, features, answered, rejected, outside, self.cache.take_counts())
         logger.log(logging.INFO if rejected else logging.DEBUG, "batch of %d requests: %d texts, %d rejected",
@@ -197,9 +200,3 @@ class TextClassifierHandler(BaseHandler):
 def _texts_to_predict(parsed: list[Parsed]) -> list[str]:
     return [t for p in parsed if p.error is None and not p.explain for t in p.texts]
 
-
-def _first_rows(encoded) -> tuple[torch.Tensor, torch.Tensor]:
-    """Each text's first row: the text itself, or its first window (what the drift profile's token counts see)."""
-    first = torch.ones(len(encoded.owners), dtype=torch.bool)
-    first[1:] = encoded.owners[1:] != encoded.owners[:-1]
-    return encoded.input_ids[first], encoded.attention_mask[first]
