@@ -36,10 +36,11 @@ help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z0-9-]*:.*## / {printf "  \033[1m%-17s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "Variables: DATA MODEL RUN NPROC EXPORT TEACHER FEEDBACK QUEUE NEXT ARGS NAME VERSION WORKERS TEXT TOP_K FILE OUTPUT MODELS (see docs/)"
 
-install: $(STAMP) ## create .venv and install textclf (editable) with the pinned dependencies (Java through apt if missing)
+install: $(STAMP) ## create .venv and install textclf (editable) with the pinned dependencies (Java, g++ through apt if missing)
 
-$(STAMP): pyproject.toml constraints.txt scripts/ensure_java.sh
+$(STAMP): pyproject.toml constraints.txt scripts/ensure_java.sh scripts/ensure_cxx.sh
 	@bash scripts/ensure_java.sh
+	@bash scripts/ensure_cxx.sh
 	@test -x $(PY) || $(PYTHON3) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	@# The project itself, editable, with every extra at the pinned versions: .venv/bin/textclf works from any folder.
@@ -165,12 +166,13 @@ image: install ## build the serving image with podman: IMAGE= [MODELS=a.mar,b.ma
 image-test: image ## run IMAGE on a tiny archive: healthcheck, predict, model API locked, clean stop (slow)
 	$(PODMAN_ENV) bash deploy/image.sh test
 
-# ---- Kubernetes (deploy/k8s: kustomize base + cpu/gpu overlays, nginx auth sidecar; docs/deploy.md).
+# ---- Kubernetes (deploy/k8s: kustomize base + cpu/gpu overlays, nginx auth sidecar; ray/ and kserve/; docs/deploy.md).
 OVERLAY ?= cpu
 
-k8s-render: ## print the manifests of OVERLAY=cpu|gpu (kubectl kustomize; pipe into `kubectl apply -f -`)
+# ray (KubeRay RayService) and kserve (KServe InferenceService) are layouts of their own beside the overlays.
+k8s-render: ## print the manifests of OVERLAY=cpu|gpu|ray|kserve (kubectl kustomize; pipe into `kubectl apply -f -`)
 	@command -v kubectl > /dev/null || { echo "error: kubectl not found (kubectl >= 1.27, kustomize v5)" >&2; exit 2; }
-	@kubectl kustomize deploy/k8s/overlays/$(OVERLAY)
+	@kubectl kustomize deploy/k8s/$(if $(filter ray kserve,$(OVERLAY)),$(OVERLAY),overlays/$(OVERLAY))
 
 k8s-check: install ## validate the manifests offline (Kubernetes 1.32 schemas) and run the auth sidecar for real (nginx + TorchServe)
 	@bash scripts/ensure_test_tools.sh
@@ -247,6 +249,13 @@ BENCH_LONG_ARGS ?=
 .PHONY: bench-long-texts
 bench-long-texts: install ## long texts: truncate vs head+tail vs windows on long banking77 tickets, accuracy and cost
 	$(PY) -m bench.long_text_bench $(BENCH_LONG_ARGS)
+
+# Ray Serve vs TorchServe on one archive (default: the newest of model-archive/store): p50 latency at c=1,
+# throughput at c=32, idle RSS and CPU of each server's process tree. Run it alone on the machine.
+BENCH_RAY_ARGS ?=
+.PHONY: bench-ray
+bench-ray: install ## Ray Serve vs TorchServe on one archive: latency, throughput, idle cost (results in bench/results)
+	$(PY) -m bench.ray_vs_torchserve $(BENCH_RAY_ARGS)
 
 BENCH_DISTILL_ARGS ?=
 .PHONY: bench-distill

@@ -7,12 +7,14 @@ with the run's model):
   A  transformers pipeline("text-classification"), eager fp32, in-process, batch 1 and 32
   B  TorchServe's stock Hugging Face example behaviour (bench/stock_handler.py): every request padded to
      max_length, one text per forward, eager fp32, on a real TorchServe at concurrency 32
-  C  our exported model in-process as the handler runs it, batch 1 and 32: TorchScript fp32, int8, bf16 and
-     ONNX Runtime fp32 and int8 (onnx-fp32, onnx-int8: training.export --format onnx)
+  C  our exported model in-process as the handler runs it, batch 1 and 32: TorchScript fp32, int8, bf16,
+     ONNX Runtime fp32 and int8 (onnx-fp32, onnx-int8: training.export --format onnx) and AOTInductor fp32
+     (pt2-fp32: training.export --format pt2, with its compile time and package size)
   D  our TorchServe deployment (token auth on, dynamic batching, one single-threaded worker per core) of
      the fastest variant within 0.5 accuracy points of fp32 whose answers do not depend on batch
      composition, at concurrency 1, 8 and 32
   D1 the same archive in the product's default deployment (1 worker using every core), concurrency 1 and 32
+  D-pt2 the pt2-fp32 archive deployed as D, at concurrency 1 and 32 (unless D already serves it)
   D and D1 also with the texts sent in lists ({"texts": [...]}, --texts-per-request, 8 by default) at 32 / 8 = 4
      requests in flight: the same 32 texts in flight as concurrency 32, for a fraction of the requests
 Writes bench/results/serve-<cpu>.{json,md,png}, one set per CPU class (amx, avx512, avx2; serve-<cpu>-quick.*
@@ -64,8 +66,8 @@ log = logging.getLogger(__name__)
 ROOT = paths.ROOT
 RESULTS = Path(__file__).parent / "results"
 PROG = "python -m bench.serve_bench"
-VARIANTS = ("fp32", "int8", "bf16", "onnx-fp32", "onnx-int8")
-ONNX = "onnx-"  # variant prefix of the ONNX Runtime bundles; the rest names the arithmetic
+VARIANTS = ("fp32", "int8", "bf16", "onnx-fp32", "onnx-int8", "pt2-fp32")
+ONNX, PT2 = "onnx-", "pt2-"  # variant prefixes of the ONNX Runtime and AOTInductor bundles; the rest names the arithmetic
 MAX_DROP_POINTS = 0.5  # a variant is accuracy-preserving within this many points of fp32
 FP32_TOLERANCE = 1e-3  # |Δlogit| within which two fp32 paths (eager, traced, padded) may break a tie differently
 CORES = os.cpu_count() or 1
@@ -147,11 +149,16 @@ def available_variants(has_bf16: bool) -> tuple[str, ...]:
 def precision(variant: str) -> str:
     """The arithmetic of a variant (fp32, int8 or bf16), whichever runtime runs it: tolerances, compute limits
     and chunk sizes follow it."""
-    return variant.removeprefix(ONNX)
+    return variant.removeprefix(ONNX).removeprefix(PT2)
 
 
 def runtime_name(variant: str) -> str:
-    return "ONNX Runtime" if variant.startswith(ONNX) else "TorchScript"
+    return "ONNX Runtime" if variant.startswith(ONNX) else "AOTInductor" if variant.startswith(PT2) else "TorchScript"
+
+
+def export_format(variant: str) -> str:
+    """training.export's --format of a variant's bundle."""
+    return "onnx" if variant.startswith(ONNX) else "pt2" if variant.startswith(PT2) else "torchscript"
 
 
 def load_test(data: Path, run: dict, max_texts: int | None) -> tuple[list[str], np.ndarray]:
@@ -179,7 +186,8 @@ def ensure_exports(run: Path, cache: Path, variants: tuple[str, ...]) -> dict[st
     from training.export import main as export_main
 
     # Re-exported when the weights or the exporter change.
-    sources = [RunDir(run).weights_file, ROOT / "training" / "export.py", ROOT / "training" / "onnx_build.py"]
+    sources = [RunDir(run).weights_file, ROOT / "training" / "export.py", ROOT / "training" / "onnx_build.py",
+               ROOT / "training" / "export_formats.py"]
     stamp = hashlib.sha256(b"".join(p.read_bytes() for p in sources if p.is_file())).hexdigest()
     out = {}
     for variant in variants:
@@ -188,7 +196,7 @@ def ensure_exports(run: Path, cache: Path, variants: tuple[str, ...]) -> dict[st
             log.info("exporting %s to %s", variant, bundle)
             arithmetic = precision(variant)
             export_main(ExportConfig(run_dir=str(run), output_dir=str(bundle),
-                                     format="onnx" if variant.startswith(ONNX) else "torchscript",
+                                     format=export_format(variant),
                                      quantize="int8" if arithmetic == "int8" else "none",
                                      dtype="bf16" if arithmetic == "bf16" else "fp32", max_accuracy_drop=100.0,
                                      max_eval_samples=200, force=True, allow_weak=True))
@@ -303,6 +311,11 @@ def main(config: ServeBenchConfig) -> dict:
     chosen = config.variant or choose_variant(rows, {v: r["ok"] for v, r in invariance.items()})
     results["chosen_variant"] = chosen
     log.info("serving %s in D", chosen)
+    if "pt2-fp32" in bundles:
+        results["pt2"] = pt2_package(bundles["pt2-fp32"])
+        for r in rows:  # the package's cost next to its rows
+            if r["variant"] == "pt2-fp32":
+                r.update(results["pt2"])
     with torchserve() as srv:
         if not config.skip_stock:
             srv.client.register("stock", archive_stock(model_dir, srv.store, "stock", max_length), batch_size=1,
@@ -318,16 +331,21 @@ def main(config: ServeBenchConfig) -> dict:
         # (concurrency, texts per request): one text per request, then the same texts in flight as at concurrency
         # 32 sent in lists, which pays TorchServe's cost per request (HTTP, auth, queueing) once per list
         lists = [(IN_FLIGHT // n, n)] if n > 1 else []
-        deployments = [("D", config.workers, config.threads, [(1, 1), (8, 1), (IN_FLIGHT, 1), *lists])]
+        deployments = [("D", chosen, config.workers, config.threads, [(1, 1), (8, 1), (IN_FLIGHT, 1), *lists])]
         if config.default_deployment:
-            deployments.append(("D1", 1, CORES, [(1, 1), (IN_FLIGHT, 1), *lists]))
+            deployments.append(("D1", chosen, 1, CORES, [(1, 1), (IN_FLIGHT, 1), *lists]))
+        if "pt2-fp32" in bundles and chosen != "pt2-fp32":  # the AOTInductor package served as D serves the chosen one
+            deployments.append(("D-pt2", "pt2-fp32", config.workers, config.threads, [(1, 1), (IN_FLIGHT, 1)]))
         results["deployments"], results["paired"] = {}, {}
         classifiers = {key: classify for key, _, _, _, classify in inprocess}
-        served_chunk = chunking.resolve_chunk_size(precision(chosen), "cpu")
-        for key, workers, threads, levels in deployments:
+        for key, variant, workers, threads, levels in deployments:
             name = f"ours-{key.lower()}"
-            handler = {"chunk_size": config.chunk_size, "threads": threads}
-            mar = archive_ours(bundles[chosen], srv.store, name, config.batch_size, config.max_batch_delay, workers, handler)
+            # Every pass sends the same texts: the response cache would answer passes 2 and 3 (bench.cache_bench
+            # measures it). Labels only: the in-process rows they are checked against have no detector.
+            handler = {"chunk_size": config.chunk_size, "threads": threads, "cache_size": 0, "out_of_scope": False}
+            served_chunk = chunking.resolve_chunk_size(precision(variant), "cpu")
+            mar = archive_ours(bundles[variant], srv.store, name, config.batch_size, config.max_batch_delay, workers,
+                               handler)
             srv.client.register(name, mar, initial_workers=workers, batch_size=config.batch_size,
                                 max_batch_delay=config.max_batch_delay, response_timeout=300)
             for concurrency, per_request in levels:
@@ -335,14 +353,14 @@ def main(config: ServeBenchConfig) -> dict:
                 # it: the targets compare the two within a pair, so drift of the host between the in-process
                 # rounds and the server rows minutes later cannot decide them.
                 ref_batch = 1 if concurrency * per_request == 1 else 32
-                ref_key, server_passes, ref_passes = f"C-{chosen}-b{ref_batch}", [], []
+                ref_key, server_passes, ref_passes = f"C-{variant}-b{ref_batch}", [], []
                 bodies = bodies_in if per_request == 1 else list_bodies(texts, per_request)
                 for _ in range(config.repeats):
                     ref_passes.append(measure_inprocess(classifiers[ref_key], texts, ref_batch))
                     server_passes.append(measure_server(srv, name, bodies, "application/json", concurrency,
                                                         lambda answers: parse_ours(answers, labels)))
                 row_key = server_key(key, concurrency, per_request)
-                record(row_key, f"ours on TorchServe, {chosen}, {workers} worker(s) x {threads} thread(s)", chosen,
+                record(row_key, f"ours on TorchServe, {variant}, {workers} worker(s) x {threads} thread(s)", variant,
                        "TorchServe", server_passes, concurrency=concurrency, texts_per_request=per_request)
                 results["paired"][row_key] = paired_passes(ref_key, ref_passes, server_passes, len(texts))
             srv.client.unregister(name)
@@ -386,6 +404,13 @@ def variant_limit(limit: dict, variant: str, bundle: Path, flop_model: FlopModel
     onnx_file = bundle / ONNX_FILE
     share = flop_model.int8_share(tokens, int8_weights(onnx_file) if onnx_file.is_file() else flop_model.p_tok)
     return mixed_limit(limit, share), round(share, 4)
+
+
+def pt2_package(bundle: Path) -> dict:
+    """What the AOTInductor package cost to build, from its bundle's card (training.export records it)."""
+    card = json.loads((bundle / "model_card.json").read_text())
+    compiled = card["export"][card["variant"]]["aotinductor"]
+    return {key: compiled[key] for key in ("compile_seconds", "export_seconds", "package_bytes")}
 
 
 def measure_floor(srv, bodies: list[bytes], config: ServeBenchConfig) -> dict:
@@ -452,11 +477,11 @@ def checks(runs: dict[str, Measured], rows: list[dict], chosen: str, invariance:
     out.append({"name": f"served variant {chosen}: logits do not depend on batch composition", "ok": inv["ok"],
                 "detail": f"max |Δlogit| batch 1 vs batch 32 {inv['max_abs_logit_diff']:.2e} (tolerance {inv['tolerance']:g}); "
                           f"{inv['differing']} predictions differ"})
-    ref = runs[f"C-{chosen}-b32"]
-    for key in [k for k in runs if k.startswith("D")]:
-        tolerance = DEFAULT_TOLERANCE[precision(chosen)]
-        decisive, total = decisive_disagreements(ref, runs[key].preds, tolerance)
-        out.append({"name": f"{key} predicts like C-{chosen}-b32 in-process", "ok": decisive == 0,
+    served = {r["key"]: r["variant"] for r in rows if r["key"].startswith("D")}  # D rows: chosen; D-pt2: pt2-fp32
+    for key, variant in served.items():
+        tolerance = DEFAULT_TOLERANCE[precision(variant)]
+        decisive, total = decisive_disagreements(runs[f"C-{variant}-b32"], runs[key].preds, tolerance)
+        out.append({"name": f"{key} predicts like C-{variant}-b32 in-process", "ok": decisive == 0,
                     "detail": f"{decisive} decisive / {total} total differing texts (tolerance {tolerance:g})"})
     drop = 100 * (acc["C-fp32-b32"] - acc[f"C-{chosen}-b32"])
     out.append({"name": f"served variant {chosen} within {MAX_DROP_POINTS} points of fp32", "ok": drop <= MAX_DROP_POINTS,

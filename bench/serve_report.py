@@ -142,6 +142,10 @@ def markdown(results: dict) -> str:
     if results.get("deployments"):
         out += ["", f"Served variant: **{results['chosen_variant']}**, the fastest at batch 32 whose accuracy is within 0.5 "
                 "points of fp32 and whose predictions do not depend on batch composition.", ""]
+    if results.get("pt2"):  # what the AOTInductor package cost to build (training.export records it in the card)
+        p = results["pt2"]
+        out += [f"pt2-fp32: torch.export in {p['export_seconds']} s, AOTInductor compile in {p['compile_seconds']} s, "
+                f"package {p['package_bytes'] / 1e6:.1f} MB.", ""]
     cores = [r for r in results["rows"] if "loadgen_cores" in r]
     if cores:
         out += ["CPU use during server rows (cores busy on average): " + "; ".join(

@@ -22,7 +22,7 @@ import torch
 import yaml
 
 from bench.loadgen import run_load
-from handlers.batching import forward_by_length
+from handlers.batching import forward_by_length, split_outputs
 from handlers.tokenization import encode
 from textclf.torchserve import properties, server, temporary
 from textclf.torchserve.archive import ARCHIVER, ArchiveConfig, build_archive
@@ -87,7 +87,8 @@ def bundle_classifier(bundle_dir: Path, max_length: int, chunk_size: int | None)
     def classify(texts: list[str]) -> np.ndarray:
         enc = encode(tokenizer, texts, max_length)
         with torch.inference_mode():
-            return forward_by_length(model, enc["input_ids"], enc["attention_mask"], chunk_size).float().numpy()
+            outputs = forward_by_length(model, enc["input_ids"], enc["attention_mask"], chunk_size)
+            return split_outputs(outputs)[0].float().numpy()  # bundles with a detector also return features
 
     return classify
 

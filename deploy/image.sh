@@ -87,6 +87,7 @@ EOF
   mkdir "$tmp/state" && chown 1000:1000 "$tmp/state"
   # Bad settings end the container at once with one error line (exit 2), before anything starts.
   refused "no model archive (*.mar) in MODEL_STORE=" podman run --rm "$IMAGE"
+  refused "SERVER='nope' must be torchserve or ray" podman run --rm -e SERVER=nope "$IMAGE"
   refused "TOKEN_AUTH=off needs a loopback BIND_ADDRESS" podman run --rm -e TOKEN_AUTH=off \
     -v "$tmp/store:/home/model-server/model-store:ro" "$IMAGE"
   echo "bad settings refused: exit 2, one error line"

@@ -21,6 +21,7 @@ class Runtime:
 RUNTIMES = {
     "torchscript": Runtime("model.pt", "handlers.torchscript"),
     "onnxruntime": Runtime("model.onnx", "handlers.onnx_runtime"),
+    "aotinductor": Runtime("model.pt2", "handlers.aot_inductor"),
 }
 
 

@@ -75,3 +75,17 @@ def roberta_run(roberta_trained) -> Path:
 @pytest.fixture(scope="session")
 def distilbert_run(distilbert_trained) -> Path:
     return distilbert_trained / "run"
+
+
+PT2_LABELS = ("negative", "neutral", "positive")
+
+
+@pytest.fixture(scope="session")
+def pt2_tiny_bundles(tmp_path_factory) -> dict[str, Path]:
+    """One tiny model as a model.pt2 (AOTInductor, ~15 s of compiling: built once per session, for tests/test_pt2.py
+    and tests/live/test_pt2.py) and as the model.pt it must answer like, by runtime."""
+    from training.tiny import make_tiny_bundle
+
+    root = tmp_path_factory.mktemp("pt2-tiny")
+    return {runtime: make_tiny_bundle(root / runtime, labels=PT2_LABELS, runtime=runtime)
+            for runtime in ("aotinductor", "torchscript")}

@@ -1,8 +1,9 @@
 """The serving image without building it: deploy/Dockerfile passes hadolint, installs the project with its `serve`
-extra at the versions constraints.txt pins, and serving imports nothing else; it copies what packaging and the
-server read, agrees with the entry point's contract (textclf/torchserve/container.py), and the entry point refuses
-bad settings with one line before anything starts. Building and running it: make image, make image-test;
-the entry point on this host: tests/live/test_entrypoint.py."""
+and `ray` extras at the versions constraints.txt pins, and serving imports nothing else; it copies what packaging
+and the server read, agrees with the entry point's contract (textclf/torchserve/container.py), its entry script
+(deploy/entrypoint.sh) starts the server SERVER names and refuses any other, and the entry point refuses bad
+settings with one line before anything starts. Building and running it: make image, make image-test; the entry
+point on this host: tests/live/test_entrypoint.py."""
 from __future__ import annotations
 
 import json
@@ -30,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 PROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 APP = "/opt/app"  # where the image holds the project, installed editable from there
+ENTRY_SCRIPT = ROOT / "deploy" / "entrypoint.sh"
+EXTRAS = ".[serve,ray]"  # what the image installs: both servers
 
 
 def _instructions() -> list[tuple[str, str]]:
@@ -110,13 +113,13 @@ def test_dockerfile_passes_hadolint():
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-def test_the_image_installs_the_project_with_its_serve_extra_at_the_pinned_versions():
+def test_the_image_installs_the_project_with_its_serve_and_ray_extras_at_the_pinned_versions():
     installs = _pip_installs()
     assert installs
     for workdir, args, _ in installs:
         assert workdir == APP
-        assert args[args.index("-c") + 1] == "constraints.txt" and args[args.index("-e") + 1] == ".[serve]"
-        assert [a for a in args if not a.startswith("-")] == ["constraints.txt", ".[serve]"]  # nothing else, unpinned
+        assert args[args.index("-c") + 1] == "constraints.txt" and args[args.index("-e") + 1] == EXTRAS
+        assert [a for a in args if not a.startswith("-")] == ["constraints.txt", EXTRAS]  # nothing else, unpinned
     assert "--no-deps" not in installs[0][1] and all("--no-deps" in args for _, args, _ in installs[1:])
     # By the last install, the build stage holds the constraints and everything packaging reads: pyproject.toml,
     # its readme, the module holding the version, and the packages setuptools finds.
@@ -133,8 +136,8 @@ def test_the_image_installs_the_project_with_its_serve_extra_at_the_pinned_versi
 def test_serve_packages_are_pinned_in_constraints():
     pins = {_canon(line.split("==")[0]) for line in (ROOT / "constraints.txt").read_text().splitlines()
             if "==" in line and not line.startswith("#")}
-    names = [_canon(n) for n in _serve_packages()]
-    assert {"torchserve", "torch", "transformers", "onnxruntime", "pyyaml"} <= set(names)
+    names = [_canon(n) for n in _requirements(("serve", "ray"))]
+    assert {"torchserve", "torch", "transformers", "onnxruntime", "pyyaml", "ray"} <= set(names)
     assert not {"scikit-learn", "datasets", "pytest"} & set(names)  # the train and dev extras stay out
     assert set(names) <= pins, set(names) - pins  # -c pins only what constraints.txt names
 
@@ -202,10 +205,56 @@ def test_dockerfile_agrees_with_the_entrypoint_contract():
     for var in ("MODEL_STORE", "STATE_DIR", "BIND_ADDRESS", "TOKEN_AUTH"):
         assert env[var] == container.DEFAULTS[var], var
     assert env["NUMBER_OF_GPU"] == "${NUMBER_OF_GPU}" and ("ARG", "NUMBER_OF_GPU=0") in steps  # CPU image: 0
+    assert env["SERVER"] == "torchserve"  # the default the entry script also falls back to
     user = [args for op, args in steps if op == "USER"]
     assert user and user[-1].split(":")[0].isdigit() and int(user[-1].split(":")[0]) != 0  # runAsNonRoot
-    assert json.loads(dict(steps)["ENTRYPOINT"]) == ["tini", "--", "python", "-m", "textclf.torchserve.container"]
+    entry = json.loads(dict(steps)["ENTRYPOINT"])
+    assert entry == ["tini", "--", "sh", f"{APP}/deploy/entrypoint.sh"]
+    assert entry[-1] in _copied("final")  # the script the entry point runs is in the image, where it looks
     assert "textclf.torchserve.ops health" in dict(steps)["HEALTHCHECK"]
+
+
+# --- the entry script: SERVER=torchserve|ray --------------------------------------------------------------------
+
+def _run_entry_script(tmp_path: Path, server: str | None, *args: str) -> subprocess.CompletedProcess:
+    """deploy/entrypoint.sh with stand-ins for `python` and `textclf` first on PATH: each prints its name and
+    arguments, so the test sees which server the script would start (and with what), without starting one."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    for name in ("python", "textclf"):
+        stub = bin_dir / name
+        stub.write_text(f'#!/bin/sh\necho {name} "$@"\n')
+        stub.chmod(0o755)
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    if server is not None:
+        env["SERVER"] = server
+    return subprocess.run(["sh", str(ENTRY_SCRIPT), *args], env=env, capture_output=True, text=True, timeout=30)
+
+
+@pytest.mark.parametrize("server, started", [
+    (None, "python -m textclf.torchserve.container"),
+    ("", "python -m textclf.torchserve.container"),
+    ("torchserve", "python -m textclf.torchserve.container"),
+    ("ray", "textclf ray-container"),
+], ids=["unset", "empty", "torchserve", "ray"])
+def test_entry_script_starts_the_server_that_server_names(tmp_path, server, started):
+    out = _run_entry_script(tmp_path, server, "--verbose")
+    assert (out.returncode, out.stderr) == (0, "")
+    assert out.stdout.splitlines() == [f"{started} --verbose"]  # arguments passed on unchanged
+
+
+@pytest.mark.parametrize("server", ["Ray", "torchserve ", "triton", "ray;true"])
+def test_entry_script_refuses_any_other_server_in_one_line(tmp_path, server):
+    out = _run_entry_script(tmp_path, server)
+    assert (out.returncode, out.stdout) == (2, "")  # nothing started
+    assert out.stderr.splitlines() == [f"error: SERVER='{server}' must be torchserve or ray"]
+
+
+def test_entry_script_execs_the_server():
+    """exec: the server replaces the shell, so tini's SIGTERM reaches it (a shell in between would swallow it)."""
+    starts = [line.strip() for line in ENTRY_SCRIPT.read_text().splitlines()
+              if ") " in line and not line.lstrip().startswith("#") and ("python" in line or "textclf" in line)]
+    assert len(starts) == 2 and all(line.split(") ", 1)[1].startswith("exec ") for line in starts), starts
 
 
 def test_dockerignore_lets_in_what_the_dockerfile_copies():

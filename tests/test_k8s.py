@@ -1,7 +1,9 @@
 """deploy/k8s, offline: the rendered overlays are valid Kubernetes objects and keep the properties the deployment
 relies on (rollouts that keep serving, probes on /ping, one GPU per NUMBER_OF_GPU, TorchServe's own token auth
 off only behind the sidecar, the token only from a Secret, the scrape annotation), and the custom resources that
-no schema here knows (Kubeflow PyTorchJob, Prometheus Operator ServiceMonitor) are checked for their structure.
+no schema here knows (Kubeflow PyTorchJob, Prometheus Operator ServiceMonitor, KubeRay RayService, KServe
+InferenceService) are checked for their structure, the standard objects inside them (pod templates, Service)
+against the Kubernetes schemas.
 
 Rendering needs kubectl (`kubectl kustomize`, kustomize v5; `make test` installs it through
 scripts/ensure_test_tools.sh); schema validation needs kubernetes-validate (constraints.txt, `make install`). Without
@@ -391,7 +393,7 @@ def test_files_parse_and_name_their_kinds():
                 assert doc["metadata"]["name"], path
             kinds.setdefault(doc["kind"], []).append(path.relative_to(K8S))
     assert {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget", "PyTorchJob",
-            "ServiceMonitor", "Kustomization", "Component"} <= kinds.keys()
+            "ServiceMonitor", "RayService", "InferenceService", "Kustomization", "Component"} <= kinds.keys()
     base = yaml.safe_load((BASE / "kustomization.yaml").read_text())
     for resource in base["resources"]:
         assert (BASE / resource).is_file(), resource
@@ -434,25 +436,238 @@ def test_pytorchjob_runs_torchrun_over_master_and_worker():
     assert len(outputs) == 1 and len(claims) == 1
 
 
-# --- KServe (an extra: its TorchServe runtime is being deprecated) ---------------------------------------------
+# --- Ray Serve on KubeRay: deploy/k8s/ray -------------------------------------------------------------------------
+# KubeRay's CRD (ray.io/v1 RayService) is in none of kubernetes-validate's offline schemas, which hold only
+# Kubernetes' own kinds: its structure is checked by hand here, and what is standard inside it (the pod templates of
+# the head and the workers, the serve Service) is validated against the Kubernetes schemas.
 
-def test_kserve_layout_and_inferenceservice():
-    kserve = K8S / "kserve"
-    (isvc,) = yaml.safe_load_all((kserve / "inferenceservice.yaml").read_text())
+RAY = K8S / "ray"
+RAY_APP = "textclf.rayserve.app"
+SERVE_PORT = 8000  # Ray Serve's HTTP port inside the pods (http_options.port)
+
+
+@pytest.fixture(scope="module")
+def rayservice() -> dict:
+    (doc,) = [d for d in yaml.safe_load_all((RAY / "rayservice.yaml").read_text()) if d]
+    return doc
+
+
+def ray_groups(rayservice: dict) -> dict[str, dict]:
+    """The head group and each worker group, by role ("head", "worker-GROUP")."""
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    return {"head": cluster["headGroupSpec"],
+            **{f"worker-{g['groupName']}": g for g in cluster["workerGroupSpecs"]}}
+
+
+def serve_config(rayservice: dict) -> dict:
+    return yaml.safe_load(rayservice["spec"]["serveConfigV2"])
+
+
+def _pinned(name: str) -> str:
+    return next(line.split("==", 1)[1].strip() for line in (ROOT / "constraints.txt").read_text().splitlines()
+                if _canon(line.split("==", 1)[0]) == name and "==" in line)
+
+
+def _canon(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name.strip()).lower()
+
+
+def test_rayservice_is_a_kuberay_rayservice_on_the_pinned_ray(rayservice):
+    assert rayservice["apiVersion"] == "ray.io/v1" and rayservice["kind"] == "RayService"
+    cluster = rayservice["spec"]["rayClusterConfig"]
+    assert cluster["rayVersion"] == _pinned("ray")  # the Ray inside the image
+    assert cluster["enableInTreeAutoscaling"] is True
+    assert rayservice["spec"]["upgradeStrategy"]["type"] == "NewCluster"  # a new image: a new cluster, then switch
+
+
+def test_serve_config_deploys_one_model_app_per_archive_and_the_ingress(rayservice):
+    pytest.importorskip("ray")  # the ray extra: part of the dev install
+    from textclf.rayserve.app import INGRESS_ARGS
+    from textclf.rayserve.shape import MODEL_ARGS, app_name
+
+    config = serve_config(rayservice)  # serveConfigV2 is a YAML document inside a string
+    apps = config["applications"]
+    assert len({a["name"] for a in apps}) == len(apps)
+    assert {a["import_path"] for a in apps} == {f"{RAY_APP}:model_app", f"{RAY_APP}:ingress_app"}
+    (ingress,) = [a for a in apps if a["import_path"] == f"{RAY_APP}:ingress_app"]
+    models = [a for a in apps if a["import_path"] == f"{RAY_APP}:model_app"]
+    assert ingress["route_prefix"] == "/" and models
+    assert config["http_options"]["port"] == SERVE_PORT
+    served: dict[str, list[str]] = {}
+    for app in models:
+        args = app["args"]
+        name, version = args["name"], args["version"]
+        assert isinstance(version, str), app  # "1.0", not the float 1.0
+        assert app["route_prefix"] is None  # reached only through the ingress, which checks the token
+        assert app["name"] == app_name(name, version)  # where the ingress looks for it
+        assert args.keys() <= MODEL_ARGS, args.keys() - MODEL_ARGS
+        # The archive `make archive NAME= VERSION=` writes, in the store the init container fills.
+        assert args["source"] == f"{container.DEFAULTS['MODEL_STORE']}/{name}-{version}.mar"
+        assert 1 <= args["min_replicas"] <= args["max_replicas"] and args["threads"] >= 1
+        served.setdefault(name, []).append(version)
+    assert ingress["args"].keys() <= INGRESS_ARGS
+    routes = ingress["args"]["models"]
+    assert {n: sorted(m["versions"]) for n, m in routes.items()} == {n: sorted(v) for n, v in served.items()}
+    assert all(m["default"] in m["versions"] for m in routes.values())
+    # Ray Serve's own schema accepts it.
+    from ray.serve.schema import ServeDeploySchema
+
+    ServeDeploySchema.model_validate(config)
+
+
+def test_ray_pods_are_valid_non_root_and_get_the_store_and_the_key_file(rayservice):
+    key_file = Path(next(a for a in serve_config(rayservice)["applications"]
+                         if a["import_path"].endswith(":ingress_app"))["args"]["key_file"])
+    assert key_file.name == "key_file.json"  # the Secret's key in docs/deploy.md's `kubectl create secret`
+    store = container.DEFAULTS["MODEL_STORE"]
+    for role, group in ray_groups(rayservice).items():
+        template = group["template"]
+        kv.validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": role}, "template": template},
+                    KUBERNETES_VERSIONS[0], strict=True)
+        pod = template["spec"]
+        (ray,) = pod["containers"]  # KubeRay adds the autoscaler to the head itself
+        assert ray["image"].split(":")[0] == "textclf-torchserve", role
+        assert "SERVER" not in env(ray)  # KubeRay replaces the entry point with `ray start`
+        assert {"cpu", "memory"} <= ray["resources"]["requests"].keys() and "memory" in ray["resources"]["limits"]
+        assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] != 0
+        assert ray["securityContext"]["allowPrivilegeEscalation"] is False
+        assert ray["securityContext"]["capabilities"]["drop"] == ["ALL"]
+        # The init container fills the very volume mounted as the model store.
+        mounts = {m["mountPath"]: m for m in ray["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        (init,) = pod["initContainers"]
+        init_mounts = {m["name"]: m["mountPath"] for m in init["volumeMounts"]}
+        assert init["image"].split(":")[0] == "textclf-models"
+        assert init_mounts[mounts[store]["name"]] in " ".join(init["command"]) and mounts[store]["readOnly"]
+        # The key file comes from the Secret, mounted read-only where the ingress's key_file points.
+        keys = mounts[str(key_file.parent)]
+        assert keys["readOnly"] and volumes[keys["name"]]["secret"]["secretName"] == "textclf-ray-keys"
+        # httpGet probes: KubeRay's default ones run wget, which the image lacks.
+        for probe in ("readinessProbe", "livenessProbe"):
+            assert "httpGet" in ray[probe], (role, probe)
+
+
+def test_ray_probes_and_autoscaling_bounds(rayservice):
+    groups = ray_groups(rayservice)
+    head = groups.pop("head")
+    (ray_head,) = head["template"]["spec"]["containers"]
+    assert head["rayStartParams"]["num-cpus"] == "0"  # no replicas on the head
+    assert {p["name"]: p["containerPort"] for p in ray_head["ports"]}["serve"] == SERVE_PORT
+    # KubeRay submits serveConfigV2 only once the head is ready: its readiness must not wait for the applications.
+    assert ray_head["readinessProbe"]["httpGet"]["path"] not in ("/ready", "/ping")
+    cpu_overlay = yaml.safe_load((K8S / "overlays" / "cpu" / "resources.yaml").read_text())
+    ts_requests = cpu_overlay["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]
+    hpa = yaml.safe_load((BASE / "hpa.yaml").read_text())["spec"]
+    assert groups
+    for role, group in groups.items():
+        (worker,) = group["template"]["spec"]["containers"]
+        ready = worker["readinessProbe"]["httpGet"]
+        assert ready["path"] in ("/ready", "/ping") and ready["port"] in ("serve", SERVE_PORT), role
+        assert {p["name"]: p["containerPort"] for p in worker["ports"]}["serve"] == SERVE_PORT
+        # Sized like the TorchServe layout: the cpu overlay's requests, the HPA's bounds.
+        assert worker["resources"]["requests"] == ts_requests
+        assert group["rayStartParams"]["num-cpus"] == worker["resources"]["requests"]["cpu"]
+        assert (group["minReplicas"], group["maxReplicas"]) == (hpa["minReplicas"], hpa["maxReplicas"])
+        assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+
+
+def test_ray_serve_service_is_a_valid_service_on_the_inference_port(rayservice):
+    spec = rayservice["spec"]
+    service = {"apiVersion": "v1", "kind": "Service", **copy.deepcopy(spec["serveService"])}
+    kv.validate(service, KUBERNETES_VERSIONS[0], strict=True)  # KubeRay adds the selector itself
+    (port,) = service["spec"]["ports"]
+    assert port["name"] == "serve" and port["targetPort"] == "serve"  # KubeRay keeps a user port of this name
+    assert port["port"] == DEFAULT_PORTS["inference"]  # as the TorchServe layout's Service: only the host changes
+    assert service["metadata"]["name"] != yaml.safe_load((BASE / "service.yaml").read_text())["metadata"]["name"]
+    assert spec["excludeHeadPodFromServeSvc"] is True
+
+
+def test_ray_layout_renders_with_namespace_and_images():
+    docs = kustomize(RAY)
+    rs = one(docs, "RayService")
+    assert [d["kind"] for d in docs] == ["NetworkPolicy", "RayService"]  # no Secret: the repository never holds keys
+    assert rs["metadata"]["namespace"] == "textclf"
+    images = {c["image"] for g in ray_groups(rs).values() for key in ("containers", "initContainers")
+              for c in g["template"]["spec"][key]}
+    assert images == {"textclf-torchserve:latest", "textclf-models:latest"}
+
+
+def test_ray_network_policy_opens_only_the_serve_port_to_clients(rayservice):
+    policy = yaml.safe_load((RAY / "networkpolicy.yaml").read_text())
+    kv.validate(policy, KUBERNETES_VERSIONS[0], strict=True)
+    spec = policy["spec"]
+    pod_labels = ray_groups(rayservice)["head"]["template"]["metadata"]["labels"]
+    assert all(g["template"]["metadata"]["labels"] == pod_labels for g in ray_groups(rayservice).values())
+    assert spec["podSelector"]["matchLabels"].items() <= pod_labels.items() and spec["policyTypes"] == ["Ingress"]
+    open_to_all = [r for r in spec["ingress"] if "from" not in r]
+    assert [[p["port"] for p in r["ports"]] for r in open_to_all] == [[SERVE_PORT]]
+    peers = [r for r in spec["ingress"] if "from" in r]
+    own = [r for r in peers if r["from"] == [{"podSelector": spec["podSelector"]}]]
+    assert len(own) == 1 and "ports" not in own[0]  # Ray's traffic inside the cluster, any port
+    (operator,) = [r for r in peers if r not in own]
+    assert [p["port"] for p in operator["ports"]] == [8265]  # the dashboard, for KubeRay's operator alone
+    assert operator["from"][0]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "kuberay-operator"}
+
+
+# --- KServe: the image as a custom container, no KServe TorchServe runtime -----------------------------------------
+# KServe's CRD is in no offline schema either: structure by hand, the predictor's pod spec against the schemas.
+
+KSERVE = K8S / "kserve"
+# Fields of the predictor that are KServe's own (ComponentExtensionSpec), not the pod spec's.
+KSERVE_FIELDS = {"minReplicas", "maxReplicas", "scaleMetric", "scaleTarget", "timeout", "containerConcurrency",
+                 "canaryTrafficPercent", "logger", "batcher", "labels", "annotations", "deploymentStrategy"}
+
+
+def entry_script_servers() -> set[str]:
+    """The values of SERVER that deploy/entrypoint.sh starts a server for."""
+    return set(re.findall(r"^\s+([a-z]+)\) exec ", (ROOT / "deploy" / "entrypoint.sh").read_text(), flags=re.M))
+
+
+@pytest.fixture(scope="module")
+def isvc() -> dict:
+    (doc,) = [d for d in yaml.safe_load_all((KSERVE / "inferenceservice.yaml").read_text()) if d]
+    return doc
+
+
+def test_kserve_runs_our_image_without_a_kserve_runtime(isvc):
     assert isvc["apiVersion"] == "serving.kserve.io/v1beta1" and isvc["kind"] == "InferenceService"
-    model = isvc["spec"]["predictor"]["model"]
-    assert model["modelFormat"]["name"] == "pytorch" and re.match(r"^(s3|gs|pvc|https?)://", model["storageUri"])
-    # The layout KServe's TorchServe runtime reads from storageUri.
-    assert (kserve / "model-store").is_dir()
-    props = read_properties(kserve / "config" / "config.properties")
-    assert props["model_store"] == "/mnt/models/model-store"
-    assert props["inference_address"].endswith(":8085")  # KServe's wrapper on 8080 forwards here
-    # KServe cannot send TorchServe's per-server keys (pytorch/serve #3301).
-    assert props["disable_token_authorization"] == "true" and props["enable_model_api"] == "false"
-    snapshot = json.loads(props["model_snapshot"])
-    versions = [(name, version, spec) for name, vs in snapshot["models"].items() for version, spec in vs.items()]
-    assert snapshot["modelCount"] == len(snapshot["models"]) >= 1
-    for name, version, spec in versions:
-        assert spec["marName"] == f"{name}-{version}.mar"  # what `make archive NAME= VERSION=` writes
-    for name in snapshot["models"]:
-        assert sum(spec.get("defaultVersion", False) for n, _, spec in versions if n == name) == 1
+    predictor = isvc["spec"]["predictor"]
+    assert "model" not in predictor  # no modelFormat, no runtime: the custom container is the server
+    assert "pytorch" not in json.dumps(isvc).lower()
+    kinds = {d["kind"] for path in KSERVE.rglob("*.yaml") for d in yaml.safe_load_all(path.read_text()) if d}
+    assert not kinds & {"ServingRuntime", "ClusterServingRuntime"}
+    (c,) = predictor["containers"]
+    assert c["name"] == "kserve-container"  # where KServe puts STORAGE_URI's download
+    assert c["image"].split(":")[0] == "textclf-torchserve"
+    assert env_value(c, "SERVER") in entry_script_servers() == {"torchserve", "ray"}
+    assert [p["containerPort"] for p in c["ports"]] == [DEFAULT_PORTS["inference"]]
+    assert re.match(r"^(s3|gs|pvc|https?)://", env_value(c, "STORAGE_URI"))
+    assert env_value(c, "MODEL_STORE") == "/mnt/models"  # KServe's download folder
+    assert c["readinessProbe"]["httpGet"] == {"path": "/ping", "port": DEFAULT_PORTS["inference"]}
+    assert "textclf.torchserve.ops health" in " ".join(c["livenessProbe"]["exec"]["command"])
+    assert 2 <= predictor["minReplicas"] <= predictor["maxReplicas"]
+    assert c["securityContext"]["runAsNonRoot"] and c["securityContext"]["runAsUser"] != 0
+    assert {"cpu", "memory"} <= c["resources"]["requests"].keys()
+    pod = {k: v for k, v in predictor.items() if k not in KSERVE_FIELDS}
+    kv.validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "predictor"},
+                 "template": {"spec": pod}}, KUBERNETES_VERSIONS[0], strict=True)
+
+
+def test_kserve_environment_follows_the_image_contract(isvc, tmp_path):
+    (c,) = isvc["spec"]["predictor"]["containers"]
+    settings = {name: e["value"] for name, e in env(c).items() if "value" in e}
+    (tmp_path / "classifier-1.0.mar").write_bytes(b"")
+    # The entry point accepts these settings (with a store holding an archive in place of the download).
+    cfg = container.server_config({**settings, "MODEL_STORE": str(tmp_path)})
+    assert cfg.endpoints().inference_url.endswith(f":{DEFAULT_PORTS['inference']}")
+    # Token authorization off only on loopback, and only where Knative's queue-proxy in the pod is the way in.
+    if settings.get("TOKEN_AUTH", "on").lower() == "off":
+        assert _loopback(settings.get("BIND_ADDRESS"))
+        assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Serverless"
+
+
+def test_kserve_layout_renders_with_namespace_and_image():
+    (rendered,) = kustomize(KSERVE)
+    assert rendered["kind"] == "InferenceService" and rendered["metadata"]["namespace"] == "textclf"
+    (c,) = rendered["spec"]["predictor"]["containers"]
+    assert c["image"] == "textclf-torchserve:latest"

@@ -26,8 +26,8 @@ from textclf.core.errors import UserError
 
 
 def test_bf16_is_only_measured_where_the_cpu_has_bf16_instructions():
-    assert available_variants(has_bf16=True) == ("fp32", "int8", "bf16", "onnx-fp32", "onnx-int8")
-    assert available_variants(has_bf16=False) == ("fp32", "int8", "onnx-fp32", "onnx-int8")
+    assert available_variants(has_bf16=True) == ("fp32", "int8", "bf16", "onnx-fp32", "onnx-int8", "pt2-fp32")
+    assert available_variants(has_bf16=False) == ("fp32", "int8", "onnx-fp32", "onnx-int8", "pt2-fp32")
 
 
 def test_onnx_variants_keep_their_arithmetic_for_tolerances_and_limits():
@@ -136,6 +136,24 @@ def test_batch_invariance_covers_the_measured_variants_only():
     out = batch_invariance(runs)
     assert set(out) == {"fp32", "int8"}
     assert out["fp32"]["ok"] and not out["int8"]["ok"]
+
+
+def test_pt2_rows_are_exported_as_pt2_and_served_rows_checked_against_their_own_variant(tmp_path):
+    from bench.serve_bench import checks, export_format, precision, pt2_package, runtime_name
+
+    assert (export_format("pt2-fp32"), precision("pt2-fp32"), runtime_name("pt2-fp32")) == ("pt2", "fp32", "AOTInductor")
+    assert (export_format("onnx-int8"), export_format("bf16")) == ("onnx", "torchscript")
+    card = {"variant": "fp32", "export": {"fp32": {"aotinductor": {"compile_seconds": 41.5, "export_seconds": 2.1,
+                                                                   "package_bytes": 93_000_000, "device": "cpu"}}}}
+    (tmp_path / "model_card.json").write_text(json.dumps(card))
+    assert pt2_package(tmp_path) == {"compile_seconds": 41.5, "export_seconds": 2.1, "package_bytes": 93_000_000}
+    same, flipped = _measured([[0.0, 1.0]]), _measured([[1.0, 0.0]])
+    runs = {"A-b32": same, "C-fp32-b32": same, "C-fp32-b1": same, "C-pt2-fp32-b32": flipped, "D-c32": same,
+            "D-pt2-c32": flipped}
+    rows = [{"key": k, "variant": "pt2-fp32" if "pt2" in k else "fp32", "accuracy": 1.0} for k in runs]
+    got = {c["name"]: c["ok"] for c in checks(runs, rows, "fp32", {"fp32": {"ok": True, "max_abs_logit_diff": 0,
+                                                                            "tolerance": 1e-4, "differing": 0}})}
+    assert got["D-c32 predicts like C-fp32-b32 in-process"] and got["D-pt2-c32 predicts like C-pt2-fp32-b32 in-process"]
 
 
 def _row(variant, texts_per_s, accuracy):

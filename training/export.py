@@ -1,7 +1,8 @@
-"""Export a trained run to a self-contained bundle (TorchScript or ONNX), verified against the eager model.
+"""Export a trained run to a self-contained bundle (TorchScript, ONNX or AOTInductor), verified against the eager
+model.
 
-    python -m training.export --run-dir runs/demo --output-dir runs/demo/export [--format torchscript|onnx]
-                              [--quantize int8 | --dtype bf16]
+    python -m training.export --run-dir runs/demo --output-dir runs/demo/export [--format torchscript|onnx|pt2]
+                              [--quantize int8 | --dtype bf16] [--device cpu|cuda]
 
 The exported model maps (input_ids, attention_mask) -> float32 logits. Before anything is written, its
 outputs are compared with the eager model on real texts over a grid of batch sizes and lengths (none equal
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from handlers import bundle, out_of_scope
@@ -42,7 +44,7 @@ from training.export_checks import (
     shortcomings,
     trace_example,
 )
-from training.export_formats import FORMATS, Built, calibration_batch
+from training.export_formats import FORMATS, Built, calibration_batch, require_cxx
 from training.out_of_scope import decided_oos
 from training.problems import problem_for
 from training.rundir import RunDir
@@ -53,12 +55,16 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ExportConfig:
-    """Export a trained run to a verified TorchScript or ONNX bundle."""
+    """Export a trained run to a verified TorchScript, ONNX or AOTInductor bundle."""
 
     run_dir: str = option("run directory written by training.train")
     output_dir: str = option("bundle directory to create")
-    format: Literal["torchscript", "onnx"] = option(
-        "torchscript (model.pt) or onnx (model.onnx with fused attention, served by ONNX Runtime)", "torchscript")
+    format: Literal["torchscript", "onnx", "pt2"] = option(
+        "torchscript (model.pt), onnx (model.onnx with fused attention, served by ONNX Runtime) or pt2 (model.pt2: "
+        "torch.export compiled ahead of time by AOTInductor for --device; needs a C++ compiler to export)",
+        "torchscript")
+    device: Literal["cpu", "cuda"] = option(
+        "pt2: compile for and check on this device; the package serves only there", "cpu")
     require_fusion: bool = option(
         "onnx: refuse a graph whose attention was not fused into onnxruntime's Attention op", True)
     quantize: Literal["none", "int8"] = option(
@@ -82,6 +88,14 @@ class ExportConfig:
             raise UserError("choose one of --quantize int8 or --dtype bf16, not both")
         if self.format == "onnx" and self.dtype == "bf16":
             raise UserError("--dtype bf16 is a TorchScript variant; with --format onnx use fp32 or --quantize int8")
+        if self.format == "pt2" and self.quantize == "int8":
+            raise UserError("--quantize int8 is not offered with --format pt2; use --format torchscript or onnx for int8")
+        if self.format != "pt2" and self.device != "cpu":
+            raise UserError(f"--device {self.device} is for --format pt2 (a package is compiled for one device); "
+                            f"{self.format} bundles are exported on the CPU and serve on either")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA device here (torch.cuda.is_available() is False); export on the "
+                            "GPU host that will serve the package")
         if self.max_accuracy_drop < 0:
             raise UserError(f"--max-accuracy-drop must be >= 0, got {self.max_accuracy_drop}")
         if self.parity_tolerance is not None and self.parity_tolerance <= 0:
@@ -144,7 +158,9 @@ def main(config: ExportConfig) -> dict:
     run_dir, out = Path(config.run_dir), Path(config.output_dir)
     if out.exists() and not config.force:
         raise ExportError(f"{out} already exists; pass --force to replace it")
-    warning = slow_bf16_warning(config.variant, "cpu", cpu_has_bf16())
+    if config.format == "pt2":
+        require_cxx()  # before any work: the compiler is needed only at the end, after minutes of it
+    warning = slow_bf16_warning(config.variant, config.device, cpu_has_bf16())
     if warning:  # the export is still right for a serving host that has them, only its checks run slowly here
         log.warning("%s (this export's checks will be slow too)", warning)
     model, tokenizer, labels, run, test = load_run(run_dir)
@@ -177,7 +193,8 @@ def main(config: ExportConfig) -> dict:
             tolerance = config.tolerance if variant == config.variant else DEFAULT_TOLERANCE["fp32"]
             # Usually one candidate; onnx int8 has a second (static) tried only when the first falls short.
             tried: list[Candidate] = []
-            for b in fmt.candidates(model, variant, example, Path(scratch), calibration, config.require_fusion):
+            for b in fmt.candidates(model, variant, example, Path(scratch), calibration, config.require_fusion,
+                                    device=config.device, max_length=max_length):
                 result, p = measure(b, tolerance, refuse=variant == "fp32")
                 faults = ([] if variant == "fp32" else
                           shortcomings(result, results["fp32"], gate, config.max_accuracy_drop, config.tolerance))
@@ -206,6 +223,8 @@ def main(config: ExportConfig) -> dict:
                               f"(limit --max-accuracy-drop {config.max_accuracy_drop}); not exported")
         card = build_card(run, run_dir, results, fmt=config.format, quantize=config.quantize, dtype=config.dtype,
                           variant=config.variant)
+        if config.format == "pt2":  # the one device type the package runs on (handlers/aot_inductor.py checks it)
+            card["device"] = config.device
         detector = read_detector(run_dir, run)
         probs, features = outputs[config.variant]
         flagged = None

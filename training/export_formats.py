@@ -5,19 +5,27 @@ and keeps the first without faults.
     torchscript  model.pt: a frozen trace of the eager variant (int8: torch.ao dynamic quantisation; bf16 weights)
     onnx         model.onnx with fused attention, run by ONNX Runtime (int8: dynamic, then static; see
                  training/onnx_build.py)
+    pt2          model.pt2: torch.export of the eager variant (fp32, bf16) with dynamic batch and length, compiled
+                 ahead of time by AOTInductor for one device (see Pt2Format)
 """
 from __future__ import annotations
 
 import contextlib
 import copy
 import logging
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch._inductor import aoti_compile_and_package, cpp_builder
+from torch._inductor import config as inductor_config
+from torch._inductor.exc import InvalidCxxCompiler
+from torch.export import Dim
 
+from handlers import aot_inductor
 from handlers.onnx_runtime import CPU, OnnxModel
 from handlers.tokenization import encode
 from handlers.torchscript import follow_input_device
@@ -54,6 +62,8 @@ class LogitsOnly(torch.nn.Module):
 #    creates its int8 weights with the (equally deprecated) quantized tensor functions.
 TRACE_WARNINGS = ((FutureWarning, r"`is_gradient_checkpointing` is deprecated"),)
 TRACE_LOG_LINES = (("transformers.modeling_utils", "`loss_type=None` was set in the config but it is unrecognized"),)
+#  - AOTInductor's packaging (torch 2.13) still calls a pytree API that torch itself deprecated.
+COMPILE_WARNINGS = ((FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),)
 QUANTIZE_WARNINGS = (
     (DeprecationWarning, r"torch\.ao\.quantization is deprecated"),
     (UserWarning, r"torch\.quantize_per_tensor, torch\.quantize_per_channel and other quantized tensor creation "
@@ -133,8 +143,9 @@ class TorchScriptFormat:
 
     runtime = "torchscript"
 
-    def candidates(self, model, variant: str, example: dict, scratch: Path,
-                   calibration: dict | None, require_fusion: bool) -> Iterator[Built]:
+    def candidates(self, model, variant: str, example: dict, scratch: Path, calibration: dict | None,
+                   require_fusion: bool, device: str = "cpu", max_length: int | None = None) -> Iterator[Built]:
+        del device, max_length  # pt2's: a trace runs wherever it is loaded, at any length
         eager = make_variant(model, variant)
         traced = trace(eager, example)
         path = scratch / f"{variant}.pt"
@@ -147,8 +158,9 @@ class OnnxFormat:
 
     runtime = "onnxruntime"
 
-    def candidates(self, model, variant: str, example: dict, scratch: Path,
-                   calibration: dict | None, require_fusion: bool) -> Iterator[Built]:
+    def candidates(self, model, variant: str, example: dict, scratch: Path, calibration: dict | None,
+                   require_fusion: bool, device: str = "cpu", max_length: int | None = None) -> Iterator[Built]:
+        del device, max_length  # pt2's: the graph's axes are dynamic, and export checks it on the CPU
         fused = scratch / "fp32.onnx"
         if not fused.exists():  # int8 is quantised from the fused fp32 graph, built first
             eager = make_variant(model, "fp32")
@@ -180,8 +192,80 @@ class OnnxFormat:
         yield Built(OnnxModel(static, threads, [CPU]), static,
                     info={"quantization": onnx_build.QUANTIZATION["static"], "fused_ops": fused_ops})
 
-FORMATS = {"torchscript": TorchScriptFormat(), "onnx": OnnxFormat()}
-# The packages whose versions a bundle of each format records in its card.
-RUNTIME_PACKAGES = {"torchscript": (), "onnx": ("onnx", "onnxscript", "onnxruntime")}
+
+# AOTInductor's options, chosen by measurement (bench/serve_notes.md, "pt2 / AOTInductor options"): freezing folds
+# the weights into the graph as constants, which lets Inductor pre-pack them for oneDNN's matmuls (batch 1 ran
+# twice as fast as without); dynamic_threads makes the generated kernels use the worker's thread count at run time
+# (the handler sizes it: cores / workers) instead of the exporting process's, at no measured cost. max_autotune
+# compiled several times longer for no gain at batch 32.
+INDUCTOR_CONFIGS = {"freezing": True, "cpp.dynamic_threads": True}
+
+
+def require_cxx() -> None:
+    """AOTInductor compiles the package with a C++ compiler, found as torch finds it (config.cpp.cxx: $CXX, else
+    g++). Checked before any export work, so its absence is one line instead of a compiler traceback."""
+    try:
+        cpp_builder.get_cpp_compiler()
+    except InvalidCxxCompiler:
+        tried = ", ".join(c for c in inductor_config.cpp.cxx if c)
+        raise ExportError(f"--format pt2: AOTInductor needs a C++ compiler to export (not to serve) and found none "
+                          f"(tried {tried}): install one (apt-get install g++) or set CXX to its path") from None
+
+
+class OnDevice:
+    """A model on another device, called as export's checks call every model: CPU inputs in, CPU outputs out."""
+
+    def __init__(self, model, device: str):
+        self.model, self.device = model, device
+
+    def __call__(self, input_ids, attention_mask):
+        out = self.model(input_ids.to(self.device), attention_mask.to(self.device))
+        return tuple(t.cpu() for t in out) if isinstance(out, (tuple, list)) else out.cpu()
+
+
+def on_device(model, device: str):
+    return model if device == "cpu" else OnDevice(model, device)
+
+
+def compile_package(module: torch.nn.Module, example: dict, path: Path, max_length: int, device: str) -> dict:
+    """torch.export `module` (on `device`) with a dynamic batch (1 to aot_inductor.MAX_BATCH) and length (1 to
+    max_length), and compile it with AOTInductor into the package `path`. Returns what the card records."""
+    batch, length = Dim("batch", min=1, max=aot_inductor.MAX_BATCH), Dim("length", min=1, max=max_length)
+    inputs = (example["input_ids"].to(device), example["attention_mask"].to(device))
+    started = time.perf_counter()
+    with torch.no_grad(), known_library_noise(TRACE_WARNINGS, TRACE_LOG_LINES):
+        # strict=False traces the Python of the model as it runs (transformers' mask code is not TorchDynamo-clean).
+        program = torch.export.export(module, inputs, dynamic_shapes=({0: batch, 1: length}, {0: batch, 1: length}),
+                                      strict=False)
+    exported = time.perf_counter()
+    with known_library_noise(COMPILE_WARNINGS):
+        aoti_compile_and_package(program, package_path=str(path), inductor_configs=dict(INDUCTOR_CONFIGS))
+    return {"inductor_configs": dict(INDUCTOR_CONFIGS), "device": device,
+            "dynamic_shapes": {"batch": [1, aot_inductor.MAX_BATCH], "length": [1, max_length]},
+            "export_seconds": round(exported - started, 1), "compile_seconds": round(time.perf_counter() - exported, 1),
+            "package_bytes": path.stat().st_size}
+
+
+class Pt2Format:
+    """model.pt2: the eager variant (fp32 or bf16) through torch.export and AOTInductor, compiled for one device and
+    checked there as the handler loads it (handlers/aot_inductor.py)."""
+
+    runtime = "aotinductor"
+
+    def candidates(self, model, variant: str, example: dict, scratch: Path, calibration: dict | None,
+                   require_fusion: bool, device: str = "cpu", max_length: int | None = None) -> Iterator[Built]:
+        del calibration, require_fusion  # int8 is refused for pt2 (training.export), and nothing is fused
+        eager = make_variant(model, variant).to(device)
+        path = scratch / f"{variant}.pt2"
+        info = compile_package(eager, example, path, max_length or model.config.max_position_embeddings, device)
+        log.info("pt2 %s: exported in %.1f s, compiled for %s in %.1f s (%.1f MB)", variant, info["export_seconds"],
+                 device, info["compile_seconds"], info["package_bytes"] / 1e6)
+        module, _ = aot_inductor.load(path, device, torch.get_num_threads())
+        yield Built(on_device(module, device), path, reference=on_device(eager, device), info={"aotinductor": info})
+
+
+FORMATS = {"torchscript": TorchScriptFormat(), "onnx": OnnxFormat(), "pt2": Pt2Format()}
+# The packages whose versions a bundle of each format records in its card (pt2: torch, recorded for every format).
+RUNTIME_PACKAGES = {"torchscript": (), "onnx": ("onnx", "onnxscript", "onnxruntime"), "pt2": ()}
 
 

@@ -33,7 +33,7 @@ from handlers.runtimes import RUNTIMES
 from handlers.tokenization import encode
 from training import onnx_build, out_of_scope
 from training.bundle_writer import write_bundle
-from training.export_formats import OUTPUTS, LogitsOnly, trace
+from training.export_formats import OUTPUTS, LogitsOnly, compile_package, trace
 from training.features import with_features
 from training.report import predict_outputs
 
@@ -101,14 +101,15 @@ def make_tiny_bundle(out_dir: Path, arch: str = "roberta", labels: Sequence[str]
     """Write a complete bundle for a tiny random `arch` classifier into `out_dir` and return it.
     variant "bf16" casts the weights before tracing, as `training.export --dtype bf16` does; `thresholds`
     (one per label) makes it a multi-label bundle, as training writes one; runtime "onnxruntime" writes the
-    same model as a fused model.onnx, as `training.export --format onnx` does. `detector` (mahalanobis or
+    same model as a fused model.onnx, as `training.export --format onnx` does, runtime "aotinductor" as a model.pt2
+    compiled for the CPU, as `training.export --format pt2` does (about 15 s of compiling). `detector` (mahalanobis or
     max_prob): the model also outputs its features, as export's bundles do, and the bundle carries an
     out-of-scope detector fitted on CORPUS (each text labelled by its position), as training fits one.
     `long_texts`: the card's long-text section (handlers/long_texts.py), written as given (None: none, truncate)."""
     if arch not in _BUILDERS:
         raise ValueError(f"arch must be one of {sorted(_BUILDERS)}, got {arch!r}")
     if variant not in ("fp32", "bf16") or (runtime != "torchscript" and variant != "fp32"):
-        raise ValueError(f"variant must be fp32 or bf16 (onnxruntime: fp32), got {variant!r} for {runtime}")
+        raise ValueError(f"variant must be fp32 or bf16 (onnxruntime, aotinductor: fp32), got {variant!r} for {runtime}")
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {sorted(RUNTIMES)}, got {runtime!r}")
     out_dir = Path(out_dir)
@@ -138,6 +139,8 @@ def make_tiny_bundle(out_dir: Path, arch: str = "roberta", labels: Sequence[str]
         if runtime == "onnxruntime":  # export's own exporter and fusion
             onnx_build.export(module, example, Path(scratch) / "exported.onnx", outputs)
             onnx_build.fuse(Path(scratch) / "exported.onnx", model_file)
+        elif runtime == "aotinductor":  # export's own torch.export and AOTInductor compile
+            card = {**card, "device": "cpu", "aotinductor": compile_package(module, example, model_file, MAX_LENGTH, "cpu")}
         else:  # export's own tracing, device rewrite included
             torch.jit.save(trace(module, example), str(model_file))
         detector_file = None
