@@ -279,3 +279,20 @@ def test_ray_container_serves_the_store_and_stops_on_sigterm(model_store, tmp_pa
         if proc.poll() is None:
             proc.kill()
         ops.stop_head(state_dir)
+
+
+def test_one_command_serves_an_archive_and_a_bad_one_leaves_nothing(model_store, tmp_path):
+    port, state_dir = free_ports(1)[0], tmp_path / "one"
+    base = ["--state-dir", str(state_dir), "--port", str(port), "-q"]
+    try:
+        assert ops.command(["ray-serve", *base, "--source", str(model_store / f"{NAME}-2.0.mar")]) == 0
+        key_file = state_dir / ops.KEY_FILE
+        url = f"http://127.0.0.1:{port}"
+        assert set(TorchServeClient(url, url, key_file).predict(NAME, "hello")["scores"]) == V2_LABELS
+    finally:
+        assert ops.command(["ray-stop", "--state-dir", str(state_dir), "-q"]) == 0
+    # A source that cannot be served: the command fails in one line and stops the head it started.
+    heads = {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "gcs_server"}
+    assert ops.command(["ray-serve", *base, "--source", str(tmp_path / "missing.mar")]) == 2
+    assert not (state_dir / ops.STATE_FILE).exists()
+    assert {p.pid for p in psutil.process_iter(["name"]) if p.info["name"] == "gcs_server"} <= heads

@@ -44,6 +44,7 @@ import yaml
 from handlers.checks import check_int
 from textclf.core import paths
 from textclf.core.errors import Failure, UserError
+from textclf.core.files import write_atomically
 from textclf.core.options import option, run
 from textclf.rayserve.app import ingress_config
 from textclf.rayserve.shape import (
@@ -113,9 +114,15 @@ class RayServeConfig:
     token_auth: bool = option("require the inference key of <state-dir>/key_file.json as a bearer token, "
                               "as TorchServe does", True)
     start_timeout_s: float = option("seconds to wait for the head and the ingress", 180.0, flag="timeout")
+    source: Path | None = option("also serve this bundle or .mar at once, with its archive's shape (one command from "
+                                 "a file to a served model; `textclf ray-deploy` adds versions)", None)
+    name: str | None = option("with --source: model name (default: the archive's)", None)
+    version: str | None = option("with --source: model version (default: the archive's)", None)
     target: RayTarget = _target()
 
     def __post_init__(self):
+        if self.source is None and (self.name or self.version):
+            raise UserError("--name and --version name the model of --source; give --source too")
         check_int("--port", self.port, 1, error=UserError)
         if self.port > 65535:
             raise UserError(f"--port must be at most 65535, got {self.port}")
@@ -353,21 +360,21 @@ def stop_head(state_dir: Path) -> bool:
 
 
 def _save(state_dir: Path, state: dict) -> None:
-    tmp = state_dir / f".{STATE_FILE}.tmp"
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, state_dir / STATE_FILE)
-    (state_dir / CONFIG_FILE).write_text(yaml.safe_dump(state["config"], sort_keys=False))
+    write_atomically(state_dir / STATE_FILE, [json.dumps(state, indent=2)])
+    write_atomically(state_dir / CONFIG_FILE, [yaml.safe_dump(state["config"], sort_keys=False).rstrip("\n")])
 
 
 @contextlib.contextmanager
 def connected(state: dict) -> Iterator[None]:
     import ray  # here: `textclf --help` and the unit tests need no Ray
-    from ray._raylet import Config
+    from ray._raylet import AuthenticationTokenLoader, Config
 
     # The cluster's token file lies next to state.json. Ray's core reads RAY_AUTH_MODE into its config when ray is
-    # first imported (this module's imports already did): re-reading it is what Ray's own token setup does.
+    # first imported (this module's imports already did) and keeps the first token it loads: re-reading both is what
+    # Ray's own token setup does, and lets one process talk to two heads in turn (a test session, the benchmark).
     os.environ.update(ray_auth_env(Path(state["state_dir"])))
     Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
     ray.init(address=state["address"], namespace=NAMESPACE, log_to_driver=False, logging_level=logging.WARNING,
              configure_logging=False)
     try:
@@ -451,9 +458,18 @@ def _set_routes(state: dict, models: dict) -> None:
 # ---- the verbs -----------------------------------------------------------------------------------------------------
 def _serve(c: RayServeConfig) -> Any:
     state = start_head(c.target.state_dir, c.host, c.port, c.token_auth, c.start_timeout_s)
+    served = {}
+    if c.source is not None:
+        args = {"source": str(Path(c.source).resolve()),
+                **{k: v for k, v in (("name", c.name), ("version", c.version)) if v is not None}}
+        try:
+            served = {"served": deploy(c.target.state_dir, args, timeout_s=c.start_timeout_s)}
+        except BaseException:
+            stop_head(c.target.state_dir)  # nothing half-started is left: the command starts all or nothing
+            raise
     return {"status": "Ray Serve is running", "inference": state["url"], "key_file": state["key_file"],
             "state_dir": str(c.target.state_dir), "serve_config": str(c.target.state_dir / CONFIG_FILE),
-            "head_log": str(c.target.state_dir / HEAD_LOG)}
+            "head_log": str(c.target.state_dir / HEAD_LOG), **served}
 
 
 def deploy(state_dir: Path, args: dict, make_default: bool = False, timeout_s: float = 300.0) -> dict:
