@@ -27,11 +27,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from textclf.core.errors import Failure, UserError
+from textclf.core.errors import Failure
 from textclf.core.options import run
 from textclf.rayserve import ops
 from textclf.rayserve.shape import CACHE_ENV
-from textclf.torchserve.container import Stopped, _loopback, _number, _raise_stopped
+from textclf.torchserve.container import Stopped, _number, _raise_stopped, read_contract
 
 DEFAULTS = {"MODEL_STORE": "/home/model-server/model-store", "STATE_DIR": "/home/model-server/state",
             "BIND_ADDRESS": "0.0.0.0", "TOKEN_AUTH": "on", "INFERENCE_PORT": "8080", "START_TIMEOUT_S": "300"}
@@ -51,20 +51,10 @@ class Settings:
 
 def settings(env: Mapping[str, str]) -> Settings:
     """The settings the contract above describes for the environment `env`; UserError if they are not valid."""
-    s = {var: env.get(var) or default for var, default in DEFAULTS.items()}
-    bind, token = s["BIND_ADDRESS"], s["TOKEN_AUTH"].lower()
-    if token not in ("on", "off"):
-        raise UserError(f"TOKEN_AUTH={s['TOKEN_AUTH']!r} must be on or off")
-    if token == "off" and not _loopback(bind):
-        raise UserError(f"TOKEN_AUTH=off needs a loopback BIND_ADDRESS (127.0.0.1, behind the auth sidecar), "
-                        f"not {bind}: anyone who reaches the port could call Ray Serve without a token")
-    store = Path(s["MODEL_STORE"])
-    archives = sorted(store.glob("*.mar")) if store.is_dir() else []
-    if not archives:
-        raise UserError(f"no model archive (*.mar) in MODEL_STORE={store}: mount a store holding archives "
-                        f"or bake them in (build argument MODELS)")
-    return Settings(store, archives, Path(s["STATE_DIR"]), bind, _number("INFERENCE_PORT", s["INFERENCE_PORT"], 1, 65535),
-                    token == "on", _number("START_TIMEOUT_S", s["START_TIMEOUT_S"], 1))
+    c = read_contract(env, DEFAULTS, "Ray Serve")
+    return Settings(c.store, c.archives, Path(c.settings["STATE_DIR"]), c.bind,
+                    _number("INFERENCE_PORT", c.settings["INFERENCE_PORT"], 1, 65535), c.token_auth,
+                    _number("START_TIMEOUT_S", c.settings["START_TIMEOUT_S"], 1))
 
 
 @dataclass

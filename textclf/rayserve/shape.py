@@ -51,13 +51,18 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "textclf" / "ray-bundles")
 
 
+def check_archive(path: Path) -> None:
+    """RayServeError, in one line, unless `path` is an archive `textclf archive` built."""
+    problem = archive_problem(path) if path.is_file() else f"{path}: no such archive"
+    if problem:
+        raise RayServeError(problem)
+
+
 def extract_mar(path: Path, cache_dir: Path | None = None) -> Path:
     """The directory holding `path`'s files, as TorchServe unpacks it for a worker: <cache>/<sha256>, extracted
     once. Concurrent callers each extract aside and the first rename wins; the others drop their copy."""
     path, cache = Path(path), Path(cache_dir) if cache_dir else default_cache_dir()
-    problem = archive_problem(path) if path.is_file() else f"{path}: no such archive"
-    if problem:
-        raise RayServeError(problem)
+    check_archive(path)
     target = cache / sha256_file(path)
     if target.is_dir():
         return target
@@ -127,9 +132,7 @@ class ModelShape:
             raise RayServeError("model_app needs `source`: a bundle directory or a .mar file")
         source = Path(args["source"])
         if source.suffix == ".mar":
-            problem = archive_problem(source) if source.is_file() else f"{source}: no such archive"
-            if problem:
-                raise RayServeError(problem)
+            check_archive(source)
             doc, manifest = archive_config(source)
             model = manifest.get("model", {})
             name, version = args.get("name") or model.get("modelName"), args.get("version") or model.get("modelVersion")

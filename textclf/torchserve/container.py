@@ -63,27 +63,47 @@ def _number(var: str, value: str, low: int = 0, high: int = 1 << 31) -> int:
     return number
 
 
-def server_config(env: Mapping[str, str]) -> properties.ServerConfig:
-    """The ServerConfig the contract above describes for the environment `env`; UserError if it is not valid."""
-    settings = {var: env.get(var) or default for var, default in DEFAULTS.items()}
+@dataclass(frozen=True)
+class Contract:
+    """What both servers' entry points read the same way (textclf/rayserve/container.py is the other)."""
+
+    settings: dict[str, str]  # every variable of the defaults given, set or defaulted
+    bind: str
+    token_auth: bool
+    store: Path
+    archives: list[Path]  # file-name order: the first version of a model is its default
+
+
+def read_contract(env: Mapping[str, str], defaults: Mapping[str, str], server: str) -> Contract:
+    """The environment `env` over `defaults`, checked: TOKEN_AUTH on or off (off only on a loopback BIND_ADDRESS)
+    and a MODEL_STORE holding archives. UserError, in one line, if not."""
+    settings = {var: env.get(var) or default for var, default in defaults.items()}
     bind, token = settings["BIND_ADDRESS"], settings["TOKEN_AUTH"].lower()
     if token not in ("on", "off"):
         raise UserError(f"TOKEN_AUTH={settings['TOKEN_AUTH']!r} must be on or off")
     if token == "off" and not _loopback(bind):
         raise UserError(f"TOKEN_AUTH=off needs a loopback BIND_ADDRESS (127.0.0.1, behind the auth sidecar), "
-                        f"not {bind}: anyone who reaches the port could call TorchServe without a token")
+                        f"not {bind}: anyone who reaches the port could call {server} without a token")
     store = Path(settings["MODEL_STORE"])
-    archives = sorted(p.name for p in store.glob("*.mar")) if store.is_dir() else []
+    archives = sorted(store.glob("*.mar")) if store.is_dir() else []
     if not archives:
         raise UserError(f"no model archive (*.mar) in MODEL_STORE={store}: mount a store holding archives "
                         f"or bake them in (build argument MODELS)")
+    return Contract(settings, bind, token == "on", store, archives)
+
+
+def server_config(env: Mapping[str, str]) -> properties.ServerConfig:
+    """The ServerConfig the contract above describes for the environment `env`; UserError if it is not valid."""
+    contract = read_contract(env, DEFAULTS, "TorchServe")
+    settings, bind, store = contract.settings, contract.bind, contract.store
+    archives = [p.name for p in contract.archives]
     host = f"[{bind}]" if ":" in bind else bind  # an IPv6 address in a URL
     ports = {name: _number(var, env.get(var) or str(properties.DEFAULT_PORTS[name]), 1, 65535)
              for var, name in PORT_VARS.items()}
     props = {key: f"http://{host}:{ports[name]}" if kind == "url" else str(ports[name])
              for name, (key, kind) in properties.PORT_KEYS.items()}
     props.update(grpc_inference_address=bind, grpc_management_address=bind, load_models=",".join(archives),
-                 disable_token_authorization=str(token == "off").lower())
+                 disable_token_authorization=str(not contract.token_auth).lower())
     if settings["NUMBER_OF_GPU"]:
         props["number_of_gpu"] = str(_number("NUMBER_OF_GPU", settings["NUMBER_OF_GPU"]))
     return properties.ServerConfig(config=paths.LOCKED_CONFIG, state_dir=Path(settings["STATE_DIR"]), model_store=store,
